@@ -1,0 +1,81 @@
+"""Wiring shared by `python -m bot` and the tests: one Dispatcher with its dependencies."""
+
+from __future__ import annotations
+
+import logging
+
+import aiosqlite
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand, BotCommandScopeDefault
+from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import gettext as _
+
+from bot.chatinfo import ChatinfoClient
+from bot.config import Settings
+from bot.i18n import UserLocaleMiddleware
+from bot.runner import JobRunner, PollPolicy
+from bot.telegram import with_retries
+from handlers import get_routers
+from handlers.fallback import on_error
+from storage.jobs import JobRepo
+from storage.users import UserRepo
+
+log = logging.getLogger(__name__)
+
+
+def make_bot(settings: Settings) -> Bot:
+    api = (TelegramAPIServer.from_base(str(settings.telegram_api_url))
+           if settings.telegram_api_url else PRODUCTION)
+    return Bot(settings.bot_token.get_secret_value(), session=AiohttpSession(api=api),
+               default=DefaultBotProperties(link_preview_is_disabled=True))
+
+
+def make_client(settings: Settings) -> ChatinfoClient:
+    return ChatinfoClient(
+        str(settings.chatinfo_base_url), settings.chatinfo_api_key.get_secret_value(),
+        create_per_min=settings.chatinfo_create_per_min,
+        poll_per_min=settings.chatinfo_poll_per_min,
+        units_per_min=settings.chatinfo_units_per_min,
+    )
+
+
+def make_dispatcher(
+    bot: Bot, db: aiosqlite.Connection, client: ChatinfoClient, i18n: I18n,
+    settings: Settings,
+) -> Dispatcher:
+    users, jobs = UserRepo(db), JobRepo(db)
+    runner = JobRunner(bot, client, jobs, i18n,
+                       PollPolicy(max_wait=float(settings.max_wait_seconds)))
+    dp = Dispatcher(users=users, jobs=jobs, runner=runner, client=client, settings=settings,
+                    i18n=i18n)
+    UserLocaleMiddleware(i18n, users).setup(dp)
+    dp.include_routers(*get_routers())
+    dp.errors.register(on_error)
+    dp.startup.register(_on_startup)
+    dp.shutdown.register(runner.stop)
+    return dp
+
+
+async def _on_startup(bot: Bot, runner: JobRunner, i18n: I18n) -> None:
+    await runner.resume()
+    try:
+        for locale in i18n.available_locales:
+            with i18n.context(), i18n.use_locale(locale):
+                commands = command_menu()
+            language = None if locale == i18n.default_locale else locale
+            await with_retries(lambda c=commands, lang=language: bot.set_my_commands(  # type: ignore[misc]
+                c, scope=BotCommandScopeDefault(), language_code=lang))
+    except TelegramAPIError as error:  # a missing menu must not keep the bot from starting
+        log.warning("could not set the command menu: %s", type(error).__name__)
+
+
+def command_menu() -> list[BotCommand]:
+    return [
+        BotCommand(command="start", description=_("Start and choose a mode")),
+        BotCommand(command="mode", description=_("Change the mode")),
+        BotCommand(command="help", description=_("What I can do")),
+    ]

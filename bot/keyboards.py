@@ -1,0 +1,38 @@
+"""Callback data factories and keyboards, as pure functions of their input."""
+
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.i18n import gettext as _
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from bot.modes import MODES
+
+MODE_COLUMNS = 2
+
+
+class ModeCallback(CallbackData, prefix="mode"):
+    name: str  # the API's own mode name, e.g. "poems"
+
+
+class RetryCallback(CallbackData, prefix="retry"):
+    job_id: int
+
+
+def modes_keyboard(current: str) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for mode in MODES:
+        mark = "✅ " if mode.name == current else ""
+        builder.button(
+            text=f"{mark}{mode.emoji} {mode.label}",
+            callback_data=ModeCallback(name=mode.name),
+        )
+    builder.adjust(MODE_COLUMNS)
+    return builder.as_markup()
+
+
+def retry_keyboard(job_id: int) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("🔄 Send again"), callback_data=RetryCallback(job_id=job_id))
+    return builder.as_markup()

@@ -1,0 +1,51 @@
+"""A rate limiter that holds in *every* window, not just on average.
+
+A leaky or token bucket (aiolimiter's AsyncLimiter, for one) lets a full burst through
+and then the steady rate, so a 60-second window straddling the burst can see almost
+twice the limit. The upstream counts calls per minute, so we keep the times of the
+last `limit` calls and let a new one go only when the oldest has left the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+
+class SlidingWindowLimiter:
+    def __init__(
+        self,
+        limit: int,
+        period: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._sleep = sleep
+        self._stamps: deque[float] = deque(maxlen=limit)
+        # asyncio.Lock wakes waiters in FIFO order, so callers are served first come first.
+        self._lock = asyncio.Lock()
+
+    def delay(self) -> float:
+        """Seconds until a call would be allowed (0 when one is allowed now)."""
+        if len(self._stamps) < self.limit:
+            return 0.0
+        return max(0.0, self._stamps[0] + self.period - self._clock())
+
+    def in_use(self) -> int:
+        """Calls made within the current window."""
+        cutoff = self._clock() - self.period
+        return sum(1 for stamp in self._stamps if stamp > cutoff)
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while (wait := self.delay()) > 0:
+                await self._sleep(wait)
+            self._stamps.append(self._clock())

@@ -1,0 +1,47 @@
+"""The API's 22 modes, in the order the spec lists them.
+
+Labels and descriptions are English message ids, translated where they are shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiogram.utils.i18n import lazy_gettext as __
+from babel.support import LazyProxy
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    emoji: str
+    label: LazyProxy
+    description: LazyProxy
+
+
+MODES: tuple[Mode, ...] = (
+    Mode("chat", "💬", __("Chat"), __("An ordinary conversation: ask anything.")),
+    Mode("shorter", "✂️", __("Shorten"), __("Makes your text shorter.")),
+    Mode("continue", "➡️", __("Continue"), __("Continues your text.")),
+    Mode("names", "🏷", __("Names"), __("Suggests names and titles.")),
+    Mode("task", "🧮", __("Solve a task"), __("Solves a problem step by step.")),
+    Mode("text", "📝", __("Fiction"), __("Writes a piece of fiction.")),
+    Mode("poems", "🎭", __("Poems"), __("Writes a poem.")),
+    Mode("books_list", "📚", __("Reading list"), __("Compiles a list of literature.")),
+    Mode("song_text", "🎵", __("Song"), __("Writes song lyrics.")),
+    Mode("summary", "🧾", __("Conclusion"), __("Draws conclusions from your text.")),
+    Mode("paper", "📑", __("Paper"), __("Writes a school or college paper.")),
+    Mode("report", "🎤", __("Report"), __("Writes a report to present.")),
+    Mode("originality", "🧬", __("Originality"), __("Raises the uniqueness of your text.")),
+    Mode("rewrite", "🔁", __("Rewrite"), __("Rewrites your text in other words.")),
+    Mode("essay", "🖋", __("Essay"), __("Writes an essay.")),
+    Mode("plan", "🗓", __("Content plan"), __("Makes a content plan.")),
+    Mode("post", "📣", __("Social post"), __("Writes a post for social media.")),
+    Mode("code", "💻", __("Code"), __("Writes program code.")),
+    Mode("synopsis", "🗒", __("Synopsis"), __("Makes lecture notes of your text.")),
+    Mode("story", "📖", __("Story"), __("Writes a story.")),
+    Mode("article", "📰", __("Article"), __("Writes an article.")),
+    Mode("answer", "❓", __("Answer"), __("Answers a question.")),
+)
+MODES_BY_NAME: dict[str, Mode] = {mode.name: mode for mode in MODES}
+DEFAULT_MODE = "chat"

@@ -1,0 +1,48 @@
+"""/mode and the mode buttons."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+
+from bot.keyboards import ModeCallback, modes_keyboard
+from bot.modes import MODES_BY_NAME
+from storage.users import UserRepo
+
+router = Router(name="modes")
+
+
+@router.message(Command("mode"))
+async def show_modes(message: Message, users: UserRepo) -> None:
+    assert message.from_user is not None
+    mode = await users.mode(message.from_user.id)
+    await message.answer(current_mode_text(mode), reply_markup=modes_keyboard(mode))
+
+
+@router.callback_query(ModeCallback.filter(F.name.in_(MODES_BY_NAME)))
+async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: UserRepo) -> None:
+    await users.set_mode(query.from_user.id, callback_data.name)
+    mode = MODES_BY_NAME[callback_data.name]
+    await query.answer(_("Mode: {label}").format(label=mode.label))
+    if query.message is not None and isinstance(query.message, Message):
+        try:
+            await query.message.edit_text(current_mode_text(mode.name),
+                                          reply_markup=modes_keyboard(mode.name))
+        except TelegramBadRequest as error:
+            if "not modified" not in error.message:  # the same mode tapped twice
+                raise
+
+
+@router.callback_query(ModeCallback.filter())
+async def unknown_mode(query: CallbackQuery) -> None:
+    await query.answer(_("This mode does not exist. Please choose one from the list."),
+                       show_alert=True)
+
+
+def current_mode_text(name: str) -> str:
+    mode = MODES_BY_NAME[name]
+    return _("Current mode: {emoji} {label}\n{description}\n\nChoose a mode:").format(
+        emoji=mode.emoji, label=mode.label, description=mode.description)

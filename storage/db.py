@@ -1,0 +1,78 @@
+"""The SQLite connection: WAL, a busy timeout, and migrations by schema version."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+# Each entry brings the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,           -- Telegram user id
+        mode          TEXT    NOT NULL DEFAULT 'chat',
+        locale        TEXT,                          -- chosen language; NULL: from Telegram
+        language_code TEXT,                          -- as Telegram last reported it
+        first_seen    REAL    NOT NULL,
+        last_seen     REAL    NOT NULL
+    );
+    CREATE TABLE jobs (
+        id                INTEGER PRIMARY KEY,
+        user_id           INTEGER NOT NULL REFERENCES users(id),
+        chat_id           INTEGER NOT NULL,
+        source_message_id INTEGER,                  -- the user's message, NULL for retries
+        placeholder_id    INTEGER,                  -- our message that becomes the answer
+        locale            TEXT    NOT NULL,
+        mode              TEXT    NOT NULL,
+        content           TEXT    NOT NULL,
+        state             TEXT    NOT NULL,
+        upstream_id       INTEGER,
+        units_after       INTEGER,                  -- balance create_request reported
+        result            TEXT,
+        parts_delivered   INTEGER NOT NULL DEFAULT 0,
+        error             TEXT,                     -- failure kind, for the log and stats
+        created_at        REAL    NOT NULL,
+        updated_at        REAL    NOT NULL,
+        answered_at       REAL,
+        delivered_at      REAL,
+        -- Telegram may deliver an update twice after a crash: one job per message.
+        UNIQUE (chat_id, source_message_id)
+    );
+    CREATE INDEX jobs_by_state ON jobs (state);
+    CREATE INDEX jobs_by_user ON jobs (user_id, created_at);
+    """,
+)
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or is not ours to use."""
+
+
+async def open_database(path: Path) -> aiosqlite.Connection:
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await migrate(db)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot use database {path}: {error}") from None
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise DatabaseError(f"schema version {version} is newer than this bot knows")
+    for number in range(version, len(MIGRATIONS)):
+        # One transaction per step: a crash leaves the old version or the new, never half.
+        await db.executescript(
+            f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+        )

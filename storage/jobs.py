@@ -1,0 +1,129 @@
+"""Jobs: one row per request, the source of truth for its progress.
+
+A job walks NEW -> CREATING -> PENDING -> ANSWERED -> DELIVERED. Any state may end in
+FAILED; CREATING found at start means create_request may have been sent and counted,
+so the job becomes UNKNOWN (the user is offered a retry) instead of being re-sent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiosqlite
+
+
+class JobState(StrEnum):
+    NEW = "new"  # stored; create_request not sent yet, so sending it is safe
+    CREATING = "creating"  # create_request may be in flight
+    PENDING = "pending"  # upstream id known, polling
+    ANSWERED = "answered"  # result stored, delivery in progress
+    DELIVERED = "delivered"
+    FAILED = "failed"  # ended; the user was told why
+    UNKNOWN = "unknown"  # create outcome unknowable; the user was offered a retry
+    RETRIED = "retried"  # an UNKNOWN or FAILED job the user chose to send again
+
+
+UNFINISHED = (JobState.NEW, JobState.CREATING, JobState.PENDING, JobState.ANSWERED)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    user_id: int
+    chat_id: int
+    placeholder_id: int | None
+    locale: str
+    mode: str
+    content: str
+    state: JobState
+    upstream_id: int | None
+    result: str | None
+    parts_delivered: int
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Job:
+        return cls(
+            id=row["id"], user_id=row["user_id"], chat_id=row["chat_id"],
+            placeholder_id=row["placeholder_id"], locale=row["locale"], mode=row["mode"],
+            content=row["content"], state=JobState(row["state"]),
+            upstream_id=row["upstream_id"], result=row["result"],
+            parts_delivered=row["parts_delivered"], created_at=row["created_at"],
+        )
+
+
+class JobRepo:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def add(
+        self, *, user_id: int, chat_id: int, source_message_id: int | None,
+        locale: str, mode: str, content: str,
+    ) -> int | None:
+        """The new job's id, or None if this message already has a job."""
+        now = time.time()
+        cursor = await self._db.execute(
+            """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
+                                 state, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
+            (user_id, chat_id, source_message_id, locale, mode, content, JobState.NEW, now, now),
+        )
+        await self._db.commit()
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    async def get(self, job_id: int) -> Job | None:
+        async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def unfinished(self) -> list[Job]:
+        marks = ",".join("?" * len(UNFINISHED))
+        async with self._db.execute(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED
+        ) as cursor:
+            return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def set_placeholder(self, job_id: int, message_id: int) -> None:
+        await self._update(job_id, placeholder_id=message_id)
+
+    async def mark_creating(self, job_id: int) -> None:
+        await self._update(job_id, state=JobState.CREATING)
+
+    async def set_upstream(self, job_id: int, upstream_id: int, units: int | None) -> None:
+        await self._update(job_id, state=JobState.PENDING, upstream_id=upstream_id,
+                           units_after=units)
+
+    async def set_result(self, job_id: int, result: str) -> None:
+        await self._update(job_id, state=JobState.ANSWERED, result=result,
+                           answered_at=time.time())
+
+    async def set_parts_delivered(self, job_id: int, parts: int) -> None:
+        await self._update(job_id, parts_delivered=parts)
+
+    async def mark_delivered(self, job_id: int) -> None:
+        await self._update(job_id, state=JobState.DELIVERED, delivered_at=time.time())
+
+    async def end(self, job_id: int, state: JobState, error: str) -> None:
+        await self._update(job_id, state=state, error=error)
+
+    async def claim_retry(self, job_id: int, user_id: int) -> Job | None:
+        """Mark an UNKNOWN or FAILED job as retried, once; the job, or None if not allowed."""
+        cursor = await self._db.execute(
+            """UPDATE jobs SET state = ?, updated_at = ?
+               WHERE id = ? AND user_id = ? AND state IN (?, ?)""",
+            (JobState.RETRIED, time.time(), job_id, user_id, JobState.UNKNOWN, JobState.FAILED),
+        )
+        await self._db.commit()
+        return await self.get(job_id) if cursor.rowcount == 1 else None
+
+    async def _update(self, job_id: int, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self._db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id)
+        )
+        await self._db.commit()

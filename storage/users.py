@@ -1,0 +1,47 @@
+"""Users: who talks to the bot, their mode and language."""
+
+from __future__ import annotations
+
+import time
+
+import aiosqlite
+
+from bot.modes import DEFAULT_MODE
+
+
+class UserRepo:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def touch(self, user_id: int, language_code: str | None) -> str | None:
+        """Record that the user was seen (creating the row); the language they chose, if any."""
+        now = time.time()
+        async with self._db.execute(
+            """INSERT INTO users (id, language_code, first_seen, last_seen) VALUES (?, ?, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET
+                   language_code = excluded.language_code, last_seen = excluded.last_seen
+               RETURNING locale""",
+            (user_id, language_code, now, now),
+        ) as cursor:
+            row = await cursor.fetchone()
+        await self._db.commit()
+        return str(row["locale"]) if row and row["locale"] else None
+
+    async def mode(self, user_id: int) -> str:
+        async with self._db.execute("SELECT mode FROM users WHERE id = ?", (user_id,)) as cursor:
+            row = await cursor.fetchone()
+        return str(row["mode"]) if row else DEFAULT_MODE
+
+    async def set_mode(self, user_id: int, mode: str) -> None:
+        await self._db.execute("UPDATE users SET mode = ? WHERE id = ?", (mode, user_id))
+        await self._db.commit()
+
+    async def locale(self, user_id: int) -> str | None:
+        """The language the user chose with /language, if any."""
+        async with self._db.execute("SELECT locale FROM users WHERE id = ?", (user_id,)) as cursor:
+            row = await cursor.fetchone()
+        return str(row["locale"]) if row and row["locale"] else None
+
+    async def set_locale(self, user_id: int, locale: str) -> None:
+        await self._db.execute("UPDATE users SET locale = ? WHERE id = ?", (locale, user_id))
+        await self._db.commit()
