@@ -45,11 +45,11 @@ def make_client(settings: Settings) -> ChatinfoClient:
 
 def make_dispatcher(
     bot: Bot, db: aiosqlite.Connection, client: ChatinfoClient, i18n: I18n,
-    settings: Settings,
+    settings: Settings, *, policy: PollPolicy | None = None,
 ) -> Dispatcher:
     users, jobs = UserRepo(db), JobRepo(db)
-    runner = JobRunner(bot, client, jobs, i18n,
-                       PollPolicy(max_wait=float(settings.max_wait_seconds)))
+    policy = policy or PollPolicy(max_wait=float(settings.max_wait_seconds))
+    runner = JobRunner(bot, client, jobs, i18n, policy)
     dp = Dispatcher(users=users, jobs=jobs, runner=runner, client=client, settings=settings,
                     i18n=i18n)
     UserLocaleMiddleware(i18n, users).setup(dp)

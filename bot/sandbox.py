@@ -145,7 +145,7 @@ class FakeChatinfo:
     async def wait_for(
         self,
         predicate: Callable[[], bool | Awaitable[bool]],
-        timeout: float = 10.0,  # noqa: ASYNC109 - a deadline to fail the test, not to cancel
+        timeout: float = 10.0,
     ) -> None:
         """Poll `predicate` (sync or async) every 20 ms on the real clock."""
         loop = asyncio.get_running_loop()

@@ -1,4 +1,7 @@
-"""aiogram routers, one module per feature; the fallback router goes last."""
+"""aiogram routers, one module per feature; the fallback router goes last.
+
+Routers are built per Dispatcher (an aiogram router can belong to only one).
+"""
 
 from __future__ import annotations
 
@@ -8,4 +11,5 @@ from handlers import chat, fallback, modes, start
 
 
 def get_routers() -> list[Router]:
-    return [start.router, modes.router, chat.router, fallback.router]
+    return [start.make_router(), modes.make_router(), chat.make_router(),
+            fallback.make_router()]

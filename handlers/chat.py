@@ -12,10 +12,7 @@ from bot.runner import JobRunner, placeholder_text
 from storage.jobs import JobRepo
 from storage.users import UserRepo
 
-router = Router(name="chat")
 
-
-@router.message(F.text & ~F.text.startswith("/"))
 async def ask(message: Message, users: UserRepo, jobs: JobRepo, runner: JobRunner,
               locale: str) -> None:
     assert message.from_user is not None and message.text is not None
@@ -38,7 +35,6 @@ async def ask(message: Message, users: UserRepo, jobs: JobRepo, runner: JobRunne
         runner.start(job_id)  # sends the placeholder itself if the reply above failed
 
 
-@router.callback_query(RetryCallback.filter())
 async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRepo,
                 runner: JobRunner, locale: str) -> None:
     old = await jobs.claim_retry(callback_data.job_id, query.from_user.id)
@@ -52,7 +48,14 @@ async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRep
     runner.start(job_id)
 
 
-@router.message(~F.text)
 async def not_text(message: Message) -> None:
     await message.reply(_("I understand only text messages. Please send your request as "
                           "text (up to {limit} characters).").format(limit=MAX_CONTENT_CHARS))
+
+
+def make_router() -> Router:
+    router = Router(name="chat")
+    router.message.register(ask, F.text & ~F.text.startswith("/"))
+    router.callback_query.register(retry, RetryCallback.filter())
+    router.message.register(not_text, ~F.text)
+    return router

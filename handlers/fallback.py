@@ -12,15 +12,10 @@ from aiogram.types import CallbackQuery, ErrorEvent, Message
 from aiogram.utils.i18n import gettext as _
 
 log = logging.getLogger(__name__)
-router = Router(name="fallback")
-
-
-@router.message()
 async def unknown_command(message: Message) -> None:
     await message.reply(_("I don't know this command. Send /help to see what I can do."))
 
 
-@router.callback_query()
 async def unknown_button(query: CallbackQuery) -> None:
     await query.answer(_("This button is no longer valid."), show_alert=True)
 
@@ -36,3 +31,10 @@ async def on_error(event: ErrorEvent) -> None:
             await update.callback_query.answer(text, show_alert=True)
     except Exception:  # telling the user is best effort; the error is logged above
         log.warning("could not tell the user about the failed update %s", update.update_id)
+
+
+def make_router() -> Router:
+    router = Router(name="fallback")
+    router.message.register(unknown_command)
+    router.callback_query.register(unknown_button)
+    return router

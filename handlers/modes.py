@@ -12,17 +12,13 @@ from bot.keyboards import ModeCallback, modes_keyboard
 from bot.modes import MODES_BY_NAME
 from storage.users import UserRepo
 
-router = Router(name="modes")
 
-
-@router.message(Command("mode"))
 async def show_modes(message: Message, users: UserRepo) -> None:
     assert message.from_user is not None
     mode = await users.mode(message.from_user.id)
     await message.answer(current_mode_text(mode), reply_markup=modes_keyboard(mode))
 
 
-@router.callback_query(ModeCallback.filter(F.name.in_(MODES_BY_NAME)))
 async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: UserRepo) -> None:
     await users.set_mode(query.from_user.id, callback_data.name)
     mode = MODES_BY_NAME[callback_data.name]
@@ -36,7 +32,6 @@ async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: 
                 raise
 
 
-@router.callback_query(ModeCallback.filter())
 async def unknown_mode(query: CallbackQuery) -> None:
     await query.answer(_("This mode does not exist. Please choose one from the list."),
                        show_alert=True)
@@ -46,3 +41,11 @@ def current_mode_text(name: str) -> str:
     mode = MODES_BY_NAME[name]
     return _("Current mode: {emoji} {label}\n{description}\n\nChoose a mode:").format(
         emoji=mode.emoji, label=mode.label, description=mode.description)
+
+
+def make_router() -> Router:
+    router = Router(name="modes")
+    router.message.register(show_modes, Command("mode"))
+    router.callback_query.register(choose_mode, ModeCallback.filter(F.name.in_(MODES_BY_NAME)))
+    router.callback_query.register(unknown_mode, ModeCallback.filter())
+    return router

@@ -10,11 +10,7 @@ from aiogram.utils.i18n import gettext as _
 from bot.keyboards import modes_keyboard
 from storage.users import UserRepo
 
-router = Router(name="start")
 
-
-@router.message(CommandStart())
-@router.message(Command("help"))
 async def greet(message: Message, users: UserRepo) -> None:
     assert message.from_user is not None
     mode = await users.mode(message.from_user.id)
@@ -29,3 +25,10 @@ def greeting_text() -> str:
         "I understand text messages of up to 5000 characters.\n"
         "/mode — change the mode"
     )
+
+
+def make_router() -> Router:
+    router = Router(name="start")
+    router.message.register(greet, CommandStart())
+    router.message.register(greet, Command("help"))
+    return router

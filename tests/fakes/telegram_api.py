@@ -166,7 +166,7 @@ class FakeTelegramAPI:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -179,7 +179,7 @@ class FakeTelegramAPI:
         self,
         method: str,
         count: int,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> list[Call]:
         def ok() -> list[Call]:
             return [c for c in self.calls_of(method) if not c.failed]

@@ -1,0 +1,82 @@
+"""Shared fixtures: the fake chatinfo server and the bot's Dispatcher on a recording session."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from aiogram import Bot, Dispatcher
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
+
+from bot.app import make_dispatcher
+from bot.chatinfo import ChatinfoClient
+from bot.config import Settings
+from bot.i18n import make_i18n
+from bot.runner import JobRunner, PollPolicy
+from bot.sandbox import FakeChatinfo
+from storage.db import open_database
+from storage.jobs import JobRepo
+from tests.fakes.mocked_bot import RecordingSession, mocked_bot
+
+_update_ids = itertools.count(1)
+FAST_POLLS = PollPolicy(first_delay=0.05, interval=0.05, growth=1.0, max_interval=0.05,
+                        max_wait=30.0)
+
+
+@pytest.fixture
+async def chatinfo() -> AsyncIterator[FakeChatinfo]:
+    async with FakeChatinfo(solve_time=0.1) as server:
+        yield server
+
+
+@dataclass
+class App:
+    """The bot as handlers see it, wired exactly as in production."""
+
+    dp: Dispatcher
+    bot: Bot
+    session: RecordingSession
+    db: aiosqlite.Connection
+    chatinfo: FakeChatinfo
+
+    @property
+    def runner(self) -> JobRunner:
+        runner: JobRunner = self.dp["runner"]
+        return runner
+
+    @property
+    def jobs(self) -> JobRepo:
+        jobs: JobRepo = self.dp["jobs"]
+        return jobs
+
+    async def feed(self, update: dict[str, Any]) -> None:
+        update = {"update_id": next(_update_ids), **update}
+        parsed = Update.model_validate(update, context={"bot": self.bot})
+        await self.dp.feed_update(self.bot, parsed)
+
+    def sent(self, method: type[TelegramMethod[Any]]) -> list[Any]:
+        return self.session.sent(method)
+
+    async def settle(self) -> None:
+        """Wait until every job the runner started has finished."""
+        await self.chatinfo.wait_for(lambda: self.runner.active == 0)
+
+
+@pytest.fixture
+async def app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[App]:
+    db = await open_database(tmp_path / "bot.sqlite3")
+    client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01)
+    bot, session = mocked_bot()
+    settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
+                        database_path=tmp_path / "bot.sqlite3")
+    dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=FAST_POLLS)
+    yield App(dp, bot, session, db, chatinfo)
+    await dp["runner"].stop()
+    await client.close()
+    await db.close()

@@ -1,0 +1,141 @@
+"""Handlers through the real Dispatcher, asserting the exact Bot API calls that go out."""
+
+from __future__ import annotations
+
+from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
+from aiogram.types import InlineKeyboardMarkup
+
+from bot.modes import MODES
+from storage.jobs import JobState
+from storage.users import UserRepo
+from tests.conftest import App
+from tests.fakes.telegram_api import callback_update, message_update, photo_update, sticker_update
+
+
+def buttons(markup: object) -> list[tuple[str, str | None]]:
+    assert isinstance(markup, InlineKeyboardMarkup)
+    return [(b.text, b.callback_data) for row in markup.inline_keyboard for b in row]
+
+
+async def test_start_in_english_shows_all_modes_with_chat_marked(app: App) -> None:
+    await app.feed(message_update(1, "/start", language_code="en"))
+
+    [reply] = app.sent(SendMessage)
+    assert reply.chat_id == 1
+    assert reply.text.startswith("👋 Hi!")
+    keyboard = buttons(reply.reply_markup)
+    assert len(keyboard) == 22
+    assert keyboard[0] == ("✅ 💬 Chat", "mode:chat")
+    assert [data for _, data in keyboard] == [f"mode:{mode.name}" for mode in MODES]
+    assert sum(text.startswith("✅") for text, _ in keyboard) == 1
+
+
+async def test_start_in_russian(app: App) -> None:
+    await app.feed(message_update(2, "/start", language_code="ru"))
+
+    [reply] = app.sent(SendMessage)
+    assert reply.text.startswith("👋 Привет!")
+    assert ("🎭 Стихи", "mode:poems") in buttons(reply.reply_markup)
+
+
+async def test_tapping_a_mode_stores_it_and_marks_it(app: App) -> None:
+    await app.feed(message_update(3, "/start"))
+    await app.feed(callback_update(3, "mode:poems", message_id=1001))
+
+    [ack] = app.sent(AnswerCallbackQuery)
+    assert ack.text == "Mode: Poems"
+    [edit] = app.sent(EditMessageText)
+    assert edit.message_id == 1001
+    assert edit.text.startswith("Current mode: 🎭 Poems")
+    assert ("✅ 🎭 Poems", "mode:poems") in buttons(edit.reply_markup)
+    assert await UserRepo(app.db).mode(3) == "poems"
+
+    await app.feed(message_update(3, "/mode"))
+    assert ("✅ 🎭 Poems", "mode:poems") in buttons(app.sent(SendMessage)[-1].reply_markup)
+
+
+async def test_forged_mode_is_refused_and_changes_nothing(app: App) -> None:
+    await app.feed(message_update(4, "/start"))
+    for data in ("mode:hack", "mode:", "zzz", "retry:abc", "mode:poems:extra"):
+        await app.feed(callback_update(4, data, message_id=1001))
+
+    answers = app.sent(AnswerCallbackQuery)
+    assert len(answers) == 5
+    assert all(answer.show_alert for answer in answers)
+    assert answers[0].text == "This mode does not exist. Please choose one from the list."
+    assert app.sent(EditMessageText) == []
+    assert await UserRepo(app.db).mode(4) == "chat"
+
+
+async def test_text_becomes_one_request_and_the_placeholder_becomes_the_answer(app: App) -> None:
+    await app.feed(message_update(5, "/start"))
+    await app.feed(callback_update(5, "mode:poems", message_id=1001))
+    await app.feed(message_update(5, "a cat on the roof"))
+
+    placeholder = app.sent(SendMessage)[-1]
+    assert placeholder.text == "⏳ Working on it…"
+    await app.settle()
+    answer = app.sent(EditMessageText)[-1]
+    assert answer.text == "[poems] a cat on the roof"
+    assert answer.message_id == 1002  # the placeholder's id
+    assert app.chatinfo.calls["create_request"] == 1
+    [request] = app.chatinfo.requests
+    assert (request.mode, request.content) == ("poems", "a cat on the roof")
+
+
+async def test_the_same_update_twice_makes_one_request(app: App) -> None:
+    update = message_update(6, "hello", message_id=77)
+    await app.feed(update)
+    await app.feed(update)
+    await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 1
+    assert len([m for m in app.sent(SendMessage) if m.text == "⏳ Working on it…"]) == 1
+
+
+async def test_text_over_5000_characters_is_cut_and_the_user_told(app: App) -> None:
+    await app.feed(message_update(7, "x" * 6000))
+    await app.settle()
+
+    notice = app.sent(SendMessage)[0]
+    assert notice.text == ("Your message is 6000 characters long; only the first 5000 will "
+                           "be processed.")
+    assert len(app.chatinfo.requests[0].content) == 5000
+
+
+async def test_stickers_and_photos_are_told_what_the_bot_accepts(app: App) -> None:
+    await app.feed(sticker_update(8))
+    await app.feed(photo_update(8, language_code="ru"))
+
+    english, russian = app.sent(SendMessage)
+    assert english.text.startswith("I understand only text messages.")
+    assert russian.text.startswith("Я понимаю только текстовые сообщения.")
+    assert app.chatinfo.calls["create_request"] == 0
+
+
+async def test_unknown_command_gets_a_hint(app: App) -> None:
+    await app.feed(message_update(9, "/frobnicate now"))
+
+    [reply] = app.sent(SendMessage)
+    assert reply.text == "I don't know this command. Send /help to see what I can do."
+
+
+async def test_no_units_ends_the_job_with_a_clear_message(app: App) -> None:
+    app.chatinfo.units = 0
+    await app.feed(message_update(10, "hello"))
+    await app.settle()
+
+    [edit] = app.sent(EditMessageText)
+    assert edit.text == "😔 The service is temporarily unavailable. Please try again later."
+    assert edit.reply_markup is None
+    [job] = [await app.jobs.get(1)]
+    assert job is not None and job.state is JobState.FAILED
+
+
+async def test_failed_handler_is_logged_and_the_user_told(app: App) -> None:
+    app.session.fail_next(SendMessage, 400, "Bad Request: something odd")
+    await app.feed(message_update(11, "/start"))
+
+    failed, apology = app.sent(SendMessage)
+    assert failed.text.startswith("👋 Hi!")
+    assert apology.text == "😔 Something went wrong. Please try again."
