@@ -96,6 +96,9 @@ class ChatinfoClient:
             base_url=base_url.rstrip("/") + "/api/gpt/",
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
+            # The limiter stamps a call before it gets a connection; a roomy pool keeps
+            # calls from queueing here and reaching the server later than stamped.
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {

@@ -51,16 +51,20 @@ class DatabaseError(Exception):
 
 
 async def open_database(path: Path) -> aiosqlite.Connection:
-    if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
+    except (OSError, sqlite3.Error) as error:
+        raise DatabaseError(f"cannot open database {path}: {error}") from None
+    try:
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA busy_timeout = 5000")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA foreign_keys = ON")
         await migrate(db)
-    except sqlite3.DatabaseError as error:
+    except sqlite3.Error as error:
+        await db.close()  # its worker thread would keep the process alive
         raise DatabaseError(f"cannot use database {path}: {error}") from None
     return db
 

@@ -1,0 +1,404 @@
+"""ChatinfoClient against the fake chatinfo server over real HTTP on 127.0.0.1.
+
+Every test counts what the fake saw, so a retry that should not happen (or one that
+should) shows up as a wrong number of calls, not just as a different exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.chatinfo import (
+    AccessDenied,
+    ChatinfoClient,
+    ChatinfoError,
+    CreatedRequest,
+    NotEnoughUnits,
+    RateLimited,
+    RequestRejected,
+    UpstreamUnavailable,
+)
+from bot.sandbox import BAD_KEY, NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
+
+SECRET = "KEY-very-secret-123"
+FREE_KEY = "KEY-free-tariff-456"
+ATTEMPTS = 3
+SOLVE_TIME = 0.2
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeChatinfo]:
+    fake = FakeChatinfo({SECRET: "prestige", FREE_KEY: "free"}, units=1000, solve_time=SOLVE_TIME)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+ClientFactory = Callable[..., ChatinfoClient]
+
+
+@pytest.fixture
+async def make_client(server: FakeChatinfo) -> AsyncIterator[ClientFactory]:
+    """Builds clients pointed at the fake (fast retries by default); closes them all after."""
+    made: list[ChatinfoClient] = []
+
+    def make(**kwargs: Any) -> ChatinfoClient:
+        options: dict[str, Any] = {
+            "base_url": server.base_url,
+            "api_key": SECRET,
+            "attempts": ATTEMPTS,
+            "backoff": 0.0,
+            "timeout": 5.0,
+        }
+        options.update(kwargs)
+        made.append(ChatinfoClient(**options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> ChatinfoClient:
+    return make_client()
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts the attempts that reach the network layer, delegating to the real transport."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def wait_for_answer(client: ChatinfoClient, request_id: int, timeout: float = 5.0) -> str:
+    """Poll until the answer is ready or the deadline passes (the deadline fails the test)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (answer := await client.get_response(request_id)) is None:
+        if loop.time() >= deadline:
+            raise AssertionError(f"no answer within {timeout} s")
+        await asyncio.sleep(0.02)
+    return answer
+
+
+# --- the happy path ------------------------------------------------------------------------
+
+
+async def test_create_request_returns_id_and_units(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    first = await client.create_request("hello", "poems")
+    second = await client.create_request("again", "chat")
+    assert first == CreatedRequest(id=1, units=999)
+    assert second == CreatedRequest(id=2, units=998)
+    assert server.units == 998
+    assert [(r.key, r.mode, r.content) for r in server.requests] == [
+        (SECRET, "poems", "hello"),
+        (SECRET, "chat", "again"),
+    ]
+    assert server.statuses["create_request", 200] == 2
+    assert server.calls["create_request"] == 2
+
+
+async def test_long_content_is_sent_whole_and_cut_by_the_server(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    # The client sends the content as is; the API (and the fake) cut it to 5000 silently.
+    server.solve_time = 0.0
+    content = "я" * 5000 + "TAIL"
+    created = await client.create_request(content, "text")
+    assert created.units == 999
+    assert server.requests[0].content == "я" * 5000
+    answer = await wait_for_answer(client, created.id)
+    assert answer == "[text] " + "я" * 5000  # the tail never reached the model
+
+
+async def test_get_response_is_none_while_solving_then_the_text(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    created = await client.create_request("what is 2+2", "task")
+    assert await client.get_response(created.id) is None
+    assert server.statuses["get_response", 202] == 1
+    answer = await wait_for_answer(client, created.id)
+    assert answer == "[task] what is 2+2"
+    assert server.statuses["get_response", 200] == 1
+    assert server.requests[0].served_at is not None
+
+
+async def test_units_returns_the_balance(server: FakeChatinfo, client: ChatinfoClient) -> None:
+    assert await client.units() == 1000
+    await client.create_request("hi", "chat")
+    assert await client.units() == 999
+    server.units = 7
+    assert await client.units() == 7
+    assert server.calls["units"] == 3
+
+
+# --- refusals that must not be retried -----------------------------------------------------
+
+
+async def test_no_units_is_not_enough_units_without_retry(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    server.units = 0
+    with pytest.raises(NotEnoughUnits) as caught:
+        await client.create_request("hi", "chat")
+    assert caught.value.upstream_error == NO_UNITS
+    assert server.calls["create_request"] == 1
+    assert server.statuses["create_request", 403] == 1
+    assert server.requests == []
+
+
+async def test_free_tariff_is_access_denied(
+    server: FakeChatinfo, make_client: ClientFactory
+) -> None:
+    free = make_client(api_key=FREE_KEY)
+    with pytest.raises(AccessDenied) as on_create:
+        await free.create_request("hi", "chat")
+    assert not isinstance(on_create.value, NotEnoughUnits)
+    assert on_create.value.upstream_error == NOT_PRESTIGE
+    with pytest.raises(AccessDenied) as on_units:
+        await free.units()
+    assert on_units.value.upstream_error == NOT_PRESTIGE
+    assert server.calls["create_request"] == 1
+    assert server.calls["units"] == 1
+    assert server.units == 1000
+
+
+async def test_unknown_key_is_access_denied(
+    server: FakeChatinfo, make_client: ClientFactory
+) -> None:
+    stranger = make_client(api_key="KEY-nobody-knows")
+    with pytest.raises(AccessDenied) as on_create:
+        await stranger.create_request("hi", "chat")
+    assert on_create.value.upstream_error == BAD_KEY
+    with pytest.raises(AccessDenied) as on_units:
+        await stranger.units()
+    assert on_units.value.upstream_error == BAD_KEY
+    assert server.calls["create_request"] == 1
+    assert server.calls["units"] == 1
+
+
+async def test_unknown_id_is_request_rejected_404(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        await client.get_response(424242)
+    assert caught.value.status == 404
+    assert caught.value.upstream_error is not None
+    assert server.calls["get_response"] == 1
+
+
+# --- 429 -----------------------------------------------------------------------------------
+
+
+async def test_rate_limited_after_exactly_attempts_tries(make_client: ClientFactory) -> None:
+    async with FakeChatinfo({SECRET: "prestige"}, limits={"create_request": 1}) as server:
+        client = make_client(base_url=server.base_url, backoff=0.001)
+        assert (await client.create_request("first", "chat")).units == 999
+        with pytest.raises(RateLimited):  # the spec's invalid-JSON 429 body is not parsed
+            await client.create_request("second", "chat")
+        assert server.statuses["create_request", 429] == ATTEMPTS
+        assert server.calls["create_request"] == 1 + ATTEMPTS
+        assert server.units == 999  # rejected calls spend nothing
+        assert len(server.requests) == 1
+
+
+# --- create_request failures that may have spent a unit: never retried ---------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(Fault.http(500, "Internal Server Error"), id="500"),
+        pytest.param(Fault.http(502), id="502"),
+        pytest.param(Fault.disconnect(), id="dropped-connection"),
+        pytest.param(Fault.truncated(), id="truncated-200"),
+    ],
+)
+async def test_create_failure_is_not_retried(
+    server: FakeChatinfo, client: ChatinfoClient, fault: Fault
+) -> None:
+    server.inject("create_request", fault)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await client.create_request("hi", "chat")
+    assert caught.value.maybe_spent is True
+    assert server.calls["create_request"] == 1
+    # The fault was consumed and the next call goes through normally.
+    assert (await client.create_request("hi", "chat")).id == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(Fault.http(502, after_effect=True), id="502"),
+        pytest.param(Fault.truncated(after_effect=True), id="truncated-200"),
+        pytest.param(Fault.disconnect(after_effect=True), id="dropped-connection"),
+    ],
+)
+async def test_create_that_spent_a_unit_is_not_retried(
+    server: FakeChatinfo, client: ChatinfoClient, fault: Fault
+) -> None:
+    server.inject("create_request", fault)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await client.create_request("hi", "chat")
+    assert caught.value.maybe_spent is True
+    assert server.calls["create_request"] == 1
+    assert server.units == 999  # exactly one unit gone, not two
+    assert len(server.requests) == 1
+
+
+async def test_create_read_timeout_is_not_retried(
+    server: FakeChatinfo, make_client: ClientFactory
+) -> None:
+    client = make_client(timeout=0.2)
+    server.inject("create_request", Fault.slow(1.5))
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await client.create_request("hi", "chat")
+    assert caught.value.maybe_spent is True
+    assert server.calls["create_request"] == 1
+
+
+async def test_connection_refused_is_retried_attempts_times() -> None:
+    transport = CountingTransport()
+    client = ChatinfoClient(
+        f"http://127.0.0.1:{free_port()}",
+        SECRET,
+        attempts=ATTEMPTS,
+        backoff=0.0,
+        transport=transport,
+    )
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await client.create_request("hi", "chat")
+    finally:
+        await client.close()
+    assert caught.value.maybe_spent is False  # never left us: no unit can be gone
+    assert transport.calls == ATTEMPTS
+
+
+# --- get_response is free and idempotent: retried ------------------------------------------
+
+
+async def test_get_response_retries_a_500(server: FakeChatinfo, client: ChatinfoClient) -> None:
+    server.solve_time = 0.0
+    created = await client.create_request("hi", "answer")
+    server.inject("get_response", Fault.http(500, "oops"))
+    assert await client.get_response(created.id) == "[answer] hi"
+    assert server.calls["get_response"] == 2
+    assert server.statuses["get_response", 500] == 1
+    assert server.statuses["get_response", 200] == 1
+
+
+async def test_get_response_gives_up_after_attempts(
+    server: FakeChatinfo, client: ChatinfoClient
+) -> None:
+    server.solve_time = 0.0
+    created = await client.create_request("hi", "chat")
+    server.inject("get_response", Fault.http(502), times=ATTEMPTS)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await client.get_response(created.id)
+    assert caught.value.maybe_spent is False  # a free call: nothing can have been spent
+    assert server.calls["get_response"] == ATTEMPTS
+
+
+# --- the rate limiter sits in front of each endpoint ---------------------------------------
+
+
+async def test_limiter_is_per_endpoint(server: FakeChatinfo, make_client: ClientFactory) -> None:
+    client = make_client(create_per_min=3, units_per_min=50)
+    for _ in range(3):
+        await client.create_request("hi", "chat")
+    assert client.limiters["create_request"].in_use() == 3
+    assert client.limiters["create_request"].delay() > 50
+    # Other endpoints have their own windows and are not held up.
+    assert client.limiters["units"].delay() == 0
+    assert await client.units() == 997
+    # The fourth create waits for the window instead of going out.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.create_request("hi", "chat"), timeout=0.2)
+    assert server.calls["create_request"] == 3
+
+
+# --- the key never leaks -------------------------------------------------------------------
+
+
+async def test_key_never_leaks(
+    server: FakeChatinfo, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.solve_time = 0.0
+    client = make_client()
+    impatient = make_client(timeout=0.2)
+    errors: list[ChatinfoError] = []
+
+    async def expect_error(call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except ChatinfoError as error:
+            errors.append(error)
+        else:
+            raise AssertionError("expected a ChatinfoError")
+
+    created = await client.create_request("hi", "chat")
+    assert await wait_for_answer(client, created.id) == "[chat] hi"
+    assert await client.units() == 999
+    await expect_error(client.get_response(987654))  # 404
+    server.inject("get_response", Fault.http(500))
+    assert await client.get_response(created.id) == "[chat] hi"  # a logged retry
+    for fault in (Fault.http(502), Fault.disconnect(), Fault.truncated()):
+        server.inject("create_request", fault)
+        await expect_error(client.create_request("hi", "chat"))
+    server.inject("create_request", Fault.slow(1.0))
+    await expect_error(impatient.create_request("hi", "chat"))  # read timeout
+    server.inject("units", Fault.http(503), times=ATTEMPTS)
+    await expect_error(client.units())
+    server.units = 0
+    await expect_error(client.create_request("hi", "chat"))  # 403 no units
+    server.limits["units"] = 0
+    await expect_error(client.units())  # 429 x attempts
+    refused = make_client(base_url=f"http://127.0.0.1:{free_port()}")
+    await expect_error(refused.create_request("hi", "chat"))
+
+    assert server.requests[0].key == SECRET  # it was sent, so it could have leaked
+    kinds = {type(error) for error in errors}
+    assert kinds == {RequestRejected, UpstreamUnavailable, NotEnoughUnits, RateLimited}
+    for error in errors:
+        assert SECRET not in str(error)
+        assert SECRET not in repr(error)
+        assert SECRET not in "".join(traceback.format_exception(error))
+        assert SECRET not in repr(error.__context__)
+        assert SECRET not in str(error.upstream_error)
+    assert any(r.name == "bot.chatinfo" and r.levelno == logging.DEBUG for r in caplog.records)
+    assert any(r.name == "bot.chatinfo" and r.levelno == logging.WARNING for r in caplog.records)
+    for record in caplog.records:
+        assert SECRET not in record.getMessage(), record.name
+        assert SECRET not in repr(record.args), record.name
+        assert SECRET not in (record.exc_text or ""), record.name
+    assert SECRET not in caplog.text

@@ -1,0 +1,224 @@
+"""SlidingWindowLimiter on a fake clock: no real waiting, exact times."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bot.limiter import SlidingWindowLimiter
+
+LIMIT = 5
+PERIOD = 60.0
+
+
+class FakeTime:
+    """A clock whose sleep moves time forward by exactly the delay, then yields once."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
+
+    def limiter(self, limit: int = LIMIT, period: float = PERIOD) -> SlidingWindowLimiter:
+        return SlidingWindowLimiter(limit, period, clock=self.clock, sleep=self.sleep)
+
+
+def max_in_any_window(stamps: list[float], period: float) -> int:
+    """The most calls in any half-open window [t, t + period); a busiest window can always
+    be slid right until it starts at a call, so checking windows starting at calls suffices."""
+    return max(sum(1 for s in stamps if t <= s < t + period) for t in stamps)
+
+
+async def drive(
+    acquire: Callable[[], Awaitable[None]], time: FakeTime, gaps: list[float]
+) -> list[float]:
+    """Before each call idle for `gap`, then acquire; return the time each call started."""
+    starts: list[float] = []
+    for gap in gaps:
+        time.now += gap
+        await acquire()
+        starts.append(time.now)
+    return starts
+
+
+def random_gaps(seed: int, calls: int = 50) -> list[float]:
+    """Bursts (gap 0), short gaps and the odd long pause, from a seeded generator."""
+    rng = random.Random(seed)
+    gaps: list[float] = []
+    for _ in range(calls):
+        roll = rng.random()
+        if roll < 0.5:
+            gaps.append(0.0)
+        elif roll < 0.9:
+            gaps.append(rng.uniform(0.0, 15.0))
+        else:
+            gaps.append(rng.uniform(30.0, 120.0))
+    return gaps
+
+
+class NaiveTokenBucket:
+    """The usual bucket: `limit` tokens, refilled steadily at limit/period per second."""
+
+    def __init__(self, limit: int, period: float, time: FakeTime) -> None:
+        self.capacity, self.rate, self.time = float(limit), limit / period, time
+        self.tokens, self.last = float(limit), time.now
+
+    async def acquire(self) -> None:
+        while True:
+            now = self.time.now
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return
+            await self.time.sleep((1.0 - self.tokens) / self.rate)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_non_positive_limit_is_rejected(limit: int) -> None:
+    with pytest.raises(ValueError):
+        SlidingWindowLimiter(limit, PERIOD)
+
+
+async def test_a_full_burst_goes_through_at_once() -> None:
+    time = FakeTime(100.0)
+    limiter = time.limiter()
+    for _ in range(LIMIT):
+        await limiter.acquire()
+    assert time.now == 100.0
+    assert time.sleeps == []
+    assert limiter.in_use() == LIMIT
+    assert limiter.delay() == PERIOD
+
+
+async def test_the_next_call_waits_for_the_oldest_to_leave() -> None:
+    time = FakeTime()
+    limiter = time.limiter()
+    await drive(limiter.acquire, time, [0.0, 10.0, 0.0, 0.0, 5.0])  # calls at 0,10,10,10,15
+    await limiter.acquire()
+    assert time.sleeps == [45.0]
+    assert time.now == 60.0  # the call at 0 has left [60, 120)
+    await limiter.acquire()
+    assert time.now == 70.0  # then the one at 10
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_every_window_holds_at_most_limit_calls(seed: int) -> None:
+    time = FakeTime()
+    limiter = time.limiter()
+    gaps = random_gaps(seed)
+    starts = await drive(limiter.acquire, time, gaps)
+    assert len(starts) == len(gaps)
+    assert max_in_any_window(starts, PERIOD) <= LIMIT
+    # Not merely safe but tight: each call starts as soon as both its caller and the
+    # window allow, i.e. at its arrival or when the call `limit` back leaves the window.
+    for i, (gap, start) in enumerate(zip(gaps, starts, strict=True)):
+        arrival = (starts[i - 1] if i else 0.0) + gap
+        earliest = max(arrival, starts[i - LIMIT] + PERIOD) if i >= LIMIT else arrival
+        assert start == pytest.approx(earliest, abs=1e-9), i
+
+
+async def test_a_burst_then_a_steady_stream_stays_within_the_limit() -> None:
+    time = FakeTime()
+    starts = await drive(time.limiter().acquire, time, [0.0] * 50)
+    assert max_in_any_window(starts, PERIOD) == LIMIT
+    assert starts[::LIMIT] == [PERIOD * k for k in range(10)]  # five every minute, on the dot
+
+
+async def test_a_naive_token_bucket_breaks_the_window() -> None:
+    """Why the sliding window exists: the same workload through a token bucket with the same
+    nominal rate puts almost twice the limit into the minute that holds the burst."""
+    time = FakeTime()
+    bucket = NaiveTokenBucket(LIMIT, PERIOD, time)
+    starts = await drive(bucket.acquire, time, [0.0] * 50)
+    assert max_in_any_window(starts, PERIOD) > LIMIT
+    assert max_in_any_window(starts, PERIOD) == 2 * LIMIT - 1  # 5 at 0, then 12, 24, 36, 48
+
+
+async def test_delay_and_in_use() -> None:
+    time = FakeTime()
+    limiter = time.limiter(limit=3, period=10.0)
+    assert (limiter.delay(), limiter.in_use()) == (0.0, 0)
+    await limiter.acquire()  # at 0
+    time.now = 2.0
+    await limiter.acquire()  # at 2
+    assert (limiter.delay(), limiter.in_use()) == (0.0, 2)  # room for one more
+    time.now = 5.0
+    await limiter.acquire()  # at 5
+    assert (limiter.delay(), limiter.in_use()) == (5.0, 3)
+    time.now = 9.5
+    assert (limiter.delay(), limiter.in_use()) == (0.5, 3)
+    time.now = 10.0  # the call at 0 leaves the window exactly now
+    assert (limiter.delay(), limiter.in_use()) == (0.0, 2)
+    await limiter.acquire()  # at 10; window now holds 2, 5, 10
+    assert (limiter.delay(), limiter.in_use()) == (2.0, 3)
+    time.now = 100.0
+    assert (limiter.delay(), limiter.in_use()) == (0.0, 0)
+    assert time.sleeps == []  # every acquire above was allowed at once
+
+
+async def test_concurrent_waiters_are_served_in_arrival_order() -> None:
+    time = FakeTime()
+    limiter = time.limiter(limit=1, period=10.0)
+    served: list[tuple[str, float]] = []
+
+    async def caller(name: str) -> None:
+        await limiter.acquire()
+        served.append((name, time.now))
+
+    names = [f"caller-{i}" for i in range(10)]
+    random.Random(7).shuffle(names)  # arrival order differs from any natural sort order
+    tasks = [asyncio.create_task(caller(name)) for name in names]
+    await asyncio.gather(*tasks)
+    assert served == [(name, 10.0 * i) for i, name in enumerate(names)]
+
+
+async def test_a_late_arrival_does_not_jump_the_queue() -> None:
+    time = FakeTime()
+    limiter = time.limiter(limit=1, period=10.0)
+    served: list[str] = []
+
+    async def caller(name: str) -> None:
+        await limiter.acquire()
+        served.append(name)
+
+    await limiter.acquire()  # the window is full until 10
+    first = asyncio.create_task(caller("first"))
+    second = asyncio.create_task(caller("second"))
+    await asyncio.sleep(0)  # both are now waiting, "first" inside its sleep
+    late = asyncio.create_task(caller("late"))
+    await asyncio.gather(first, second, late)
+    assert served == ["first", "second", "late"]
+    assert time.now == 30.0
+
+
+async def test_a_cancelled_waiter_takes_no_slot() -> None:
+    time = FakeTime()
+    released = asyncio.Event()
+
+    async def blocking_sleep(delay: float) -> None:
+        await released.wait()
+        time.now += delay
+
+    limiter = SlidingWindowLimiter(1, 10.0, clock=time.clock, sleep=blocking_sleep)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.in_use() == 1  # only the first call
+    time.now = 10.0
+    await asyncio.wait_for(limiter.acquire(), timeout=1.0)  # the lock was released
+    assert limiter.in_use() == 1

@@ -1,0 +1,180 @@
+"""The job runner resumes each job from the step it reached, and handles failures on purpose."""
+
+from __future__ import annotations
+
+from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
+
+from bot.chatinfo import ChatinfoClient
+from bot.keyboards import RetryCallback
+from bot.sandbox import Fault
+from storage.jobs import JobState
+from tests.conftest import App
+from tests.fakes.telegram_api import callback_update
+
+PLACEHOLDER = 900
+
+
+async def add_job(app: App, *, state: JobState = JobState.NEW, content: str = "hello",
+                  placeholder: int | None = PLACEHOLDER, user_id: int = 1) -> int:
+    await app.db.execute("INSERT OR IGNORE INTO users (id, first_seen, last_seen) VALUES (?, 0, 0)",
+                         (user_id,))
+    job_id = await app.jobs.add(user_id=user_id, chat_id=user_id, source_message_id=None,
+                                locale="en", mode="chat", content=content)
+    assert job_id is not None
+    if placeholder is not None:
+        await app.jobs.set_placeholder(job_id, placeholder)
+    if state is not JobState.NEW:
+        await app.jobs.end(job_id, state, "set by the test")
+    return job_id
+
+
+async def state_of(app: App, job_id: int) -> JobState:
+    job = await app.jobs.get(job_id)
+    assert job is not None
+    return job.state
+
+
+async def test_new_job_without_placeholder_gets_one_then_its_answer(app: App) -> None:
+    job_id = await add_job(app, placeholder=None)
+    assert await app.runner.resume() == 1
+    await app.settle()
+
+    [placeholder] = app.sent(SendMessage)
+    assert placeholder.text == "⏳ Working on it…"
+    [edit] = app.sent(EditMessageText)
+    assert (edit.message_id, edit.text) == (1001, "[chat] hello")
+    assert app.chatinfo.calls["create_request"] == 1
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_job_caught_mid_create_is_not_resent_but_offered_a_retry(app: App) -> None:
+    job_id = await add_job(app, state=JobState.CREATING)
+    await app.runner.resume()
+    await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 0
+    [edit] = app.sent(EditMessageText)
+    assert edit.message_id == PLACEHOLDER
+    assert edit.text.startswith("⚠️ The connection broke")
+    assert await state_of(app, job_id) is JobState.UNKNOWN
+
+    retry = RetryCallback(job_id=job_id).pack()
+    await app.feed(callback_update(2, retry, message_id=PLACEHOLDER))  # someone else's button
+    await app.feed(callback_update(1, retry, message_id=PLACEHOLDER))
+    await app.feed(callback_update(1, retry, message_id=PLACEHOLDER))  # a second tap
+    await app.settle()
+    assert app.chatinfo.calls["create_request"] == 1
+    assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+    stale = [a.text for a in app.sent(AnswerCallbackQuery) if a.show_alert]
+    assert stale == ["This button is no longer valid."] * 2
+
+
+async def test_pending_job_is_polled_not_created_again(app: App) -> None:
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    created = await client.create_request("resumed", "chat")
+    await client.close()
+    job_id = await add_job(app, content="resumed")
+    await app.jobs.mark_creating(job_id)
+    await app.jobs.set_upstream(job_id, created.id, created.units)
+
+    await app.runner.resume()
+    await app.settle()
+    assert app.chatinfo.calls["create_request"] == 1
+    assert app.sent(EditMessageText)[-1].text == "[chat] resumed"
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_answered_job_sends_only_the_parts_not_yet_delivered(app: App) -> None:
+    long_answer = "\n\n".join(f"paragraph {n} " + "x" * 1500 for n in range(8))
+    job_id = await add_job(app)
+    await app.jobs.set_result(job_id, long_answer)
+    await app.jobs.set_parts_delivered(job_id, 2)
+
+    await app.runner.resume()
+    await app.settle()
+    assert app.sent(EditMessageText) == []  # part 1 was already shown on the placeholder
+    rest = app.sent(SendMessage)
+    assert rest and rest[0].text.startswith("paragraph 4")
+    assert all(m.reply_to_message_id == PLACEHOLDER for m in rest)
+    job = await app.jobs.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERED
+    assert job.parts_delivered == 2 + len(rest)
+
+
+async def test_deleted_placeholder_gets_the_answer_as_a_new_message(app: App) -> None:
+    app.session.fail_next(EditMessageText, 400, "Bad Request: message to edit not found")
+    job_id = await add_job(app)
+    await app.runner.resume()
+    await app.settle()
+
+    [answer] = app.sent(SendMessage)
+    assert answer.text == "[chat] hello"
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_telegram_retry_after_is_honoured(app: App) -> None:
+    app.session.fail_next(EditMessageText, 429, "Too Many Requests: retry after 1", retry_after=1)
+    job_id = await add_job(app)
+    await app.runner.resume()
+    await app.settle()
+
+    first, second = app.sent(EditMessageText)
+    assert first.text == second.text == "[chat] hello"
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_blocked_user_ends_the_job_without_retrying(app: App) -> None:
+    app.session.fail_next(EditMessageText, 403, "Forbidden: bot was blocked by the user")
+    job_id = await add_job(app)
+    await app.runner.resume()
+    await app.settle()
+
+    assert len(app.sent(EditMessageText)) == 1
+    assert await state_of(app, job_id) is JobState.FAILED
+
+
+async def test_ambiguous_create_failure_is_not_retried(app: App) -> None:
+    app.chatinfo.inject("create_request", Fault.http(502, "<html>bad gateway</html>",
+                                                     after_effect=True))
+    job_id = await add_job(app)
+    await app.runner.resume()
+    await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 1
+    assert await state_of(app, job_id) is JobState.UNKNOWN
+    [edit] = app.sent(EditMessageText)
+    assert edit.reply_markup is not None
+
+
+async def test_poll_errors_are_waited_out(app: App) -> None:
+    app.chatinfo.inject("get_response", Fault.http(500, "oops"), times=4)
+    job_id = await add_job(app)
+    await app.runner.resume()
+    await app.settle()
+
+    assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_job_without_answer_in_time_fails_with_a_message(app: App) -> None:
+    app.chatinfo.solve_time = 3600.0
+    job_id = await add_job(app)
+    await app.db.execute("UPDATE jobs SET created_at = created_at - 29.8 WHERE id = ?", (job_id,))
+    await app.db.commit()
+    await app.runner.resume()
+    await app.settle()
+
+    [edit] = app.sent(EditMessageText)
+    assert edit.text.startswith("⌛ No answer came in time.")
+    assert await state_of(app, job_id) is JobState.FAILED
+
+
+async def test_stop_lets_a_create_in_flight_store_its_id(app: App) -> None:
+    app.chatinfo.inject("create_request", Fault.slow(0.5))
+    job_id = await add_job(app)
+    app.runner.start(job_id)
+    await app.chatinfo.wait_for(lambda: app.chatinfo.calls["create_request"] == 1)
+    await app.runner.stop()
+
+    job = await app.jobs.get(job_id)
+    assert job is not None and job.state is JobState.PENDING and job.upstream_id is not None

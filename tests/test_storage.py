@@ -1,0 +1,56 @@
+"""Schema, migrations and the job repository's guarantees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.db import MIGRATIONS, migrate, open_database
+from storage.jobs import JobRepo, JobState
+
+
+async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "a.sqlite3")
+    await migrate(db)  # a second run must change nothing
+    async with db.execute("PRAGMA user_version") as cursor:
+        assert tuple(await cursor.fetchone() or ()) == (len(MIGRATIONS),)
+    async with db.execute("PRAGMA journal_mode") as cursor:
+        assert tuple(await cursor.fetchone() or ()) == ("wal",)
+    await db.close()
+
+    reopened = await open_database(tmp_path / "a.sqlite3")
+    async with reopened.execute("SELECT count(*) FROM jobs") as cursor:
+        assert tuple(await cursor.fetchone() or ()) == (0,)
+    await reopened.close()
+
+
+async def test_one_job_per_telegram_message(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "b.sqlite3")
+    await db.execute("INSERT INTO users (id, first_seen, last_seen) VALUES (1, 0, 0)")
+    jobs = JobRepo(db)
+    fields = {"user_id": 1, "chat_id": 1, "locale": "en", "mode": "chat", "content": "hi"}
+
+    first = await jobs.add(source_message_id=10, **fields)  # type: ignore[arg-type]
+    again = await jobs.add(source_message_id=10, **fields)  # type: ignore[arg-type]
+    retry_a = await jobs.add(source_message_id=None, **fields)  # type: ignore[arg-type]
+    retry_b = await jobs.add(source_message_id=None, **fields)  # type: ignore[arg-type]
+
+    assert first is not None and again is None
+    assert retry_a is not None and retry_b is not None and retry_a != retry_b
+    await db.close()
+
+
+async def test_a_retry_can_be_claimed_once_and_only_by_its_owner(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "c.sqlite3")
+    await db.execute("INSERT INTO users (id, first_seen, last_seen) VALUES (1, 0, 0)")
+    jobs = JobRepo(db)
+    job_id = await jobs.add(user_id=1, chat_id=1, source_message_id=None, locale="en",
+                            mode="chat", content="hi")
+    assert job_id is not None
+    assert await jobs.claim_retry(job_id, user_id=1) is None  # NEW jobs cannot be retried
+    await jobs.end(job_id, JobState.UNKNOWN, "test")
+
+    assert await jobs.claim_retry(job_id, user_id=2) is None
+    claimed = await jobs.claim_retry(job_id, user_id=1)
+    assert claimed is not None and claimed.state is JobState.RETRIED
+    assert await jobs.claim_retry(job_id, user_id=1) is None
+    await db.close()
