@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from aiogram import F, Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 
@@ -42,6 +45,9 @@ async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRep
         await query.answer(_("This button is no longer valid."), show_alert=True)
         return
     await query.answer(_("Sending again…"))
+    if isinstance(query.message, Message):  # the old button has done its job
+        with suppress(TelegramBadRequest):
+            await query.message.edit_reply_markup(reply_markup=None)
     job_id = await jobs.add(user_id=old.user_id, chat_id=old.chat_id, source_message_id=None,
                             locale=locale, mode=old.mode, content=old.content)
     assert job_id is not None  # retries carry no source message, so they never collide

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
+from aiogram.methods import (
+    AnswerCallbackQuery,
+    EditMessageReplyMarkup,
+    EditMessageText,
+    SendMessage,
+)
 
 from bot.chatinfo import ChatinfoClient
 from bot.keyboards import RetryCallback
@@ -65,6 +70,8 @@ async def test_job_caught_mid_create_is_not_resent_but_offered_a_retry(app: App)
     await app.settle()
     assert app.chatinfo.calls["create_request"] == 1
     assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+    [unbuttoned] = app.sent(EditMessageReplyMarkup)
+    assert (unbuttoned.message_id, unbuttoned.reply_markup) == (PLACEHOLDER, None)
     stale = [a.text for a in app.sent(AnswerCallbackQuery) if a.show_alert]
     assert stale == ["This button is no longer valid."] * 2
 
