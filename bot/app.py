@@ -9,16 +9,13 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
-from aiogram.exceptions import TelegramAPIError
-from aiogram.types import BotCommand, BotCommandScopeDefault
 from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
 from bot.i18n import UserLocaleMiddleware
+from bot.menu import set_command_menus
 from bot.runner import JobRunner, PollPolicy
-from bot.telegram import with_retries
 from handlers import get_routers
 from handlers.fallback import on_error
 from storage.jobs import JobRepo
@@ -60,22 +57,6 @@ def make_dispatcher(
     return dp
 
 
-async def _on_startup(bot: Bot, runner: JobRunner, i18n: I18n) -> None:
+async def _on_startup(bot: Bot, runner: JobRunner, i18n: I18n, settings: Settings) -> None:
     await runner.resume()
-    try:
-        for locale in i18n.available_locales:
-            with i18n.context(), i18n.use_locale(locale):
-                commands = command_menu()
-            language = None if locale == i18n.default_locale else locale
-            await with_retries(lambda c=commands, lang=language: bot.set_my_commands(  # type: ignore[misc]
-                c, scope=BotCommandScopeDefault(), language_code=lang))
-    except TelegramAPIError as error:  # a missing menu must not keep the bot from starting
-        log.warning("could not set the command menu: %s", type(error).__name__)
-
-
-def command_menu() -> list[BotCommand]:
-    return [
-        BotCommand(command="start", description=_("Start and choose a mode")),
-        BotCommand(command="mode", description=_("Change the mode")),
-        BotCommand(command="help", description=_("What I can do")),
-    ]
+    await set_command_menus(bot, i18n, settings.admin_ids)

@@ -16,6 +16,14 @@ class ModeCallback(CallbackData, prefix="mode"):
     name: str  # the API's own mode name, e.g. "poems"
 
 
+class LanguageCallback(CallbackData, prefix="lang"):
+    code: str
+
+
+# Each language is named in itself, so these names are not translated.
+LANGUAGES = {"en": "🇬🇧 English", "ru": "🇷🇺 Русский"}
+
+
 class RetryCallback(CallbackData, prefix="retry"):
     job_id: int
 
@@ -35,4 +43,12 @@ def modes_keyboard(current: str) -> InlineKeyboardMarkup:
 def retry_keyboard(job_id: int) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(text=_("🔄 Send again"), callback_data=RetryCallback(job_id=job_id))
+    return builder.as_markup()
+
+
+def languages_keyboard(current: str) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for code, name in LANGUAGES.items():
+        mark = "✅ " if code == current else ""
+        builder.button(text=f"{mark}{name}", callback_data=LanguageCallback(code=code))
     return builder.as_markup()

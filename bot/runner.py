@@ -29,6 +29,7 @@ from bot.chatinfo import (
     RequestRejected,
     UpstreamUnavailable,
 )
+from bot.failures import Failure, failure_text
 from bot.keyboards import retry_keyboard
 from bot.render import split_message
 from bot.telegram import Typing, with_retries
@@ -103,7 +104,7 @@ class JobRunner:
         if job.placeholder_id is None and job.state in (JobState.NEW, JobState.CREATING):
             job = await self._send_placeholder(job)
         if job.state is JobState.CREATING:
-            await self._tell(job, JobState.UNKNOWN, "create outcome unknown", retry=True)
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
             return
         async with self._typing.during(job.chat_id):
             if job.state is JobState.NEW:
@@ -134,14 +135,16 @@ class JobRunner:
         try:
             created = await self._client.create_request(job.content, job.mode)
         except UpstreamUnavailable as error:
-            if error.maybe_spent:
-                await self._tell(job, JobState.UNKNOWN, str(error), retry=True)
-            else:
-                await self._tell(job, JobState.FAILED, str(error), retry=True)
-        except (NotEnoughUnits, AccessDenied) as error:
-            await self._tell(job, JobState.FAILED, f"{error} {error.upstream_error or ''}")
-        except (RateLimited, RequestRejected) as error:
-            await self._tell(job, JobState.FAILED, str(error), retry=True)
+            failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.BUSY
+            await self._tell(job, failure, str(error))
+        except NotEnoughUnits as error:
+            await self._tell(job, Failure.NO_UNITS, str(error))
+        except AccessDenied as error:
+            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
+        except RateLimited as error:
+            await self._tell(job, Failure.BUSY, str(error))
+        except ChatinfoError as error:
+            await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
@@ -156,19 +159,19 @@ class JobRunner:
         while True:
             await asyncio.sleep(min(delay, max(0.0, deadline - time.time())))
             if time.time() >= deadline:
-                await self._tell(job, JobState.FAILED, "no answer in time", timed_out=True)
+                await self._tell(job, Failure.TIMEOUT, "no answer in time")
                 return await self._reload(job)
             try:
                 result = await self._client.get_response(job.upstream_id)
             except RequestRejected as error:
                 rejections += 1
                 if rejections >= policy.max_rejections:
-                    await self._tell(job, JobState.FAILED, str(error), retry=True)
+                    await self._tell(job, Failure.LOST, str(error))
                     return await self._reload(job)
             except (RateLimited, UpstreamUnavailable) as error:
                 log.warning("job %s poll failed: %s", job.id, error)
             except ChatinfoError as error:
-                await self._tell(job, JobState.FAILED, str(error))
+                await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
                 return await self._reload(job)
             else:
                 rejections = 0
@@ -191,21 +194,19 @@ class JobRunner:
                         allow_sending_without_reply=True))
                 await self._jobs.set_parts_delivered(job.id, index + 1)
         except TelegramForbiddenError:
-            await self._jobs.end(job.id, JobState.FAILED, "bot blocked by the user")
+            await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
             return
         await self._jobs.mark_delivered(job.id)
         log.info("job %s delivered in %d part(s)", job.id, len(parts))
 
-    async def _tell(
-        self, job: Job, state: JobState, error: str, *, retry: bool = False,
-        timed_out: bool = False,
-    ) -> None:
+    async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        log.warning("job %s ends %s: %s", job.id, state, error)
+        log.warning("job %s failed: %s (%s)", job.id, failure, detail)
         with self._locale(job.locale):
-            text = failure_text(state, timed_out=timed_out, retry=retry)
-            keyboard = retry_keyboard(job.id) if retry else None
-        await self._jobs.end(job.id, state, error)
+            text = failure_text(failure)
+            keyboard = retry_keyboard(job.id) if failure.retryable else None
+        state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED
+        await self._jobs.end(job.id, state, failure)
         with suppress(TelegramForbiddenError):
             await self._show(job, text, keyboard)
 
@@ -239,17 +240,3 @@ class JobRunner:
 
 def placeholder_text() -> str:
     return _("⏳ Working on it…")
-
-
-def failure_text(state: JobState, *, timed_out: bool, retry: bool) -> str:
-    if state is JobState.UNKNOWN:
-        return _("⚠️ The connection broke while your request was being sent, so it is not "
-                 "known whether it was accepted. Tap the button to send it again (this may "
-                 "use one more request).")
-    if timed_out:
-        return _("⌛ No answer came in time. The request was already counted; please send "
-                 "it again later.")
-    if retry:
-        return _("⚠️ The AI service could not take this request right now. Tap the button "
-                 "to try again.")
-    return _("😔 The service is temporarily unavailable. Please try again later.")

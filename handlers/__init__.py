@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import chat, fallback, modes, start
+from handlers import chat, fallback, modes, settings, start
 
 
 def get_routers() -> list[Router]:
-    return [start.make_router(), modes.make_router(), chat.make_router(),
-            fallback.make_router()]
+    return [start.make_router(), modes.make_router(), settings.make_router(),
+            chat.make_router(), fallback.make_router()]

@@ -126,10 +126,31 @@ async def test_no_units_ends_the_job_with_a_clear_message(app: App) -> None:
     await app.settle()
 
     [edit] = app.sent(EditMessageText)
-    assert edit.text == "😔 The service is temporarily unavailable. Please try again later."
+    assert edit.text == "😔 The service has run out of capacity for now. Please try again later."
     assert edit.reply_markup is None
     [job] = [await app.jobs.get(1)]
     assert job is not None and job.state is JobState.FAILED
+
+
+async def test_tariff_refusal_is_told_in_the_users_language_never_raw(app: App) -> None:
+    app.chatinfo.keys["test-key"] = "free"
+    await app.feed(message_update(12, "привет", language_code="ru"))
+    await app.settle()
+
+    [edit] = app.sent(EditMessageText)
+    assert edit.text == "😔 Сервис временно недоступен. Попробуйте позже."
+    assert "Престиж" not in edit.text
+
+
+async def test_rate_limited_request_spends_nothing_and_offers_a_retry(app: App) -> None:
+    app.chatinfo.limits["create_request"] = 0
+    await app.feed(message_update(13, "hello"))
+    await app.settle()
+
+    [edit] = app.sent(EditMessageText)
+    assert edit.text.startswith("⚠️ The AI service is busy and your request was not sent")
+    assert buttons(edit.reply_markup) == [("🔄 Send again", "retry:1")]
+    assert app.chatinfo.units == 1000
 
 
 async def test_failed_handler_is_logged_and_the_user_told(app: App) -> None:
