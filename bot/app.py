@@ -11,14 +11,20 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.utils.i18n import I18n
 
+from bot.access import AccessMiddleware
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
 from bot.i18n import UserLocaleMiddleware
 from bot.menu import set_command_menus
+from bot.notify import AdminNotifier
+from bot.quota import Admission, QuotaClock
 from bot.runner import JobRunner, PollPolicy
+from bot.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
 from storage.jobs import JobRepo
+from storage.quotas import QuotaRepo
+from storage.stats import StatsRepo
 from storage.users import UserRepo
 
 log = logging.getLogger(__name__)
@@ -45,18 +51,34 @@ def make_dispatcher(
     settings: Settings, *, policy: PollPolicy | None = None,
 ) -> Dispatcher:
     users, jobs = UserRepo(db), JobRepo(db)
-    policy = policy or PollPolicy(max_wait=float(settings.max_wait_seconds))
-    runner = JobRunner(bot, client, jobs, i18n, policy)
-    dp = Dispatcher(users=users, jobs=jobs, runner=runner, client=client, settings=settings,
-                    i18n=i18n)
+    quotas = QuotaRepo(db, settings.daily_quota)
+    clock = QuotaClock(settings.quota_timezone)
+    tracker = UnitsTracker(client, AdminNotifier(bot, users, i18n, settings.admin_ids),
+                           settings.low_units_threshold)
+    runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker,
+                       policy=policy or PollPolicy(max_wait=float(settings.max_wait_seconds)))
+    admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user)
+    dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
+                    tracker=tracker, runner=runner, admission=admission, client=client,
+                    settings=settings, i18n=i18n)
     UserLocaleMiddleware(i18n, users).setup(dp)
-    dp.include_routers(*get_routers())
+    access = AccessMiddleware(settings.admin_ids, settings.allowed_user_ids)
+    dp.message.outer_middleware(access)
+    dp.callback_query.outer_middleware(access)
+    dp.include_routers(*get_routers(settings.admin_ids))
     dp.errors.register(on_error)
     dp.startup.register(_on_startup)
-    dp.shutdown.register(runner.stop)
+    dp.shutdown.register(_on_shutdown)
     return dp
 
 
-async def _on_startup(bot: Bot, runner: JobRunner, i18n: I18n, settings: Settings) -> None:
+async def _on_startup(bot: Bot, runner: JobRunner, tracker: UnitsTracker, i18n: I18n,
+                      settings: Settings) -> None:
     await runner.resume()
+    tracker.start()
     await set_command_menus(bot, i18n, settings.admin_ids)
+
+
+async def _on_shutdown(runner: JobRunner, tracker: UnitsTracker) -> None:
+    await tracker.stop()
+    await runner.stop()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      arbitrary_types_allowed=True)
 
     bot_token: SecretStr
     chatinfo_api_key: SecretStr
@@ -21,11 +23,26 @@ class Settings(BaseSettings):
     chatinfo_create_per_min: int = Field(1500, gt=0)
     chatinfo_poll_per_min: int = Field(15000, gt=0)
     chatinfo_units_per_min: int = Field(500, gt=0)
+    allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    daily_quota: int = Field(30, ge=0)
+    quota_timezone: ZoneInfo = ZoneInfo("Europe/Moscow")
+    max_pending_per_user: int = Field(3, gt=0)
+    low_units_threshold: int = Field(100, ge=0)
     max_wait_seconds: int = Field(600, gt=0)
     default_locale: Literal["en", "ru"] = "en"
     log_level: str = "INFO"
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("quota_timezone", mode="before")
+    @classmethod
+    def _zone(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError("must be an IANA time zone such as Europe/Moscow") from None
+        return value
+
+    @field_validator("admin_ids", "allowed_user_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
         # Operators write "1, 2"; JSON lists are not what a .env file looks like.

@@ -57,7 +57,8 @@ class UserLocaleMiddleware(I18nMiddleware):
         user: User | None = data.get("event_from_user")
         if user is None:
             return self.i18n.default_locale
-        chosen = await self._users.touch(user.id, user.language_code)
-        locale = chosen or locale_for(user.language_code, self.i18n.default_locale)
+        profile = await self._users.touch(user.id, user.language_code)
+        locale = profile.locale or locale_for(user.language_code, self.i18n.default_locale)
+        data["profile"] = profile
         data["locale"] = locale
         return locale

@@ -22,12 +22,21 @@ def user_commands() -> list[BotCommand]:
         BotCommand(command="start", description=_("Start and choose a mode")),
         BotCommand(command="mode", description=_("Change the mode")),
         BotCommand(command="language", description=_("Change the language")),
+        BotCommand(command="me", description=_("My mode and requests left today")),
         BotCommand(command="help", description=_("What I can do")),
     ]
 
 
 def admin_commands() -> list[BotCommand]:
-    return []
+    return [
+        BotCommand(command="units", description=_("Balance, spending, days left")),
+        BotCommand(command="stats", description=_("Users, requests, failures")),
+        BotCommand(command="user", description=_("A user's card: /user <id>")),
+        BotCommand(command="quota", description=_("Daily quota: /quota <id> <n>")),
+        BotCommand(command="grant", description=_("Extra requests today: /grant <id> <n>")),
+        BotCommand(command="ban", description=_("Ban: /ban <id>")),
+        BotCommand(command="unban", description=_("Unban: /unban <id>")),
+    ]
 
 
 def _menus(i18n: I18n, commands: Callable[[], list[BotCommand]],

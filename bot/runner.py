@@ -33,7 +33,9 @@ from bot.failures import Failure, failure_text
 from bot.keyboards import retry_keyboard
 from bot.render import split_message
 from bot.telegram import Typing, with_retries
+from bot.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
+from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,14 @@ class PollPolicy:
 
 class JobRunner:
     def __init__(
-        self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n,
-        policy: PollPolicy | None = None,
+        self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
+        quotas: QuotaRepo, units: UnitsTracker, policy: PollPolicy | None = None,
     ) -> None:
         self._bot = bot
         self._client = client
         self._jobs = jobs
+        self._quotas = quotas
+        self._units = units
         self._i18n = i18n
         self._policy = policy or PollPolicy()
         self._typing = Typing(bot)
@@ -138,8 +142,10 @@ class JobRunner:
             failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.BUSY
             await self._tell(job, failure, str(error))
         except NotEnoughUnits as error:
+            await self._units.observe(0)
             await self._tell(job, Failure.NO_UNITS, str(error))
         except AccessDenied as error:
+            await self._units.denied()
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         except RateLimited as error:
             await self._tell(job, Failure.BUSY, str(error))
@@ -149,6 +155,8 @@ class JobRunner:
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units)
+            if created.units is not None:
+                await self._units.observe(created.units)
 
     async def _poll(self, job: Job) -> Job:
         assert job.upstream_id is not None
@@ -207,6 +215,9 @@ class JobRunner:
             keyboard = retry_keyboard(job.id) if failure.retryable else None
         state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED
         await self._jobs.end(job.id, state, failure)
+        never_sent = job.upstream_id is None and failure is not Failure.UNKNOWN_OUTCOME
+        if never_sent and job.quota_day is not None:
+            await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
         with suppress(TelegramForbiddenError):
             await self._show(job, text, keyboard)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import chat, fallback, modes, settings, start
+from handlers import account, admin, chat, fallback, modes, settings, start
 
 
-def get_routers() -> list[Router]:
+def get_routers(admin_ids: frozenset[int]) -> list[Router]:
     return [start.make_router(), modes.make_router(), settings.make_router(),
-            chat.make_router(), fallback.make_router()]
+            account.make_router(), admin.make_router(admin_ids), chat.make_router(),
+            fallback.make_router()]

@@ -43,6 +43,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_state ON jobs (state);
     CREATE INDEX jobs_by_user ON jobs (user_id, created_at);
     """,
+    """
+    ALTER TABLE users ADD COLUMN daily_quota INTEGER;      -- NULL: DAILY_QUOTA; 0: unlimited
+    ALTER TABLE users ADD COLUMN banned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN quota_day TEXT;            -- the day whose quota it counts on
+    CREATE TABLE usage (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        day     TEXT    NOT NULL,                          -- local date in QUOTA_TIMEZONE
+        used    INTEGER NOT NULL DEFAULT 0,
+        granted INTEGER NOT NULL DEFAULT 0,                -- extra requests for that day
+        PRIMARY KEY (user_id, day)
+    );
+    CREATE INDEX jobs_by_created ON jobs (created_at);
+    """,
 )
 
 

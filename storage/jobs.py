@@ -27,6 +27,7 @@ class JobState(StrEnum):
 
 
 UNFINISHED = (JobState.NEW, JobState.CREATING, JobState.PENDING, JobState.ANSWERED)
+RETRYABLE = (JobState.UNKNOWN, JobState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Job:
     result: str | None
     parts_delivered: int
     created_at: float
+    quota_day: str | None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -52,6 +54,7 @@ class Job:
             content=row["content"], state=JobState(row["state"]),
             upstream_id=row["upstream_id"], result=row["result"],
             parts_delivered=row["parts_delivered"], created_at=row["created_at"],
+            quota_day=row["quota_day"],
         )
 
 
@@ -61,16 +64,17 @@ class JobRepo:
 
     async def add(
         self, *, user_id: int, chat_id: int, source_message_id: int | None,
-        locale: str, mode: str, content: str,
+        locale: str, mode: str, content: str, quota_day: str | None = None,
     ) -> int | None:
         """The new job's id, or None if this message already has a job."""
         now = time.time()
         cursor = await self._db.execute(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
-                                 state, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 state, quota_day, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
-            (user_id, chat_id, source_message_id, locale, mode, content, JobState.NEW, now, now),
+            (user_id, chat_id, source_message_id, locale, mode, content, JobState.NEW,
+             quota_day, now, now),
         )
         await self._db.commit()
         return cursor.lastrowid if cursor.rowcount == 1 else None
@@ -84,6 +88,28 @@ class JobRepo:
         marks = ",".join("?" * len(UNFINISHED))
         async with self._db.execute(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED
+        ) as cursor:
+            return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def exists_for_message(self, chat_id: int, source_message_id: int) -> bool:
+        async with self._db.execute(
+            "SELECT 1 FROM jobs WHERE chat_id = ? AND source_message_id = ?",
+            (chat_id, source_message_id),
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def pending_count(self, user_id: int) -> int:
+        marks = ",".join("?" * len(UNFINISHED))
+        async with self._db.execute(
+            f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks})",
+            (user_id, *UNFINISHED),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def recent(self, user_id: int, limit: int) -> list[Job]:
+        async with self._db.execute(
+            "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
         ) as cursor:
             return [Job.from_row(row) for row in await cursor.fetchall()]
 
@@ -111,14 +137,20 @@ class JobRepo:
         await self._update(job_id, state=state, error=error)
 
     async def claim_retry(self, job_id: int, user_id: int) -> Job | None:
-        """Mark an UNKNOWN or FAILED job as retried, once; the job, or None if not allowed."""
+        """Mark an UNKNOWN or FAILED job as retried, once: the job as it was, or None."""
+        job = await self.get(job_id)
+        if job is None or job.user_id != user_id or job.state not in RETRYABLE:
+            return None
         cursor = await self._db.execute(
-            """UPDATE jobs SET state = ?, updated_at = ?
-               WHERE id = ? AND user_id = ? AND state IN (?, ?)""",
-            (JobState.RETRIED, time.time(), job_id, user_id, JobState.UNKNOWN, JobState.FAILED),
+            "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+            (JobState.RETRIED, time.time(), job_id, job.state),
         )
         await self._db.commit()
-        return await self.get(job_id) if cursor.rowcount == 1 else None
+        return job if cursor.rowcount == 1 else None  # a concurrent tap took it first
+
+    async def unclaim_retry(self, job: Job) -> None:
+        """Undo claim_retry when the retry could not be admitted, so the button still works."""
+        await self._update(job.id, state=job.state)
 
     async def _update(self, job_id: int, **fields: Any) -> None:
         fields["updated_at"] = time.time()

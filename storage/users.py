@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import aiosqlite
 
 from bot.modes import DEFAULT_MODE
 
 
+@dataclass(frozen=True)
+class Profile:
+    locale: str | None  # chosen with /language; None: from Telegram
+    banned: bool
+
+
 class UserRepo:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
-    async def touch(self, user_id: int, language_code: str | None) -> str | None:
-        """Record that the user was seen (creating the row); the language they chose, if any."""
+    async def touch(self, user_id: int, language_code: str | None) -> Profile:
+        """Record that the user was seen (creating the row); what the bot knows of them."""
         now = time.time()
         async with self._db.execute(
             """INSERT INTO users (id, language_code, first_seen, last_seen) VALUES (?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    language_code = excluded.language_code, last_seen = excluded.last_seen
-               RETURNING locale""",
+               RETURNING locale, banned""",
             (user_id, language_code, now, now),
         ) as cursor:
             row = await cursor.fetchone()
         await self._db.commit()
-        return str(row["locale"]) if row and row["locale"] else None
+        assert row is not None  # an upsert always returns its row
+        return Profile(locale=row["locale"], banned=bool(row["banned"]))
 
     async def mode(self, user_id: int) -> str:
         async with self._db.execute("SELECT mode FROM users WHERE id = ?", (user_id,)) as cursor:
@@ -45,3 +53,16 @@ class UserRepo:
     async def set_locale(self, user_id: int, locale: str) -> None:
         await self._db.execute("UPDATE users SET locale = ? WHERE id = ?", (locale, user_id))
         await self._db.commit()
+
+    async def exists(self, user_id: int) -> bool:
+        async with self._db.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def set_banned(self, user_id: int, banned: bool) -> None:
+        await self._db.execute("UPDATE users SET banned = ? WHERE id = ?", (banned, user_id))
+        await self._db.commit()
+
+    async def is_banned(self, user_id: int) -> bool:
+        async with self._db.execute("SELECT banned FROM users WHERE id = ?", (user_id,)) as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row["banned"])

@@ -51,6 +51,8 @@ async def test_a_retry_can_be_claimed_once_and_only_by_its_owner(tmp_path: Path)
 
     assert await jobs.claim_retry(job_id, user_id=2) is None
     claimed = await jobs.claim_retry(job_id, user_id=1)
-    assert claimed is not None and claimed.state is JobState.RETRIED
+    assert claimed is not None and claimed.state is JobState.UNKNOWN  # as it was
+    stored = await jobs.get(job_id)
+    assert stored is not None and stored.state is JobState.RETRIED
     assert await jobs.claim_retry(job_id, user_id=1) is None
     await db.close()

@@ -1,0 +1,71 @@
+"""Admission of a request: the balance, the user's pending requests, their daily quota."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from bot.units import UnitsTracker
+from storage.jobs import JobRepo
+from storage.quotas import QuotaRepo
+
+
+class QuotaClock:
+    """Quota days run from local midnight to local midnight in QUOTA_TIMEZONE."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+
+    def now(self) -> datetime:
+        return datetime.now(self.zone)
+
+    def today(self) -> str:
+        return self.now().date().isoformat()
+
+    def next_reset(self) -> datetime:
+        tomorrow = self.now().date() + timedelta(days=1)
+        return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=self.zone)
+
+    def day_start(self, days_ago: int = 0) -> float:
+        """The Unix time when the local day `days_ago` days back began."""
+        day = self.now().date() - timedelta(days=days_ago)
+        return datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp()
+
+
+class Refusal(StrEnum):
+    NO_UNITS = "no_units"
+    TOO_MANY_PENDING = "too_many_pending"
+    OVER_QUOTA = "over_quota"
+
+
+class Admission:
+    def __init__(self, jobs: JobRepo, quotas: QuotaRepo, units: UnitsTracker,
+                 clock: QuotaClock, max_pending: int) -> None:
+        self._jobs = jobs
+        self._quotas = quotas
+        self._units = units
+        self._clock = clock
+        self._max_pending = max_pending
+        # The checks and the insert must not interleave with another message's, or two
+        # concurrent messages could both take a user's last request.
+        self._lock = asyncio.Lock()
+
+    async def admit(self, *, user_id: int, chat_id: int, source_message_id: int | None,
+                    locale: str, mode: str, content: str) -> int | Refusal | None:
+        """The new job's id, the reason it was refused, or None if it already exists."""
+        async with self._lock:
+            if source_message_id is not None and await self._jobs.exists_for_message(
+                    chat_id, source_message_id):
+                return None  # Telegram delivered this message again
+            if self._units.exhausted:
+                return Refusal.NO_UNITS
+            if await self._jobs.pending_count(user_id) >= self._max_pending:
+                return Refusal.TOO_MANY_PENDING
+            day = self._clock.today()
+            if not await self._quotas.reserve(user_id, day):
+                return Refusal.OVER_QUOTA
+            return await self._jobs.add(
+                user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
+                locale=locale, mode=mode, content=content, quota_day=day)

@@ -1,0 +1,93 @@
+"""The shared unit balance: cached, refreshed rarely, and watched for the admins.
+
+create_request reports the balance with every answer, so the cache is mostly fed for
+free; the units endpoint (500/min) is only asked every few minutes and by /units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from aiogram.utils.i18n import gettext as _
+
+from bot.chatinfo import AccessDenied, ChatinfoClient, ChatinfoError, NotEnoughUnits
+from bot.notify import AdminNotifier
+
+log = logging.getLogger(__name__)
+
+REFRESH_EVERY = 300.0
+REFRESH_WHEN_EMPTY = 60.0  # notice a top-up soon
+
+
+class UnitsTracker:
+    def __init__(self, client: ChatinfoClient, notifier: AdminNotifier,
+                 low_threshold: int) -> None:
+        self._client = client
+        self._notifier = notifier
+        self._low_threshold = low_threshold
+        self.balance: int | None = None
+        self._low_alerted = False
+        self._empty_alerted = False
+        self._denied_alerted = False
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.balance == 0
+
+    async def observe(self, units: int) -> None:
+        """Record a balance the API reported; alert once per crossing."""
+        self.balance = units
+        self._denied_alerted = False  # the key works again
+        if units >= self._low_threshold:
+            self._low_alerted = False
+        if units > 0:
+            self._empty_alerted = False
+        if units == 0 and not self._empty_alerted:
+            self._empty_alerted = self._low_alerted = True  # one alert says both
+            await self._notifier.send(lambda: _(
+                "🛑 The API unit balance is exhausted. Users are told the service is out of "
+                "capacity until it is topped up."))
+        elif units < self._low_threshold and not self._low_alerted:
+            self._low_alerted = True
+            await self._notifier.send(lambda: _(
+                "⚠️ The API unit balance is low: {units} units left.").format(units=units))
+
+    async def denied(self) -> None:
+        """The API refused the key (tariff not Prestige, or a wrong key)."""
+        if not self._denied_alerted:
+            self._denied_alerted = True
+            await self._notifier.send(lambda: _(
+                "🛑 The API refuses our key: the tariff is not Prestige or the key is wrong. "
+                "Users are told the service is unavailable."))
+
+    async def refresh(self) -> int:
+        """A fresh balance from the API (raises ChatinfoError)."""
+        try:
+            units = await self._client.units()
+        except AccessDenied:
+            await self.denied()
+            raise
+        except NotEnoughUnits:
+            units = 0
+        await self.observe(units)
+        return units
+
+    def start(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="units-refresher")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._refresher
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except ChatinfoError as error:
+                log.warning("could not refresh the unit balance: %s", error)
+            await asyncio.sleep(REFRESH_WHEN_EMPTY if self.exhausted else REFRESH_EVERY)
