@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,15 +68,35 @@ class App:
         await self.chatinfo.wait_for(lambda: self.runner.active == 0)
 
 
+AppFactory = Callable[..., Awaitable[App]]
+
+
 @pytest.fixture
-async def app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[App]:
-    db = await open_database(tmp_path / "bot.sqlite3")
-    client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01)
-    bot, session = mocked_bot()
-    settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
-                        database_path=tmp_path / "bot.sqlite3")
-    dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=FAST_POLLS)
-    yield App(dp, bot, session, db, chatinfo)
-    await dp["runner"].stop()
-    await client.close()
-    await db.close()
+async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppFactory]:
+    """Builds the app with settings overridden as a test needs (once per test)."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def build(**overrides: Any) -> App:
+        db = await open_database(tmp_path / "bot.sqlite3")
+        client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01)
+        bot, session = mocked_bot()
+        settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
+                            database_path=tmp_path / "bot.sqlite3", **overrides)
+        dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=FAST_POLLS)
+
+        async def cleanup() -> None:
+            await dp["runner"].stop()
+            await client.close()
+            await db.close()
+
+        cleanups.append(cleanup)
+        return App(dp, bot, session, db, chatinfo)
+
+    yield build
+    for cleanup in cleanups:
+        await cleanup()
+
+
+@pytest.fixture
+async def app(make_app: AppFactory) -> App:
+    return await make_app()

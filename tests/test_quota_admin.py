@@ -1,0 +1,236 @@
+"""Quotas, the shared balance, access rules and the admin console, through the Dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
+
+from bot.quota import QuotaClock
+from bot.units import UnitsTracker
+from storage.quotas import QuotaRepo
+from tests.conftest import App, AppFactory
+from tests.fakes.telegram_api import callback_update, message_update
+
+ADMIN = 900
+UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."
+
+
+def texts(app: App, to: int | None = None) -> list[str]:
+    return [m.text for m in app.sent(SendMessage) if to is None or m.chat_id == to]
+
+
+async def usage_used(app: App, user_id: int) -> int:
+    quotas: QuotaRepo = app.dp["quotas"]
+    clock: QuotaClock = app.dp["clock"]
+    return (await quotas.usage(user_id, clock.today())).used
+
+
+async def test_fifty_concurrent_messages_spend_exactly_the_quota(make_app: AppFactory) -> None:
+    app = await make_app(daily_quota=10, max_pending_per_user=100)
+    await app.feed(message_update(1, "/start"))
+    await asyncio.gather(*(app.feed(message_update(1, f"q{n}")) for n in range(50)))
+    await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 10
+    refusals = [t for t in texts(app) if t.startswith("You have used all your requests")]
+    assert len(refusals) == 40
+    assert await usage_used(app, 1) == 10
+
+
+async def test_over_quota_reply_says_when_it_resets_and_sends_nothing(make_app: AppFactory,
+                                                                      ) -> None:
+    app = await make_app(daily_quota=1)
+    await app.feed(message_update(2, "first"))
+    await app.settle()
+    await app.feed(message_update(2, "second"))
+
+    assert app.chatinfo.calls["create_request"] == 1
+    reply = texts(app)[-1]
+    assert reply.startswith("You have used all your requests for today. New ones arrive at "
+                            "midnight (Europe/Moscow), in ")
+    assert reply.endswith(" min.")
+
+
+async def test_pending_limit_refuses_and_spends_nothing(make_app: AppFactory) -> None:
+    app = await make_app(max_pending_per_user=2)
+    app.chatinfo.solve_time = 60.0
+    for n in range(3):
+        await app.feed(message_update(3, f"q{n}"))
+    await app.chatinfo.wait_for(lambda: app.chatinfo.calls["create_request"] == 2)
+
+    assert texts(app)[-1].startswith("⏳ Your earlier requests are still being answered.")
+    assert await usage_used(app, 3) == 2
+
+
+async def test_quota_is_given_back_when_no_unit_was_spent(make_app: AppFactory) -> None:
+    app = await make_app(daily_quota=1)
+    app.chatinfo.limits["create_request"] = 0  # every create gets a 429
+    await app.feed(message_update(4, "busy"))
+    await app.settle()
+    assert await usage_used(app, 4) == 0
+
+    app.chatinfo.limits["create_request"] = 1500
+    await app.feed(message_update(4, "again"))
+    await app.settle()
+    assert app.sent(EditMessageText)[-1].text == "[chat] again"
+
+
+async def test_me_shows_mode_requests_left_and_reset(app: App) -> None:
+    await app.feed(message_update(5, "hi"))
+    await app.settle()
+    await app.feed(message_update(5, "/me"))
+
+    mode, left, resets = texts(app)[-1].split("\n")
+    assert mode == "Mode: 💬 Chat"
+    assert left == "Requests left today: 29 of 30"
+    assert resets.startswith("The quota resets at midnight (Europe/Moscow), in ")
+
+
+async def test_whitelist_refuses_others_politely_but_not_admins(make_app: AppFactory) -> None:
+    app = await make_app(allowed_user_ids="6", admin_ids=str(ADMIN))
+    await app.feed(message_update(7, "hello"))
+    await app.feed(callback_update(7, "mode:poems", message_id=1))
+    await app.feed(message_update(6, "/start"))
+    await app.feed(message_update(ADMIN, "/start"))
+
+    assert texts(app, to=7) == ["Sorry, this bot is private."]
+    assert app.sent(AnswerCallbackQuery)[0].text == "Sorry, this bot is private."
+    assert texts(app, to=6)[0].startswith("👋 Hi!")
+    assert texts(app, to=ADMIN)[0].startswith("👋 Hi!")
+    assert app.chatinfo.calls["create_request"] == 0
+
+
+async def test_admin_commands_look_unknown_to_everyone_else(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    for command in ("/units", "/stats", "/quota 1 5", "/grant 1 1", "/ban 1", "/unban 1",
+                    "/user 1"):
+        await app.feed(message_update(8, command))
+
+    assert texts(app) == [UNKNOWN_COMMAND] * 7
+    assert app.chatinfo.calls["units"] == 0
+
+
+async def test_ban_and_unban(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(9, "/start"))
+    await app.feed(message_update(ADMIN, "/ban 9"))
+    await app.feed(message_update(9, "spend a unit please"))
+    await app.feed(message_update(ADMIN, "/unban 9"))
+    await app.feed(message_update(9, "now"))
+    await app.settle()
+
+    assert texts(app, to=ADMIN) == ["User 9 is banned.", "User 9 is no longer banned."]
+    assert texts(app, to=9)[1] == "You cannot use this bot."
+    assert [r.content for r in app.chatinfo.requests] == ["now"]
+
+
+async def test_quota_and_grant_change_what_a_user_may_send(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN), daily_quota=30)
+    await app.feed(message_update(10, "/start"))
+    await app.feed(message_update(ADMIN, "/quota 10 1"))
+    await app.feed(message_update(10, "one"))
+    await app.feed(message_update(10, "two"))
+    await app.settle()
+    await app.feed(message_update(ADMIN, "/grant 10 1"))
+    await app.feed(message_update(10, "three"))
+    await app.settle()
+
+    assert texts(app, to=ADMIN) == ["User 10: daily quota set to 1.",
+                                    "User 10: 1 extra requests for today."]
+    assert [r.content for r in app.chatinfo.requests] == ["one", "three"]
+
+
+async def test_bad_admin_arguments_get_a_usage_line(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    for command in ("/quota abc", "/quota 1", "/ban", "/grant 1 x", "/user ²",
+                    "/quota 99999999999999999999 1", "/ban 12345", "/user -1"):
+        await app.feed(message_update(ADMIN, command))
+
+    assert texts(app) == [
+        "Usage: /quota <user_id> <n>", "Usage: /quota <user_id> <n>", "Usage: /ban <user_id>",
+        "Usage: /grant <user_id> <n>", "Usage: /user <user_id>", "Usage: /quota <user_id> <n>",
+        "No user 12345 has talked to the bot.", "Usage: /user <user_id>",
+    ]
+
+
+async def test_units_stats_and_user_card(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    app.chatinfo.units = 500
+    await app.feed(message_update(11, "/start"))
+    await app.feed(callback_update(11, "mode:poems", message_id=1001))
+    await app.feed(message_update(11, "a poem"))
+    await app.feed(message_update(12, "a chat"))
+    await app.settle()
+    units_calls = app.chatinfo.calls["units"]
+
+    await app.feed(message_update(ADMIN, "/units"))
+    assert app.chatinfo.calls["units"] == units_calls + 1  # a fresh balance, not the cache
+    balance, spent, pending, burn = texts(app, to=ADMIN)[-1].split("\n")
+    assert balance == "💰 Balance: 498 units"
+    assert spent == "Spent today: 2 · last 7 days: 2"
+    assert pending == "Pending jobs: 0"
+    assert burn == "At the 7-day average of 0.3 a day, that lasts about 1743 days."
+
+    await app.feed(message_update(ADMIN, "/stats"))
+    users, requests, failures, median = texts(app, to=ADMIN)[-1].split("\n")
+    assert users == "👥 Users: 3 · active today: 2 · last 7 days: 2"
+    assert requests == "📨 Requests today: 2 (chat: 1, poems: 1)"
+    assert failures == "⚠️ Failures in 7 days: 0"
+    assert median.startswith("⏱ Median time to answer: ") and median.endswith(" s")
+
+    await app.feed(message_update(ADMIN, "/user 11"))
+    card = texts(app, to=ADMIN)[-1].split("\n")
+    assert card[0] == "👤 User 11 · mode: poems · language: — · banned: no"
+    assert card[1] == "Quota: 30 · used today: 1 · extra today: 0"
+    assert card[3].endswith("poems · delivered · a poem")
+
+
+async def test_low_balance_alerts_admins_once_per_crossing(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN), low_units_threshold=100)
+    app.chatinfo.units = 101
+    for n in range(3):
+        await app.feed(message_update(13, f"q{n}"))
+        await app.settle()
+
+    alerts = [t for t in texts(app, to=ADMIN) if "balance is low" in t]
+    assert alerts == ["⚠️ The API unit balance is low: 99 units left."]
+
+
+async def test_empty_balance_refuses_without_calling_and_alerts_once(make_app: AppFactory,
+                                                                     ) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    app.chatinfo.units = 1
+    for n in range(3):
+        await app.feed(message_update(14, f"q{n}"))
+        await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 1
+    refusal = "😔 The service has run out of capacity for now. Please try again later."
+    assert texts(app, to=14)[-2:] == [refusal, refusal]
+    assert [t for t in texts(app, to=ADMIN)] == [
+        "🛑 The API unit balance is exhausted. Users are told the service is out of capacity "
+        "until it is topped up."]
+
+    app.chatinfo.units = 50  # the operator topped up; the next refresh notices
+    tracker: UnitsTracker = app.dp["tracker"]
+    assert await tracker.refresh() == 50
+    await app.feed(message_update(14, "after top-up"))
+    await app.settle()
+    assert app.sent(EditMessageText)[-1].text == "[chat] after top-up"
+
+
+async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_app: AppFactory,
+                                                                         ) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    app.chatinfo.keys["test-key"] = "free"
+    for n in range(2):
+        await app.feed(message_update(15, f"q{n}"))
+        await app.settle()
+
+    assert [e.text for e in app.sent(EditMessageText)] == [
+        "😔 The service is temporarily unavailable. Please try again later."] * 2
+    assert texts(app, to=ADMIN) == [
+        "🛑 The API refuses our key: the tariff is not Prestige or the key is wrong. Users are "
+        "told the service is unavailable."]
+    assert await usage_used(app, 15) == 0
