@@ -19,6 +19,7 @@ from bot.menu import set_command_menus
 from bot.notify import AdminNotifier
 from bot.quota import Admission, QuotaClock
 from bot.runner import JobRunner, PollPolicy
+from bot.submit import Submitter
 from bot.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
@@ -59,8 +60,9 @@ def make_dispatcher(
                        policy=policy or PollPolicy(max_wait=float(settings.max_wait_seconds)))
     admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user)
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
-                    tracker=tracker, runner=runner, admission=admission, client=client,
-                    settings=settings, i18n=i18n)
+                    tracker=tracker, runner=runner, client=client, settings=settings,
+                    submitter=Submitter(admission, jobs, runner, clock),
+                    delivery=runner.delivery, i18n=i18n)
     UserLocaleMiddleware(i18n, users).setup(dp)
     access = AccessMiddleware(settings.admin_ids, settings.allowed_user_ids)
     dp.message.outer_middleware(access)

@@ -20,10 +20,12 @@ class Failure(StrEnum):
     LOST = "lost"  # get_response no longer knows the id
     TIMEOUT = "timeout"  # no answer within MAX_WAIT_SECONDS
     BLOCKED = "blocked"  # the user blocked the bot: nobody to tell
+    CANCELLED = "cancelled"  # the user stopped waiting with /cancel
 
     @property
     def retryable(self) -> bool:
-        return self not in {Failure.NO_UNITS, Failure.ACCESS_DENIED, Failure.BLOCKED}
+        return self not in {Failure.NO_UNITS, Failure.ACCESS_DENIED, Failure.BLOCKED,
+                            Failure.CANCELLED}
 
 
 def failure_text(failure: Failure) -> str:
@@ -40,6 +42,7 @@ def failure_text(failure: Failure) -> str:
                             "try again."),
         Failure.LOST: _("⚠️ The AI service lost this request. Tap the button to send it "
                         "again."),
+        Failure.CANCELLED: _("✖️ Cancelled."),
         Failure.TIMEOUT: _("⌛ No answer came in time. The request was already counted; tap the "
                            "button to send it again."),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.i18n import gettext as _
@@ -28,6 +30,21 @@ class RetryCallback(CallbackData, prefix="retry"):
     job_id: int
 
 
+class AnswerAction(StrEnum):
+    REGENERATE = "r"
+    CONTINUE = "c"
+    SHORTER = "s"
+
+
+class AnswerCallback(CallbackData, prefix="ans"):
+    action: AnswerAction
+    job_id: int
+
+
+class HistoryCallback(CallbackData, prefix="hist"):
+    job_id: int
+
+
 def modes_keyboard(current: str) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for mode in MODES:
@@ -51,4 +68,22 @@ def languages_keyboard(current: str) -> InlineKeyboardMarkup:
     for code, name in LANGUAGES.items():
         mark = "✅ " if code == current else ""
         builder.button(text=f"{mark}{name}", callback_data=LanguageCallback(code=code))
+    return builder.as_markup()
+
+
+def answer_keyboard(job_id: int) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for action, label in ((AnswerAction.REGENERATE, _("🔄 Again")),
+                          (AnswerAction.CONTINUE, _("➡️ Continue")),
+                          (AnswerAction.SHORTER, _("✂️ Shorter"))):
+        builder.button(text=label, callback_data=AnswerCallback(action=action, job_id=job_id))
+    return builder.as_markup()
+
+
+def history_keyboard(job_ids: list[int]) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for job_id in job_ids:
+        builder.button(text=_("📄 #{job}").format(job=job_id),
+                       callback_data=HistoryCallback(job_id=job_id))
+    builder.adjust(5)
     return builder.as_markup()

@@ -23,6 +23,8 @@ def user_commands() -> list[BotCommand]:
         BotCommand(command="mode", description=_("Change the mode")),
         BotCommand(command="language", description=_("Change the language")),
         BotCommand(command="me", description=_("My mode and requests left today")),
+        BotCommand(command="history", description=_("History and full answers")),
+        BotCommand(command="cancel", description=_("Stop waiting for my requests")),
         BotCommand(command="help", description=_("What I can do")),
     ]
 

@@ -53,7 +53,8 @@ class Admission:
         self._lock = asyncio.Lock()
 
     async def admit(self, *, user_id: int, chat_id: int, source_message_id: int | None,
-                    locale: str, mode: str, content: str) -> int | Refusal | None:
+                    locale: str, mode: str, content: str,
+                    reply_to: int | None = None) -> int | Refusal | None:
         """The new job's id, the reason it was refused, or None if it already exists."""
         async with self._lock:
             if source_message_id is not None and await self._jobs.exists_for_message(
@@ -68,4 +69,4 @@ class Admission:
                 return Refusal.OVER_QUOTA
             return await self._jobs.add(
                 user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
-                locale=locale, mode=mode, content=content, quota_day=day)
+                locale=locale, mode=mode, content=content, quota_day=day, reply_to=reply_to)

@@ -1,41 +1,47 @@
-"""Turning an answer into Telegram messages."""
+"""Turning a Markdown answer into Telegram messages: entities, not parse modes.
+
+telegramify-markdown renders Markdown to plain text plus MessageEntity offsets counted
+in UTF-16 code units, as Telegram requires, so no answer can fail with "can't parse
+entities" for a stray `*`; it also splits at line breaks and clips entities (a code
+block cut in two stays two well-formed blocks).
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import telegramify_markdown
+from aiogram.types import MessageEntity
+
+log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 
 
+@dataclass(frozen=True)
+class Part:
+    text: str
+    entities: list[MessageEntity] = field(default_factory=list)
+
+
 def utf16_length(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return telegramify_markdown.utf16_len(text)
 
 
-def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
-    """Parts under Telegram's limit that add up to the whole text.
-
-    Cuts at the last paragraph break that fits, else the last line break, else the
-    last space, else wherever the limit falls (never inside a surrogate pair).
-    """
-    parts: list[str] = []
-    rest = text
-    while utf16_length(rest) > limit:
-        head = _longest_prefix(rest, limit)
-        cut = next(
-            (index + len(sep) for sep in ("\n\n", "\n", " ")
-             if (index := head.rfind(sep)) > len(head) // 4),
-            len(head),
-        )
-        parts.append(rest[:cut])
-        rest = rest[cut:]
-    if rest or not parts:
-        parts.append(rest)
-    return parts
+def render(markdown: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
+    """The answer as message parts, each within `limit`; [] for a blank answer."""
+    try:
+        text, entities = telegramify_markdown.convert(markdown)
+    except Exception:  # a renderer bug must not cost the user the answer
+        log.exception("markdown rendering failed; sending plain text")
+        text, entities = markdown, []
+    return [
+        Part(chunk, [MessageEntity(**entity.to_dict()) for entity in chunk_entities])
+        for chunk, chunk_entities in telegramify_markdown.split_entities(text, entities, limit)
+    ]
 
 
-def _longest_prefix(text: str, limit: int) -> str:
-    """The longest prefix of `text` within `limit` UTF-16 units."""
-    units = 0
-    for index, char in enumerate(text):
-        units += 2 if ord(char) > 0xFFFF else 1
-        if units > limit:
-            return text[:index]
-    return text
+def split_plain(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Plain text cut into parts within `limit`, at line breaks where possible."""
+    return [chunk for chunk, _ in telegramify_markdown.split_entities(text, [], limit)]

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.exceptions import TelegramForbiddenError
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
+from bot import crashpoints
 from bot.chatinfo import (
     AccessDenied,
     ChatinfoClient,
@@ -29,10 +29,12 @@ from bot.chatinfo import (
     RequestRejected,
     UpstreamUnavailable,
 )
+from bot.delivery import Delivery
 from bot.failures import Failure, failure_text
-from bot.keyboards import retry_keyboard
-from bot.render import split_message
-from bot.telegram import Typing, with_retries
+from bot.keyboards import answer_keyboard, retry_keyboard
+from bot.limiter import SlidingWindowLimiter
+from bot.render import Part, render
+from bot.telegram import Typing
 from bot.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
@@ -48,6 +50,12 @@ class PollPolicy:
     max_interval: float = 5.0
     max_wait: float = 600.0  # then the job fails with a clear message
     max_rejections: int = 5  # consecutive "unknown id" answers before giving up
+    progress_every: float = 15.0  # placeholder shows the wait; Telegram allows ~1 edit/s/chat
+
+
+# Progress edits are cosmetic: they get a small share of Telegram's ~30 messages/s and
+# are skipped, not queued, when that share is used up.
+PROGRESS_PER_SECOND = 5
 
 
 class JobRunner:
@@ -55,16 +63,18 @@ class JobRunner:
         self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
         quotas: QuotaRepo, units: UnitsTracker, policy: PollPolicy | None = None,
     ) -> None:
-        self._bot = bot
         self._client = client
         self._jobs = jobs
         self._quotas = quotas
         self._units = units
         self._i18n = i18n
         self._policy = policy or PollPolicy()
+        self.delivery = Delivery(bot)
         self._typing = Typing(bot)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._creating: set[asyncio.Task[None]] = set()
+        self._progress_budget = SlidingWindowLimiter(PROGRESS_PER_SECOND, 1.0)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._creating: dict[int, asyncio.Future[None]] = {}
+        self._progressing: dict[int, asyncio.Task[None]] = {}
 
     @property
     def active(self) -> int:
@@ -72,8 +82,8 @@ class JobRunner:
 
     def start(self, job_id: int) -> None:
         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
@@ -87,10 +97,27 @@ class JobRunner:
     async def stop(self) -> None:
         """Cancel the waiting; let create_request calls in flight store their id first."""
         if self._creating:
-            await asyncio.wait(self._creating, timeout=15)
-        for task in list(self._tasks):
+            await asyncio.wait(self._creating.values(), timeout=15)
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def cancel(self, user_id: int) -> int:
+        """Stop waiting for the user's unfinished jobs; how many were stopped."""
+        jobs = await self._jobs.unfinished_for(user_id)
+        for job in jobs:
+            task = self._tasks.get(job.id)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            creating = self._creating.get(job.id)
+            if creating is not None:  # a create in flight must store its id first
+                await asyncio.gather(creating, return_exceptions=True)
+            current = await self._reload(job)
+            if current.state in (JobState.NEW, JobState.CREATING, JobState.PENDING):
+                await self._tell(current, Failure.CANCELLED, "cancelled by the user")
+        return len(jobs)
 
     async def _run(self, job_id: int) -> None:
         try:
@@ -106,11 +133,14 @@ class JobRunner:
         if job is None:
             return
         if job.placeholder_id is None and job.state in (JobState.NEW, JobState.CREATING):
-            job = await self._send_placeholder(job)
+            with self._locale(job.locale):
+                text = placeholder_text()
+            await self._jobs.set_placeholder(job.id, await self.delivery.placeholder(job, text))
+            job = await self._reload(job)
         if job.state is JobState.CREATING:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
             return
-        async with self._typing.during(job.chat_id):
+        async with self._typing.during(job.chat_id), self._progress(job):
             if job.state is JobState.NEW:
                 job = await self._create(job)
             if job.state is JobState.PENDING:
@@ -118,26 +148,21 @@ class JobRunner:
         if job.state is JobState.ANSWERED:
             await self._deliver(job)
 
-    async def _send_placeholder(self, job: Job) -> Job:
-        with self._locale(job.locale):
-            text = placeholder_text()
-        message = await with_retries(lambda: self._bot.send_message(job.chat_id, text))
-        await self._jobs.set_placeholder(job.id, message.message_id)
-        return await self._reload(job)
-
     async def _create(self, job: Job) -> Job:
         # Shielded: once create_request is sent, its id must be stored even during a
-        # shutdown, or the unit it spent is lost to an "unknown" job.
+        # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
         step = asyncio.ensure_future(self._create_step(job))
-        self._creating.add(step)
-        step.add_done_callback(self._creating.discard)
+        self._creating[job.id] = step
+        step.add_done_callback(lambda _: self._creating.pop(job.id, None))
         await asyncio.shield(step)
         return await self._reload(job)
 
     async def _create_step(self, job: Job) -> None:
+        crashpoints.reach(crashpoints.BEFORE_CREATE)
         await self._jobs.mark_creating(job.id)
         try:
             created = await self._client.create_request(job.content, job.mode)
+            crashpoints.reach(crashpoints.AFTER_CREATE)
         except UpstreamUnavailable as error:
             failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.BUSY
             await self._tell(job, failure, str(error))
@@ -185,22 +210,25 @@ class JobRunner:
                 rejections = 0
                 if result is not None:
                     await self._jobs.set_result(job.id, result)
+                    crashpoints.reach(crashpoints.AFTER_RESULT)
                     return await self._reload(job)
+                crashpoints.reach(crashpoints.WHILE_POLLING)
             delay, interval = interval, min(interval * policy.growth, policy.max_interval)
 
     async def _deliver(self, job: Job) -> None:
         assert job.result is not None
         with self._locale(job.locale):
-            parts = split_message(job.result) if job.result.strip() else [_("(empty answer)")]
+            parts = render(job.result) or [Part(_("(empty answer)"))]
+            keyboard = answer_keyboard(job.id)
         try:
             for index in range(job.parts_delivered, len(parts)):
+                buttons = keyboard if index == len(parts) - 1 else None
                 if index == 0:
-                    await self._show(job, parts[0])
+                    await self.delivery.show(job, parts[0], buttons)
                 else:
-                    await with_retries(lambda i=index: self._bot.send_message(  # type: ignore[misc]
-                        job.chat_id, parts[i], reply_to_message_id=job.placeholder_id,
-                        allow_sending_without_reply=True))
+                    await self.delivery.send(job, parts[index], buttons)
                 await self._jobs.set_parts_delivered(job.id, index + 1)
+                crashpoints.reach(crashpoints.BETWEEN_PARTS)
         except TelegramForbiddenError:
             await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
             return
@@ -209,7 +237,8 @@ class JobRunner:
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        log.warning("job %s failed: %s (%s)", job.id, failure, detail)
+        await self._stop_progress(job.id)
+        log.warning("job %s ended: %s (%s)", job.id, failure, detail)
         with self._locale(job.locale):
             text = failure_text(failure)
             keyboard = retry_keyboard(job.id) if failure.retryable else None
@@ -219,24 +248,36 @@ class JobRunner:
         if never_sent and job.quota_day is not None:
             await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
         with suppress(TelegramForbiddenError):
-            await self._show(job, text, keyboard)
+            await self.delivery.show(job, Part(text), keyboard)
 
-    async def _show(self, job: Job, text: str, keyboard: InlineKeyboardMarkup | None = None,
-                    ) -> None:
-        """Edit the placeholder into `text`; a new message if the user deleted it."""
-        if job.placeholder_id is not None:
-            try:
-                await with_retries(lambda: self._bot.edit_message_text(
-                    text=text, chat_id=job.chat_id, message_id=job.placeholder_id,
-                    reply_markup=keyboard))
-                return
-            except TelegramBadRequest as error:
-                if "not modified" in error.message:
-                    return  # already shown: a restart repeated a finished edit
-                if "not found" not in error.message:
-                    raise
-        await with_retries(lambda: self._bot.send_message(job.chat_id, text,
-                                                          reply_markup=keyboard))
+    @asynccontextmanager
+    async def _progress(self, job: Job) -> AsyncIterator[None]:
+        """While the body runs, the placeholder shows how long the job has waited."""
+        self._progressing[job.id] = asyncio.create_task(self._show_progress(job))
+        try:
+            yield
+        finally:
+            await self._stop_progress(job.id)
+
+    async def _stop_progress(self, job_id: int) -> None:
+        """Before the placeholder's final edit, so no late progress edit can overwrite it."""
+        task = self._progressing.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _show_progress(self, job: Job) -> None:
+        every = self._policy.progress_every
+        while True:
+            waited = time.time() - job.created_at
+            await asyncio.sleep(every - waited % every)
+            if self._progress_budget.delay() > 0:
+                continue  # Telegram's budget is better spent on answers
+            await self._progress_budget.acquire()
+            with self._locale(job.locale):
+                text = waiting_text(time.time() - job.created_at)
+            await self.delivery.progress(job, text)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)
@@ -251,3 +292,9 @@ class JobRunner:
 
 def placeholder_text() -> str:
     return _("⏳ Working on it…")
+
+
+def waiting_text(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return _("⏳ Working on it… {minutes}:{seconds:02d}").format(minutes=minutes,
+                                                                 seconds=seconds)

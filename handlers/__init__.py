@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import account, admin, chat, fallback, modes, settings, start
+from handlers import account, admin, answers, chat, fallback, modes, settings, start
 
 
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
     return [start.make_router(), modes.make_router(), settings.make_router(),
-            account.make_router(), admin.make_router(admin_ids), chat.make_router(),
+            account.make_router(), admin.make_router(admin_ids), answers.make_router(),
+            chat.make_router(),
             fallback.make_router()]

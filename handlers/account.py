@@ -9,7 +9,7 @@ from aiogram.utils.i18n import gettext as _
 
 from bot.modes import MODES_BY_NAME
 from bot.quota import QuotaClock
-from handlers.chat import until
+from bot.submit import until
 from storage.quotas import QuotaRepo
 from storage.users import UserRepo
 

@@ -1,85 +1,88 @@
-"""Text becomes a job; anything else gets told what the bot accepts."""
+"""Text and text files become jobs; anything else gets told what the bot accepts."""
 
 from __future__ import annotations
 
-from contextlib import suppress
-from datetime import datetime
+from io import BytesIO
 
-from aiogram import F, Router
-from aiogram.exceptions import TelegramBadRequest
-from aiogram.types import CallbackQuery, Message
+from aiogram import Bot, F, Router
+from aiogram.enums import ChatType
+from aiogram.types import Document, Message
 from aiogram.utils.i18n import gettext as _
 
 from bot.chatinfo import MAX_CONTENT_CHARS
-from bot.failures import Failure, failure_text
-from bot.keyboards import RetryCallback
-from bot.quota import Admission, QuotaClock, Refusal
-from bot.runner import JobRunner, placeholder_text
-from storage.jobs import JobRepo
+from bot.filters import AddressedToBot
+from bot.submit import Submitter, cut_notice
 from storage.users import UserRepo
 
+MAX_FILE_BYTES = 1024 * 1024
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+CONTEXT_SEPARATOR = "\n\n"
 
-async def ask(message: Message, users: UserRepo, jobs: JobRepo, admission: Admission,
-              runner: JobRunner, clock: QuotaClock, locale: str) -> None:
-    assert message.from_user is not None and message.text is not None
-    text = message.text
-    outcome = await admission.admit(
-        user_id=message.from_user.id, chat_id=message.chat.id,
-        source_message_id=message.message_id, locale=locale,
-        mode=await users.mode(message.from_user.id), content=text[:MAX_CONTENT_CHARS],
-    )
-    if outcome is None:
-        return  # Telegram delivered this message again; its job is already under way
-    if isinstance(outcome, Refusal):
-        await message.reply(refusal_text(outcome, clock))
+
+async def ask(message: Message, request: str, bot: Bot, users: UserRepo,
+              submitter: Submitter, locale: str) -> None:
+    assert message.from_user is not None
+    context = await replied_answer(message, bot)
+    content, kept = with_context(request, context)
+    notices = [cut_notice(len(request))]
+    if kept is not None:
+        notices.append(_("The message you replied to was shortened to its first {kept} "
+                         "characters to fit the {limit}-character limit.").format(
+                             kept=kept, limit=MAX_CONTENT_CHARS))
+    await submitter.submit(message, content=content, locale=locale,
+                           mode=await users.mode(message.from_user.id),
+                           notices=[n for n in notices if n])
+
+
+async def replied_answer(message: Message, bot: Bot) -> str | None:
+    """The bot's message this one replies to: the context of a follow-up."""
+    replied = message.reply_to_message
+    if replied is None or replied.from_user is None or replied.from_user.id != bot.id:
+        return None
+    return replied.text or replied.caption
+
+
+def with_context(request: str, context: str | None) -> tuple[str, int | None]:
+    """The content to send, and how much of the context was kept if it had to be cut."""
+    request = request[:MAX_CONTENT_CHARS]
+    if not context:
+        return request, None
+    room = max(0, MAX_CONTENT_CHARS - len(request) - len(CONTEXT_SEPARATOR))
+    kept = context[:room]
+    return kept + CONTEXT_SEPARATOR + request, len(kept) if len(kept) < len(context) else None
+
+
+async def read_file(message: Message, request: str, bot: Bot, users: UserRepo,
+                    submitter: Submitter, locale: str) -> None:
+    assert message.from_user is not None and message.document is not None
+    if not is_text_file(message.document):
+        await message.reply(_("I can read .txt and .md files up to 1 MB. Please send the "
+                              "text as such a file or as a message."))
         return
-    if len(text) > MAX_CONTENT_CHARS:
-        await message.reply(_("Your message is {length} characters long; only the first "
-                              "{limit} will be processed.").format(
-                                  length=len(text), limit=MAX_CONTENT_CHARS))
+    buffer = BytesIO()
+    await bot.download(message.document, destination=buffer)
+    text = decode(buffer.getvalue())
+    content = f"{request}{CONTEXT_SEPARATOR}{text}" if request else text
+    notices = []
+    if len(content) > MAX_CONTENT_CHARS:
+        notices.append(_("The file and caption have {length} characters; only the first "
+                         "{limit} will be processed.").format(length=len(content),
+                                                               limit=MAX_CONTENT_CHARS))
+    await submitter.submit(message, content=content, locale=locale, notices=notices,
+                           mode=await users.mode(message.from_user.id))
+
+
+def is_text_file(document: Document) -> bool:
+    name = (document.file_name or "").lower()
+    return name.endswith(TEXT_SUFFIXES) and (document.file_size or 0) <= MAX_FILE_BYTES
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 (with or without a BOM) if it is valid, else Windows-1251, common in Russia."""
     try:
-        placeholder = await message.answer(placeholder_text())
-        await jobs.set_placeholder(outcome, placeholder.message_id)
-    finally:
-        runner.start(outcome)  # sends the placeholder itself if the reply above failed
-
-
-def refusal_text(refusal: Refusal, clock: QuotaClock) -> str:
-    if refusal is Refusal.NO_UNITS:
-        return failure_text(Failure.NO_UNITS)
-    if refusal is Refusal.TOO_MANY_PENDING:
-        return _("⏳ Your earlier requests are still being answered. Please wait for them "
-                 "before sending more.")
-    return _("You have used all your requests for today. New ones arrive at midnight "
-             "({zone}), in {wait}.").format(zone=clock.zone.key, wait=until(clock.next_reset(),
-                                                                            clock))
-
-
-def until(moment: datetime, clock: QuotaClock) -> str:
-    minutes = max(1, int((moment - clock.now()).total_seconds() // 60))
-    return _("{hours} h {minutes} min").format(hours=minutes // 60, minutes=minutes % 60)
-
-
-async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRepo,
-                admission: Admission, runner: JobRunner, clock: QuotaClock,
-                locale: str) -> None:
-    old = await jobs.claim_retry(callback_data.job_id, query.from_user.id)
-    if old is None:
-        await query.answer(_("This button is no longer valid."), show_alert=True)
-        return
-    outcome = await admission.admit(user_id=old.user_id, chat_id=old.chat_id,
-                                    source_message_id=None, locale=locale, mode=old.mode,
-                                    content=old.content)
-    if not isinstance(outcome, int):
-        await jobs.unclaim_retry(old)
-        await query.answer(refusal_text(outcome or Refusal.TOO_MANY_PENDING, clock),
-                           show_alert=True)
-        return
-    await query.answer(_("Sending again…"))
-    if isinstance(query.message, Message):  # the old button has done its job
-        with suppress(TelegramBadRequest):
-            await query.message.edit_reply_markup(reply_markup=None)
-    runner.start(outcome)
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1251", errors="replace")
 
 
 async def not_text(message: Message) -> None:
@@ -89,7 +92,7 @@ async def not_text(message: Message) -> None:
 
 def make_router() -> Router:
     router = Router(name="chat")
-    router.message.register(ask, F.text & ~F.text.startswith("/"))
-    router.callback_query.register(retry, RetryCallback.filter())
-    router.message.register(not_text, ~F.text)
+    router.message.register(ask, F.text & ~F.text.startswith("/"), AddressedToBot())
+    router.message.register(read_file, F.document, AddressedToBot())
+    router.message.register(not_text, F.chat.type == ChatType.PRIVATE, ~F.text)
     return router

@@ -56,6 +56,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_created ON jobs (created_at);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN reply_to INTEGER;  -- the message the placeholder answers
+    """,
 )
 
 

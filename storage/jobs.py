@@ -45,6 +45,8 @@ class Job:
     parts_delivered: int
     created_at: float
     quota_day: str | None
+    reply_to: int | None
+    error: str | None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -54,7 +56,7 @@ class Job:
             content=row["content"], state=JobState(row["state"]),
             upstream_id=row["upstream_id"], result=row["result"],
             parts_delivered=row["parts_delivered"], created_at=row["created_at"],
-            quota_day=row["quota_day"],
+            quota_day=row["quota_day"], reply_to=row["reply_to"], error=row["error"],
         )
 
 
@@ -65,16 +67,17 @@ class JobRepo:
     async def add(
         self, *, user_id: int, chat_id: int, source_message_id: int | None,
         locale: str, mode: str, content: str, quota_day: str | None = None,
+        reply_to: int | None = None,
     ) -> int | None:
         """The new job's id, or None if this message already has a job."""
         now = time.time()
         cursor = await self._db.execute(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
-                                 state, quota_day, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 state, quota_day, reply_to, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
             (user_id, chat_id, source_message_id, locale, mode, content, JobState.NEW,
-             quota_day, now, now),
+             quota_day, reply_to, now, now),
         )
         await self._db.commit()
         return cursor.lastrowid if cursor.rowcount == 1 else None
@@ -106,6 +109,14 @@ class JobRepo:
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def unfinished_for(self, user_id: int) -> list[Job]:
+        marks = ",".join("?" * len(UNFINISHED))
+        async with self._db.execute(
+            f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id",
+            (user_id, *UNFINISHED),
+        ) as cursor:
+            return [Job.from_row(row) for row in await cursor.fetchall()]
 
     async def recent(self, user_id: int, limit: int) -> list[Job]:
         async with self._db.execute(

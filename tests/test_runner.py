@@ -171,8 +171,9 @@ async def test_job_without_answer_in_time_fails_with_a_message(app: App) -> None
     await app.runner.resume()
     await app.settle()
 
-    [edit] = app.sent(EditMessageText)
+    *progress, edit = app.sent(EditMessageText)
     assert edit.text.startswith("⌛ No answer came in time.")
+    assert all(p.text.startswith("⏳ Working on it… 0:") for p in progress)
     assert await state_of(app, job_id) is JobState.FAILED
 
 

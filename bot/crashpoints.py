@@ -1,0 +1,29 @@
+"""Named points where a test can kill the bot, to prove a restart loses nothing.
+
+`BOT_CRASH_AT=<point>` makes the process SIGKILL itself the first time it reaches that
+point (only if the marker file named by `BOT_CRASH_MARKER` does not exist yet, so the
+restarted bot runs through). Unset, as in production, it costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+BEFORE_CREATE = "before_create"  # placeholder sent, create_request not sent
+AFTER_CREATE = "after_create"  # create_request answered, its id not stored
+WHILE_POLLING = "while_polling"  # upstream id stored, answer not yet fetched
+AFTER_RESULT = "after_result"  # answer stored, not yet shown
+BETWEEN_PARTS = "between_parts"  # first part of a long answer shown, the rest not
+POINTS = (BEFORE_CREATE, AFTER_CREATE, WHILE_POLLING, AFTER_RESULT, BETWEEN_PARTS)
+
+
+def reach(point: str) -> None:
+    if os.environ.get("BOT_CRASH_AT") != point:
+        return
+    marker = Path(os.environ.get("BOT_CRASH_MARKER", ".crashed"))
+    if marker.exists():
+        return
+    marker.write_text(point)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,79 @@
+"""Putting text on the user's screen: the placeholder edited, or new messages.
+
+Every path here is idempotent across restarts: an edit repeated after a crash is
+"not modified", which counts as done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.types import InlineKeyboardMarkup, MessageEntity
+
+from bot.render import Part
+from bot.telegram import with_retries
+from storage.jobs import Job
+
+log = logging.getLogger(__name__)
+
+Keyboard = InlineKeyboardMarkup | None
+# A Bot API call taking the entities to use (None: plain text).
+_Call = Callable[[list[MessageEntity] | None], Awaitable[object]]
+
+
+class Delivery:
+    def __init__(self, bot: Bot) -> None:
+        self._bot = bot
+
+    async def show(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
+        """Turn the placeholder into `part`; a new message if it is gone or too old."""
+        if job.placeholder_id is not None:
+            try:
+                await self._entities_or_plain(part, lambda entities: self._bot.edit_message_text(
+                    text=part.text, entities=entities, chat_id=job.chat_id,
+                    message_id=job.placeholder_id, reply_markup=keyboard))
+                return
+            except TelegramBadRequest as error:
+                if "not modified" in error.message:
+                    return  # already shown: a restart repeated a finished edit
+                if "not found" not in error.message and "can't be edited" not in error.message:
+                    raise
+        await self.send(job, part, keyboard)
+
+    async def send(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
+        """A new message, replying to the job's placeholder (or what it answers) if any."""
+        reply_to = job.placeholder_id or job.reply_to
+        await self._entities_or_plain(part, lambda entities: self._bot.send_message(
+            job.chat_id, part.text, entities=entities, reply_markup=keyboard,
+            reply_to_message_id=reply_to, allow_sending_without_reply=True))
+
+    async def placeholder(self, job: Job, text: str) -> int:
+        message = await with_retries(lambda: self._bot.send_message(
+            job.chat_id, text, reply_to_message_id=job.reply_to,
+            allow_sending_without_reply=True))
+        return message.message_id
+
+    async def progress(self, job: Job, text: str) -> None:
+        """Best effort, no retries: a missed progress update is not worth a delay."""
+        if job.placeholder_id is None:
+            return
+        try:
+            await self._bot.edit_message_text(text=text, chat_id=job.chat_id,
+                                              message_id=job.placeholder_id)
+        except Exception as error:
+            log.debug("progress edit for job %s failed: %s", job.id, type(error).__name__)
+
+    @staticmethod
+    async def _entities_or_plain(part: Part, call: _Call) -> None:
+        try:
+            await with_retries(lambda: call(part.entities or None))
+        except TelegramBadRequest as error:
+            if not part.entities or "entit" not in error.message.lower():
+                raise
+            # Rendering should never produce entities Telegram rejects; if it does, the
+            # words still matter more than the formatting.
+            log.warning("telegram rejected entities (%s); sending plain text", error.message)
+            await with_retries(lambda: call(None))

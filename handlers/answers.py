@@ -1,0 +1,135 @@
+"""Acting on answers: the buttons under them, retries, /history and /cancel."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from datetime import datetime, tzinfo
+
+from aiogram import Router
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+
+from bot.chatinfo import MAX_CONTENT_CHARS
+from bot.delivery import Delivery
+from bot.keyboards import (
+    AnswerAction,
+    AnswerCallback,
+    HistoryCallback,
+    RetryCallback,
+    history_keyboard,
+)
+from bot.modes import MODES_BY_NAME
+from bot.render import render
+from bot.runner import JobRunner
+from bot.submit import Submitter, refusal_text
+from storage.jobs import Job, JobRepo, JobState
+
+HISTORY_SIZE = 10
+PREVIEW_CHARS = 60
+STATE_MARKS = {JobState.DELIVERED: "✅", JobState.ANSWERED: "✅", JobState.FAILED: "⚠️",
+               JobState.UNKNOWN: "❔", JobState.RETRIED: "🔁"}
+
+
+async def act_on_answer(query: CallbackQuery, callback_data: AnswerCallback, jobs: JobRepo,
+                        submitter: Submitter, locale: str) -> None:
+    job = await own_job(query, callback_data.job_id, jobs)
+    if job is None or job.result is None:
+        return
+    mode, content = {
+        AnswerAction.REGENERATE: (job.mode, job.content),
+        AnswerAction.CONTINUE: ("continue", job.result[-MAX_CONTENT_CHARS:]),
+        AnswerAction.SHORTER: ("shorter", job.result[:MAX_CONTENT_CHARS]),
+    }[callback_data.action]
+    reply_to = query.message.message_id if query.message else None
+    refusal = await submitter.resubmit(user_id=job.user_id, chat_id=job.chat_id,
+                                       reply_to=reply_to, mode=mode, content=content,
+                                       locale=locale)
+    if refusal is not None:
+        await query.answer(refusal_text(refusal, submitter.clock), show_alert=True)
+    else:
+        await query.answer(_("Sending…"))
+
+
+async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRepo,
+                submitter: Submitter, locale: str) -> None:
+    old = await jobs.claim_retry(callback_data.job_id, query.from_user.id)
+    if old is None:
+        await query.answer(_("This button is no longer valid."), show_alert=True)
+        return
+    refusal = await submitter.resubmit(user_id=old.user_id, chat_id=old.chat_id,
+                                       reply_to=old.reply_to, mode=old.mode,
+                                       content=old.content, locale=locale)
+    if refusal is not None:
+        await jobs.unclaim_retry(old)
+        await query.answer(refusal_text(refusal, submitter.clock), show_alert=True)
+        return
+    await query.answer(_("Sending again…"))
+    if isinstance(query.message, Message):  # the old button has done its job
+        with suppress(TelegramBadRequest):
+            await query.message.edit_reply_markup(reply_markup=None)
+
+
+async def history(message: Message, jobs: JobRepo, submitter: Submitter) -> None:
+    assert message.from_user is not None
+    recent = await jobs.recent(message.from_user.id, HISTORY_SIZE)
+    if not recent:
+        await message.answer(_("You have no requests yet."))
+        return
+    zone = submitter.clock.zone
+    lines = [_("Your last requests:")] + [history_line(job, zone) for job in recent]
+    answered = [job.id for job in recent if job.result is not None]
+    await message.answer("\n".join(lines),
+                         reply_markup=history_keyboard(answered) if answered else None)
+
+
+def history_line(job: Job, zone: tzinfo) -> str:
+    when = datetime.fromtimestamp(job.created_at, zone).strftime("%d.%m %H:%M")
+    mode = MODES_BY_NAME.get(job.mode)
+    preview = job.content[:PREVIEW_CHARS].replace("\n", " ")
+    return (f"#{job.id} {STATE_MARKS.get(job.state, '⏳')} {when} "
+            f"{mode.emoji if mode else ''} {preview}")
+
+
+async def show_again(query: CallbackQuery, callback_data: HistoryCallback, jobs: JobRepo,
+                     delivery: Delivery) -> None:
+    job = await own_job(query, callback_data.job_id, jobs)
+    if job is None or job.result is None:
+        return
+    await query.answer()
+    for part in render(job.result):
+        await delivery.send(job, part)
+
+
+async def cancel(message: Message, runner: JobRunner) -> None:
+    assert message.from_user is not None
+    stopped = await runner.cancel(message.from_user.id)
+    if stopped:
+        await message.answer(_("Stopped waiting for {count} request(s). Requests already "
+                               "sent were counted.").format(count=stopped))
+    else:
+        await message.answer(_("You have no requests in progress."))
+
+
+async def own_job(query: CallbackQuery, job_id: int, jobs: JobRepo) -> Job | None:
+    """The job behind a button, if it is the tapper's; otherwise say so politely."""
+    job = await jobs.get(job_id)
+    if job is None:
+        await query.answer(_("This button is no longer valid."), show_alert=True)
+        return None
+    if job.user_id != query.from_user.id:
+        await query.answer(_("This button belongs to someone else's request."),
+                           show_alert=True)
+        return None
+    return job
+
+
+def make_router() -> Router:
+    router = Router(name="answers")
+    router.callback_query.register(act_on_answer, AnswerCallback.filter())
+    router.callback_query.register(retry, RetryCallback.filter())
+    router.callback_query.register(show_again, HistoryCallback.filter())
+    router.message.register(history, Command("history"))
+    router.message.register(cancel, Command("cancel"))
+    return router
