@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
-from aiogram.types import InlineKeyboardMarkup, MessageEntity
+from aiogram.types import InlineKeyboardMarkup, MessageEntity, ReplyParameters
 
 from bot.render import Part
 from bot.telegram import with_retries
@@ -45,15 +45,14 @@ class Delivery:
 
     async def send(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
         """A new message, replying to the job's placeholder (or what it answers) if any."""
-        reply_to = job.placeholder_id or job.reply_to
+        reply = _reply_to(job.placeholder_id or job.reply_to)
         await self._entities_or_plain(part, lambda entities: self._bot.send_message(
             job.chat_id, part.text, entities=entities, reply_markup=keyboard,
-            reply_to_message_id=reply_to, allow_sending_without_reply=True))
+            reply_parameters=reply))
 
     async def placeholder(self, job: Job, text: str) -> int:
         message = await with_retries(lambda: self._bot.send_message(
-            job.chat_id, text, reply_to_message_id=job.reply_to,
-            allow_sending_without_reply=True))
+            job.chat_id, text, reply_parameters=_reply_to(job.reply_to)))
         return message.message_id
 
     async def progress(self, job: Job, text: str) -> None:
@@ -77,3 +76,10 @@ class Delivery:
             # words still matter more than the formatting.
             log.warning("telegram rejected entities (%s); sending plain text", error.message)
             await with_retries(lambda: call(None))
+
+
+def _reply_to(message_id: int | None) -> ReplyParameters | None:
+    # Still sent if the user deleted the message it answers.
+    if message_id is None:
+        return None
+    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)

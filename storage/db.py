@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -86,8 +88,7 @@ async def open_database(path: Path) -> aiosqlite.Connection:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+    row = await fetch_one(db, "PRAGMA user_version")
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
         raise DatabaseError(f"schema version {version} is newer than this bot knows")
@@ -96,3 +97,15 @@ async def migrate(db: aiosqlite.Connection) -> None:
         await db.executescript(
             f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
         )
+
+
+async def fetch_one(
+    db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] | Mapping[str, Any] = ()
+) -> aiosqlite.Row | None:
+    """The first row, fetched and closed in one step.
+
+    The connection is shared by all coroutines; a cursor left open across an await
+    would make another coroutine's commit fail with "SQL statements in progress".
+    """
+    rows = await db.execute_fetchall(sql, parameters)
+    return next(iter(rows), None)

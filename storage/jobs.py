@@ -14,6 +14,8 @@ from typing import Any
 
 import aiosqlite
 
+from storage.db import fetch_one
+
 
 class JobState(StrEnum):
     NEW = "new"  # stored; create_request not sent yet, so sending it is safe
@@ -51,12 +53,21 @@ class Job:
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
         return cls(
-            id=row["id"], user_id=row["user_id"], chat_id=row["chat_id"],
-            placeholder_id=row["placeholder_id"], locale=row["locale"], mode=row["mode"],
-            content=row["content"], state=JobState(row["state"]),
-            upstream_id=row["upstream_id"], result=row["result"],
-            parts_delivered=row["parts_delivered"], created_at=row["created_at"],
-            quota_day=row["quota_day"], reply_to=row["reply_to"], error=row["error"],
+            id=row["id"],
+            user_id=row["user_id"],
+            chat_id=row["chat_id"],
+            placeholder_id=row["placeholder_id"],
+            locale=row["locale"],
+            mode=row["mode"],
+            content=row["content"],
+            state=JobState(row["state"]),
+            upstream_id=row["upstream_id"],
+            result=row["result"],
+            parts_delivered=row["parts_delivered"],
+            created_at=row["created_at"],
+            quota_day=row["quota_day"],
+            reply_to=row["reply_to"],
+            error=row["error"],
         )
 
 
@@ -65,8 +76,15 @@ class JobRepo:
         self._db = db
 
     async def add(
-        self, *, user_id: int, chat_id: int, source_message_id: int | None,
-        locale: str, mode: str, content: str, quota_day: str | None = None,
+        self,
+        *,
+        user_id: int,
+        chat_id: int,
+        source_message_id: int | None,
+        locale: str,
+        mode: str,
+        content: str,
+        quota_day: str | None = None,
         reply_to: int | None = None,
     ) -> int | None:
         """The new job's id, or None if this message already has a job."""
@@ -76,53 +94,72 @@ class JobRepo:
                                  state, quota_day, reply_to, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
-            (user_id, chat_id, source_message_id, locale, mode, content, JobState.NEW,
-             quota_day, reply_to, now, now),
+            (
+                user_id,
+                chat_id,
+                source_message_id,
+                locale,
+                mode,
+                content,
+                JobState.NEW,
+                quota_day,
+                reply_to,
+                now,
+                now,
+            ),
         )
         await self._db.commit()
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     async def get(self, job_id: int) -> Job | None:
-        async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
     async def unfinished(self) -> list[Job]:
         marks = ",".join("?" * len(UNFINISHED))
-        async with self._db.execute(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED
-        ) as cursor:
-            return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [
+            Job.from_row(row)
+            for row in await self._db.execute_fetchall(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED
+            )
+        ]
 
     async def exists_for_message(self, chat_id: int, source_message_id: int) -> bool:
-        async with self._db.execute(
-            "SELECT 1 FROM jobs WHERE chat_id = ? AND source_message_id = ?",
-            (chat_id, source_message_id),
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        return (
+            await fetch_one(
+                self._db,
+                "SELECT 1 FROM jobs WHERE chat_id = ? AND source_message_id = ?",
+                (chat_id, source_message_id),
+            )
+            is not None
+        )
 
     async def pending_count(self, user_id: int) -> int:
         marks = ",".join("?" * len(UNFINISHED))
-        async with self._db.execute(
+        row = await fetch_one(
+            self._db,
             f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks})",
             (user_id, *UNFINISHED),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return int(row[0]) if row else 0
 
     async def unfinished_for(self, user_id: int) -> list[Job]:
         marks = ",".join("?" * len(UNFINISHED))
-        async with self._db.execute(
-            f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id",
-            (user_id, *UNFINISHED),
-        ) as cursor:
-            return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [
+            Job.from_row(row)
+            for row in await self._db.execute_fetchall(
+                f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id",
+                (user_id, *UNFINISHED),
+            )
+        ]
 
     async def recent(self, user_id: int, limit: int) -> list[Job]:
-        async with self._db.execute(
-            "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
-        ) as cursor:
-            return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [
+            Job.from_row(row)
+            for row in await self._db.execute_fetchall(
+                "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+            )
+        ]
 
     async def set_placeholder(self, job_id: int, message_id: int) -> None:
         await self._update(job_id, placeholder_id=message_id)
@@ -131,12 +168,12 @@ class JobRepo:
         await self._update(job_id, state=JobState.CREATING)
 
     async def set_upstream(self, job_id: int, upstream_id: int, units: int | None) -> None:
-        await self._update(job_id, state=JobState.PENDING, upstream_id=upstream_id,
-                           units_after=units)
+        await self._update(
+            job_id, state=JobState.PENDING, upstream_id=upstream_id, units_after=units
+        )
 
     async def set_result(self, job_id: int, result: str) -> None:
-        await self._update(job_id, state=JobState.ANSWERED, result=result,
-                           answered_at=time.time())
+        await self._update(job_id, state=JobState.ANSWERED, result=result, answered_at=time.time())
 
     async def set_parts_delivered(self, job_id: int, parts: int) -> None:
         await self._update(job_id, parts_delivered=parts)

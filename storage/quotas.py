@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from storage.db import fetch_one
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -25,14 +27,14 @@ class QuotaRepo:
         self._default = default_quota
 
     async def usage(self, user_id: int, day: str) -> Usage:
-        async with self._db.execute(
+        row = await fetch_one(
+            self._db,
             """SELECT coalesce(u.daily_quota, ?) AS quota,
                       coalesce(s.used, 0) AS used, coalesce(s.granted, 0) AS granted
                FROM users u LEFT JOIN usage s ON s.user_id = u.id AND s.day = ?
                WHERE u.id = ?""",
             (self._default, day, user_id),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         if row is None:
             return Usage(self._default, 0, 0)
         return Usage(int(row["quota"]), int(row["used"]), int(row["granted"]))

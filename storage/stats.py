@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from storage.db import fetch_one
 from storage.jobs import UNFINISHED
 
 
@@ -27,40 +28,48 @@ class StatsRepo:
     async def units_spent_since(self, since: float) -> int:
         """create_request calls that counted: every job that got an upstream id."""
         return await self._scalar(
-            "SELECT count(*) FROM jobs WHERE upstream_id IS NOT NULL AND created_at >= ?",
-            (since,))
+            "SELECT count(*) FROM jobs WHERE upstream_id IS NOT NULL AND created_at >= ?", (since,)
+        )
 
     async def pending_jobs(self) -> int:
         marks = ",".join("?" * len(UNFINISHED))
-        return await self._scalar(f"SELECT count(*) FROM jobs WHERE state IN ({marks})",
-                                  UNFINISHED)
+        return await self._scalar(f"SELECT count(*) FROM jobs WHERE state IN ({marks})", UNFINISHED)
 
     async def activity(self, today: float, week: float) -> Activity:
-        active = ("SELECT count(DISTINCT user_id) FROM jobs WHERE created_at >= ?")
-        async with self._db.execute(
-            "SELECT mode, count(*) FROM jobs WHERE created_at >= ? GROUP BY mode "
-            "ORDER BY count(*) DESC, mode", (today,),
-        ) as cursor:
-            by_mode = {row[0]: row[1] for row in await cursor.fetchall()}
-        async with self._db.execute(
-            "SELECT error, count(*) FROM jobs WHERE state IN ('failed', 'unknown') "
-            "AND created_at >= ? GROUP BY error ORDER BY count(*) DESC, error", (week,),
-        ) as cursor:
-            failures = {str(row[0]): row[1] for row in await cursor.fetchall()}
-        async with self._db.execute(
-            "SELECT answered_at - created_at FROM jobs WHERE answered_at IS NOT NULL "
-            "AND created_at >= ?", (week,),
-        ) as cursor:
-            durations = [row[0] for row in await cursor.fetchall()]
+        active = "SELECT count(DISTINCT user_id) FROM jobs WHERE created_at >= ?"
+        by_mode = {
+            row[0]: row[1]
+            for row in await self._db.execute_fetchall(
+                "SELECT mode, count(*) FROM jobs WHERE created_at >= ? GROUP BY mode "
+                "ORDER BY count(*) DESC, mode",
+                (today,),
+            )
+        }
+        failures = {
+            str(row[0]): row[1]
+            for row in await self._db.execute_fetchall(
+                "SELECT error, count(*) FROM jobs WHERE state IN ('failed', 'unknown') "
+                "AND created_at >= ? GROUP BY error ORDER BY count(*) DESC, error",
+                (week,),
+            )
+        }
+        durations = [
+            row[0]
+            for row in await self._db.execute_fetchall(
+                "SELECT answered_at - created_at FROM jobs WHERE answered_at IS NOT NULL "
+                "AND created_at >= ?",
+                (week,),
+            )
+        ]
         return Activity(
             users=await self._scalar("SELECT count(*) FROM users", ()),
             active_today=await self._scalar(active, (today,)),
             active_week=await self._scalar(active, (week,)),
-            requests_by_mode=by_mode, failures_by_kind=failures,
+            requests_by_mode=by_mode,
+            failures_by_kind=failures,
             median_answer_seconds=statistics.median(durations) if durations else None,
         )
 
     async def _scalar(self, sql: str, parameters: tuple[object, ...]) -> int:
-        async with self._db.execute(sql, parameters) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._db, sql, parameters)
         return int(row[0]) if row else 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from bot.modes import DEFAULT_MODE
+from storage.db import fetch_one
 
 
 @dataclass(frozen=True)
@@ -23,21 +24,20 @@ class UserRepo:
     async def touch(self, user_id: int, language_code: str | None) -> Profile:
         """Record that the user was seen (creating the row); what the bot knows of them."""
         now = time.time()
-        async with self._db.execute(
+        row = await fetch_one(
+            self._db,
             """INSERT INTO users (id, language_code, first_seen, last_seen) VALUES (?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    language_code = excluded.language_code, last_seen = excluded.last_seen
                RETURNING locale, banned""",
             (user_id, language_code, now, now),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         await self._db.commit()
         assert row is not None  # an upsert always returns its row
         return Profile(locale=row["locale"], banned=bool(row["banned"]))
 
     async def mode(self, user_id: int) -> str:
-        async with self._db.execute("SELECT mode FROM users WHERE id = ?", (user_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._db, "SELECT mode FROM users WHERE id = ?", (user_id,))
         return str(row["mode"]) if row else DEFAULT_MODE
 
     async def set_mode(self, user_id: int, mode: str) -> None:
@@ -46,8 +46,7 @@ class UserRepo:
 
     async def locale(self, user_id: int) -> str | None:
         """The language the user chose with /language, if any."""
-        async with self._db.execute("SELECT locale FROM users WHERE id = ?", (user_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._db, "SELECT locale FROM users WHERE id = ?", (user_id,))
         return str(row["locale"]) if row and row["locale"] else None
 
     async def set_locale(self, user_id: int, locale: str) -> None:
@@ -55,14 +54,12 @@ class UserRepo:
         await self._db.commit()
 
     async def exists(self, user_id: int) -> bool:
-        async with self._db.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)) as cursor:
-            return await cursor.fetchone() is not None
+        return await fetch_one(self._db, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is not None
 
     async def set_banned(self, user_id: int, banned: bool) -> None:
         await self._db.execute("UPDATE users SET banned = ? WHERE id = ?", (banned, user_id))
         await self._db.commit()
 
     async def is_banned(self, user_id: int) -> bool:
-        async with self._db.execute("SELECT banned FROM users WHERE id = ?", (user_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._db, "SELECT banned FROM users WHERE id = ?", (user_id,))
         return bool(row and row["banned"])

@@ -102,7 +102,7 @@ async def test_answered_job_sends_only_the_parts_not_yet_delivered(app: App) -> 
     assert app.sent(EditMessageText) == []  # part 1 was already shown on the placeholder
     rest = app.sent(SendMessage)
     assert rest and rest[0].text.startswith("paragraph 4")
-    assert all(m.reply_to_message_id == PLACEHOLDER for m in rest)
+    assert all(m.reply_parameters.message_id == PLACEHOLDER for m in rest)
     job = await app.jobs.get(job_id)
     assert job is not None and job.state is JobState.DELIVERED
     assert job.parts_delivered == 2 + len(rest)

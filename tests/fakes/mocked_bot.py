@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 from aiogram import Bot
 from aiogram.client.session.base import BaseSession
-from aiogram.methods import EditMessageText, SendMessage, TelegramMethod
+from aiogram.methods import EditMessageText, GetFile, GetMe, SendMessage, TelegramMethod
 from aiogram.methods.base import TelegramType
 
 M = TypeVar("M", bound=TelegramMethod[Any])
 BOT_ID = 42
+BOT_USERNAME = "chatinfo_test_bot"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RecordingSession(BaseSession):
         self.requests: list[TelegramMethod[Any]] = []
         self._errors: list[_Error] = []
         self._next_message_id = 1000
+        self.files: dict[str, bytes] = {}  # file_id -> content, served by getFile + download
 
     def fail_next(self, method: type[TelegramMethod[Any]], code: int, description: str,
                   retry_after: int | None = None) -> None:
@@ -65,6 +67,12 @@ class RecordingSession(BaseSession):
             return self._message(method.chat_id, self._next_message_id, method.text)
         if isinstance(method, EditMessageText):
             return self._message(method.chat_id, method.message_id, method.text)
+        if isinstance(method, GetMe):
+            return {"id": BOT_ID, "is_bot": True, "first_name": "Bot", "username": BOT_USERNAME}
+        if isinstance(method, GetFile):
+            return {"file_id": method.file_id, "file_unique_id": method.file_id,
+                    "file_size": len(self.files[method.file_id]),
+                    "file_path": f"documents/{method.file_id}"}
         return True
 
     @staticmethod
@@ -79,7 +87,7 @@ class RecordingSession(BaseSession):
     async def stream_content(self, url: str, headers: dict[str, Any] | None = None,
                              timeout: int = 30, chunk_size: int = 65536,
                              raise_for_status: bool = True) -> AsyncGenerator[bytes, None]:
-        yield b""
+        yield self.files[url.rsplit("/", 1)[-1]]
 
 
 def mocked_bot() -> tuple[Bot, RecordingSession]:
