@@ -18,8 +18,9 @@ from bot.i18n import UserLocaleMiddleware
 from bot.menu import set_command_menus
 from bot.notify import AdminNotifier
 from bot.quota import Admission, QuotaClock
-from bot.runner import JobRunner, PollPolicy
+from bot.runner import JobRunner, RunnerPolicy
 from bot.submit import Submitter
+from bot.throttle import TelegramThrottle
 from bot.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 def make_bot(settings: Settings) -> Bot:
     api = (TelegramAPIServer.from_base(str(settings.telegram_api_url))
            if settings.telegram_api_url else PRODUCTION)
-    return Bot(settings.bot_token.get_secret_value(), session=AiohttpSession(api=api),
-               default=DefaultBotProperties(link_preview_is_disabled=True))
+    bot = Bot(settings.bot_token.get_secret_value(), session=AiohttpSession(api=api),
+              default=DefaultBotProperties(link_preview_is_disabled=True))
+    bot.session.middleware(TelegramThrottle())
+    return bot
 
 
 def make_client(settings: Settings) -> ChatinfoClient:
@@ -49,7 +52,7 @@ def make_client(settings: Settings) -> ChatinfoClient:
 
 def make_dispatcher(
     bot: Bot, db: aiosqlite.Connection, client: ChatinfoClient, i18n: I18n,
-    settings: Settings, *, policy: PollPolicy | None = None,
+    settings: Settings, *, policy: RunnerPolicy | None = None,
 ) -> Dispatcher:
     users, jobs = UserRepo(db), JobRepo(db)
     quotas = QuotaRepo(db, settings.daily_quota)
@@ -57,7 +60,7 @@ def make_dispatcher(
     tracker = UnitsTracker(client, AdminNotifier(bot, users, i18n, settings.admin_ids),
                            settings.low_units_threshold)
     runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker,
-                       policy=policy or PollPolicy(max_wait=float(settings.max_wait_seconds)))
+                       policy=policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds)))
     admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user)
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
                     tracker=tracker, runner=runner, client=client, settings=settings,

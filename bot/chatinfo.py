@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ MAX_CONTENT_CHARS = 5000  # the API cuts longer content silently
 # Our clock and the server's disagree by transit time; a second of slack keeps a burst
 # sent at the edge of our window from landing inside the server's.
 WINDOW_SECONDS = 61.0
+
+# Told about every HTTP attempt: the endpoint, the HTTP status or the httpx error that
+# stopped it, and the seconds it took (for metrics).
+AttemptObserver = Callable[[str, int | httpx.HTTPError, float], None]
 
 
 class ChatinfoError(Exception):
@@ -89,9 +94,12 @@ class ChatinfoClient:
         attempts: int = 3,
         backoff: float = 0.5,
         timeout: float = 20.0,
+        window: float = WINDOW_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self._key = api_key
+        self.observer = observer
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/api/gpt/",
             timeout=httpx.Timeout(timeout, connect=5.0),
@@ -102,9 +110,9 @@ class ChatinfoClient:
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {
-            CREATE: SlidingWindowLimiter(create_per_min, WINDOW_SECONDS),
-            POLL: SlidingWindowLimiter(poll_per_min, WINDOW_SECONDS),
-            UNITS: SlidingWindowLimiter(units_per_min, WINDOW_SECONDS),
+            CREATE: SlidingWindowLimiter(create_per_min, window),
+            POLL: SlidingWindowLimiter(poll_per_min, window),
+            UNITS: SlidingWindowLimiter(units_per_min, window),
         }
         self._attempts = attempts
         self._backoff = backoff
@@ -112,16 +120,20 @@ class ChatinfoClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def create_request(self, content: str, mode: str) -> CreatedRequest:
-        body = await self._call(CREATE, {"content": content, "mode": mode}, idempotent=False)
+    async def create_request(self, content: str, mode: str, *,
+                             slot_taken: bool = False) -> CreatedRequest:
+        """`slot_taken`: the caller already acquired the first attempt's rate-limit slot."""
+        body = await self._call(CREATE, {"content": content, "mode": mode}, idempotent=False,
+                                slot_taken=slot_taken)
         request_id = body.get("id")
         if body.get("success") is not True or not isinstance(request_id, int):
             raise _rejected(CREATE, 200, body)
         return CreatedRequest(id=request_id, units=_int_or_none(body.get("units")))
 
-    async def get_response(self, request_id: int) -> str | None:
+    async def get_response(self, request_id: int, *, slot_taken: bool = False) -> str | None:
         """The answer, or None while the request is still being solved (202)."""
-        body = await self._call(POLL, {"id": request_id}, idempotent=True)
+        body = await self._call(POLL, {"id": request_id}, idempotent=True,
+                                slot_taken=slot_taken)
         if body.get("solving") is True:
             return None
         result = body.get("result")
@@ -136,7 +148,8 @@ class ChatinfoClient:
             raise _rejected(UNITS, 200, body)
         return units
 
-    async def _call(self, endpoint: str, payload: dict[str, Any], *, idempotent: bool) -> Any:
+    async def _call(self, endpoint: str, payload: dict[str, Any], *, idempotent: bool,
+                    slot_taken: bool = False) -> Any:
         """One logical call: bounded retries, each attempt inside the rate limit.
 
         Retries happen only where the call surely did not count (not sent, or 429),
@@ -144,6 +157,8 @@ class ChatinfoClient:
         """
         for attempt in range(1, self._attempts + 1):
             try:
+                if not (slot_taken and attempt == 1):
+                    await self.limiters[endpoint].acquire()
                 return await self._attempt(endpoint, payload, sent_is_safe=idempotent)
             except (RateLimited, UpstreamUnavailable) as error:
                 retry = isinstance(error, RateLimited) or idempotent or not error.maybe_spent
@@ -154,19 +169,26 @@ class ChatinfoClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], *, sent_is_safe: bool) -> Any:
-        await self.limiters[endpoint].acquire()
         started = time.monotonic()
         try:
             response = await self._http.post(endpoint, json={**payload, "key": self._key})
         except _NOT_SENT as error:
+            self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: cannot connect ({type(error).__name__})",
                                       maybe_spent=False) from None
         except httpx.HTTPError as error:
+            self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: {type(error).__name__}",
                                       maybe_spent=not sent_is_safe) from None
-        log.debug("chatinfo %s -> %d in %.3fs", endpoint, response.status_code,
-                  time.monotonic() - started)
+        elapsed = self._observe(endpoint, response.status_code, started)
+        log.debug("chatinfo %s -> %d in %.3fs", endpoint, response.status_code, elapsed)
         return _interpret(endpoint, response, maybe_spent=not sent_is_safe)
+
+    def _observe(self, endpoint: str, outcome: int | httpx.HTTPError, started: float) -> float:
+        elapsed = time.monotonic() - started
+        if self.observer is not None:
+            self.observer(endpoint, outcome, elapsed)
+        return elapsed
 
 
 def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) -> Any:

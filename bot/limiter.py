@@ -49,3 +49,8 @@ class SlidingWindowLimiter:
             while (wait := self.delay()) > 0:
                 await self._sleep(wait)
             self._stamps.append(self._clock())
+
+    def release_last(self) -> None:
+        """Give back the slot just acquired, when the call it was for will not be made."""
+        if self._stamps:
+            self._stamps.pop()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramForbiddenError
@@ -21,20 +21,21 @@ from aiogram.utils.i18n import gettext as _
 
 from bot import crashpoints
 from bot.chatinfo import (
+    CREATE,
+    POLL,
     AccessDenied,
     ChatinfoClient,
     ChatinfoError,
     NotEnoughUnits,
     RateLimited,
-    RequestRejected,
     UpstreamUnavailable,
 )
 from bot.delivery import Delivery
 from bot.failures import Failure, failure_text
+from bot.indicators import WaitingIndicators
 from bot.keyboards import answer_keyboard, retry_keyboard
-from bot.limiter import SlidingWindowLimiter
 from bot.render import Part, render
-from bot.telegram import Typing
+from bot.scheduler import Expired, FairQueue, Lost, PollScheduler, PollTiming, SolveTimes
 from bot.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
@@ -43,52 +44,57 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PollPolicy:
-    first_delay: float = 1.5  # few answers come sooner
-    interval: float = 1.0
-    growth: float = 1.25
-    max_interval: float = 5.0
+class RunnerPolicy:
     max_wait: float = 600.0  # then the job fails with a clear message
-    max_rejections: int = 5  # consecutive "unknown id" answers before giving up
     progress_every: float = 15.0  # placeholder shows the wait; Telegram allows ~1 edit/s/chat
-
-
-# Progress edits are cosmetic: they get a small share of Telegram's ~30 messages/s and
-# are skipped, not queued, when that share is used up.
-PROGRESS_PER_SECOND = 5
+    timing: PollTiming = field(default_factory=PollTiming)
+    history: int = 2000  # answered jobs the solve-time model learns from at start
 
 
 class JobRunner:
     def __init__(
         self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
-        quotas: QuotaRepo, units: UnitsTracker, policy: PollPolicy | None = None,
+        quotas: QuotaRepo, units: UnitsTracker, policy: RunnerPolicy | None = None,
     ) -> None:
         self._client = client
         self._jobs = jobs
         self._quotas = quotas
         self._units = units
         self._i18n = i18n
-        self._policy = policy or PollPolicy()
+        self._policy = policy or RunnerPolicy()
         self.delivery = Delivery(bot)
-        self._typing = Typing(bot)
-        self._progress_budget = SlidingWindowLimiter(PROGRESS_PER_SECOND, 1.0)
+        self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
+                                             self._waiting_text)
+        self._solve_times = SolveTimes()
+        self.scheduler = PollScheduler(
+            lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
+            client.limiters[POLL], self._solve_times, self._policy.timing)
+        self.queue = FairQueue(client.limiters[CREATE])
+        self._workers_started = False
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[None]] = {}
-        self._progressing: dict[int, asyncio.Task[None]] = {}
 
     @property
     def active(self) -> int:
         return len(self._tasks)
 
     def start(self, job_id: int) -> None:
+        self._start_workers()
         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
+    def _start_workers(self) -> None:
+        if not self._workers_started:
+            self._workers_started = True
+            self.scheduler.start()
+            self.queue.start()
+
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
+        self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
         unfinished = await self._jobs.unfinished()
-        for job in unfinished:
+        for job in unfinished:  # in id order: the create queue keeps its order
             self.start(job.id)
         if unfinished:
             log.info("resuming %d unfinished jobs", len(unfinished))
@@ -102,6 +108,9 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.scheduler.stop()
+        await self.queue.stop()
+        await self._indicators.stop()
 
     async def cancel(self, user_id: int) -> int:
         """Stop waiting for the user's unfinished jobs; how many were stopped."""
@@ -140,7 +149,7 @@ class JobRunner:
         if job.state is JobState.CREATING:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
             return
-        async with self._typing.during(job.chat_id), self._progress(job):
+        async with self._indicators.waiting(job):
             if job.state is JobState.NEW:
                 job = await self._create(job)
             if job.state is JobState.PENDING:
@@ -149,6 +158,8 @@ class JobRunner:
             await self._deliver(job)
 
     async def _create(self, job: Job) -> Job:
+        await self._show_queue_position(job)
+        await self.queue.turn(job.user_id)
         # Shielded: once create_request is sent, its id must be stored even during a
         # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
         step = asyncio.ensure_future(self._create_step(job))
@@ -161,7 +172,7 @@ class JobRunner:
         crashpoints.reach(crashpoints.BEFORE_CREATE)
         await self._jobs.mark_creating(job.id)
         try:
-            created = await self._client.create_request(job.content, job.mode)
+            created = await self._client.create_request(job.content, job.mode, slot_taken=True)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except UpstreamUnavailable as error:
             failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.BUSY
@@ -185,35 +196,22 @@ class JobRunner:
 
     async def _poll(self, job: Job) -> Job:
         assert job.upstream_id is not None
-        policy = self._policy
-        deadline = job.created_at + policy.max_wait
-        delay = max(0.0, job.created_at + policy.first_delay - time.time())
-        interval, rejections = policy.interval, 0
-        while True:
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.time())))
-            if time.time() >= deadline:
-                await self._tell(job, Failure.TIMEOUT, "no answer in time")
-                return await self._reload(job)
-            try:
-                result = await self._client.get_response(job.upstream_id)
-            except RequestRejected as error:
-                rejections += 1
-                if rejections >= policy.max_rejections:
-                    await self._tell(job, Failure.LOST, str(error))
-                    return await self._reload(job)
-            except (RateLimited, UpstreamUnavailable) as error:
-                log.warning("job %s poll failed: %s", job.id, error)
-            except ChatinfoError as error:
-                await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
-                return await self._reload(job)
-            else:
-                rejections = 0
-                if result is not None:
-                    await self._jobs.set_result(job.id, result)
-                    crashpoints.reach(crashpoints.AFTER_RESULT)
-                    return await self._reload(job)
-                crashpoints.reach(crashpoints.WHILE_POLLING)
-            delay, interval = interval, min(interval * policy.growth, policy.max_interval)
+        now = time.time()
+        try:
+            result = await self.scheduler.answer(
+                job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
+                length=len(job.content), age=now - (job.upstream_at or job.created_at),
+                max_wait=job.created_at + self._policy.max_wait - (job.upstream_at or now))
+        except Expired:
+            await self._tell(job, Failure.TIMEOUT, "no answer in time")
+        except Lost as error:
+            await self._tell(job, Failure.LOST, str(error))
+        except ChatinfoError as error:
+            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
+        else:
+            await self._jobs.set_result(job.id, result)
+            crashpoints.reach(crashpoints.AFTER_RESULT)
+        return await self._reload(job)
 
     async def _deliver(self, job: Job) -> None:
         assert job.result is not None
@@ -237,7 +235,7 @@ class JobRunner:
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        await self._stop_progress(job.id)
+        await self._indicators.forget(job)
         log.warning("job %s ended: %s (%s)", job.id, failure, detail)
         with self._locale(job.locale):
             text = failure_text(failure)
@@ -250,34 +248,20 @@ class JobRunner:
         with suppress(TelegramForbiddenError):
             await self.delivery.show(job, Part(text), keyboard)
 
-    @asynccontextmanager
-    async def _progress(self, job: Job) -> AsyncIterator[None]:
-        """While the body runs, the placeholder shows how long the job has waited."""
-        self._progressing[job.id] = asyncio.create_task(self._show_progress(job))
-        try:
-            yield
-        finally:
-            await self._stop_progress(job.id)
+    async def _show_queue_position(self, job: Job) -> None:
+        ahead = self.queue.position(job.user_id) + self.queue.queued
+        wait = self._client.limiters[CREATE].delay()
+        if not ahead and not wait:
+            return
+        rate = self._client.limiters[CREATE].limit / self._client.limiters[CREATE].period
+        with self._locale(job.locale):
+            text = _("⏳ In the queue: {ahead} requests ahead, about {seconds} s.").format(
+                ahead=ahead, seconds=max(1, round(wait + ahead / rate)))
+        await self.delivery.progress(job, text)
 
-    async def _stop_progress(self, job_id: int) -> None:
-        """Before the placeholder's final edit, so no late progress edit can overwrite it."""
-        task = self._progressing.pop(job_id, None)
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-
-    async def _show_progress(self, job: Job) -> None:
-        every = self._policy.progress_every
-        while True:
-            waited = time.time() - job.created_at
-            await asyncio.sleep(every - waited % every)
-            if self._progress_budget.delay() > 0:
-                continue  # Telegram's budget is better spent on answers
-            await self._progress_budget.acquire()
-            with self._locale(job.locale):
-                text = waiting_text(time.time() - job.created_at)
-            await self.delivery.progress(job, text)
+    def _waiting_text(self, job: Job, seconds: float) -> str:
+        with self._locale(job.locale):
+            return waiting_text(seconds)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)

@@ -61,6 +61,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN reply_to INTEGER;  -- the message the placeholder answers
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN upstream_at REAL;  -- when create_request returned the id
+    CREATE INDEX jobs_by_answered ON jobs (answered_at);
+    """,
 )
 
 

@@ -49,6 +49,7 @@ class Job:
     quota_day: str | None
     reply_to: int | None
     error: str | None
+    upstream_at: float | None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -68,6 +69,7 @@ class Job:
             quota_day=row["quota_day"],
             reply_to=row["reply_to"],
             error=row["error"],
+            upstream_at=row["upstream_at"],
         )
 
 
@@ -153,6 +155,16 @@ class JobRepo:
             )
         ]
 
+    async def solve_history(self, limit: int) -> list[tuple[str, int, float]]:
+        """(mode, content length, seconds from create to answer) of the latest answers."""
+        rows = await self._db.execute_fetchall(
+            """SELECT mode, length(content), answered_at - upstream_at FROM jobs
+               WHERE answered_at IS NOT NULL AND upstream_at IS NOT NULL
+               ORDER BY answered_at DESC LIMIT ?""",
+            (limit,),
+        )
+        return [(row[0], int(row[1]), float(row[2])) for row in rows]
+
     async def recent(self, user_id: int, limit: int) -> list[Job]:
         return [
             Job.from_row(row)
@@ -169,7 +181,11 @@ class JobRepo:
 
     async def set_upstream(self, job_id: int, upstream_id: int, units: int | None) -> None:
         await self._update(
-            job_id, state=JobState.PENDING, upstream_id=upstream_id, units_after=units
+            job_id,
+            state=JobState.PENDING,
+            upstream_id=upstream_id,
+            units_after=units,
+            upstream_at=time.time(),
         )
 
     async def set_result(self, job_id: int, result: str) -> None:

@@ -18,15 +18,16 @@ from bot.app import make_dispatcher
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
 from bot.i18n import make_i18n
-from bot.runner import JobRunner, PollPolicy
+from bot.runner import JobRunner, RunnerPolicy
+from bot.scheduler import PollTiming
 from bot.sandbox import FakeChatinfo
 from storage.db import open_database
 from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot
 
 _update_ids = itertools.count(1)
-FAST_POLLS = PollPolicy(first_delay=0.05, interval=0.05, growth=1.0, max_interval=0.05,
-                        max_wait=30.0)
+FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(
+    min_gap=0.02, max_gap=0.05, first_at_least=0.02))
 
 
 @pytest.fixture
@@ -76,13 +77,13 @@ async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppF
     """Builds the app with settings overridden as a test needs (once per test)."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def build(**overrides: Any) -> App:
+    async def build(policy: RunnerPolicy = FAST_POLLS, **overrides: Any) -> App:
         db = await open_database(tmp_path / "bot.sqlite3")
         client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01)
         bot, session = mocked_bot()
         settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
                             database_path=tmp_path / "bot.sqlite3", **overrides)
-        dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=FAST_POLLS)
+        dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=policy)
 
         async def cleanup() -> None:
             await dp["runner"].stop()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
 
 from bot.render import TELEGRAM_LIMIT, render, utf16_length
-from bot.runner import PollPolicy
 from storage.jobs import JobState
 from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_ID, BOT_USERNAME
@@ -224,8 +224,7 @@ async def test_cancel_stops_waiting_and_says_the_units_were_spent(app: App) -> N
 
 
 async def test_placeholder_shows_how_long_the_job_has_waited(make_app: AppFactory) -> None:
-    app = await make_app()
-    app.runner._policy = PollPolicy(**{**FAST_POLLS.__dict__, "progress_every": 0.3})
+    app = await make_app(policy=replace(FAST_POLLS, progress_every=0.3))
     app.chatinfo.solve_time = 1.0
     await app.feed(message_update(16, "wait for it"))
     await app.settle()

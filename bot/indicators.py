@@ -1,0 +1,109 @@
+"""What a waiting user sees: "typing…" in the chat and the placeholder's waiting time.
+
+One loop serves every waiting job, so ten thousand pending jobs cost one task, not
+twenty thousand; both signals are cosmetic and get a small, fixed share of Telegram's
+budget, skipped (never queued) when it is used up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+from aiogram import Bot
+from aiogram.enums import ChatAction
+
+from bot.delivery import Delivery
+from bot.limiter import SlidingWindowLimiter
+from storage.jobs import Job
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5
+TYPING_EVERY = 4.5  # Telegram shows "typing" for 5 s after each action
+TYPING_PER_SECOND = 10
+PROGRESS_PER_SECOND = 5
+
+
+class WaitingIndicators:
+    def __init__(self, bot: Bot, delivery: Delivery, progress_every: float,
+                 progress_text: Callable[[Job, float], str]) -> None:
+        self._bot = bot
+        self._delivery = delivery
+        self._progress_every = progress_every
+        self._progress_text = progress_text
+        self._jobs: dict[int, tuple[Job, float]] = {}  # id -> (job, next progress edit at)
+        self._chats: Counter[int] = Counter()
+        self._typed_at: dict[int, float] = {}
+        self._typing_budget = SlidingWindowLimiter(TYPING_PER_SECOND, 1.0)
+        self._progress_budget = SlidingWindowLimiter(PROGRESS_PER_SECOND, 1.0)
+        self._editing: tuple[int, asyncio.Task[None]] | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def waiting(self, job: Job) -> AsyncIterator[None]:
+        self._jobs[job.id] = (job, job.created_at + self._progress_every)
+        self._chats[job.chat_id] += 1
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.create_task(self._serve(), name="waiting-indicators")
+        try:
+            yield
+        finally:
+            await self.forget(job)
+
+    async def forget(self, job: Job) -> None:
+        """Stop the job's signals; after this no progress edit of it can land."""
+        if self._jobs.pop(job.id, None) is not None:
+            self._chats[job.chat_id] -= 1
+            if self._chats[job.chat_id] <= 0:
+                del self._chats[job.chat_id]
+                self._typed_at.pop(job.chat_id, None)
+        if self._editing is not None and self._editing[0] == job.id:
+            with suppress(asyncio.CancelledError):
+                await asyncio.shield(self._editing[1])
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+
+    async def _serve(self) -> None:
+        while self._jobs:
+            await self._send_typing()
+            await self._send_progress()
+            await asyncio.sleep(TICK)
+
+    async def _send_typing(self) -> None:
+        now = time.monotonic()
+        for chat_id in list(self._chats):
+            if now - self._typed_at.get(chat_id, 0.0) < TYPING_EVERY:
+                continue
+            if self._typing_budget.delay() > 0:
+                return
+            await self._typing_budget.acquire()
+            self._typed_at[chat_id] = now
+            try:
+                await self._bot.send_chat_action(chat_id=chat_id, action=ChatAction.TYPING)
+            except Exception as error:
+                log.debug("typing in chat %s failed: %s", chat_id, type(error).__name__)
+
+    async def _send_progress(self) -> None:
+        now = time.time()
+        for job_id, (job, due) in list(self._jobs.items()):
+            if due > now or job_id not in self._jobs:
+                continue
+            if self._progress_budget.delay() > 0:
+                return
+            await self._progress_budget.acquire()
+            self._jobs[job_id] = (job, now + self._progress_every)
+            edit = asyncio.create_task(self._delivery.progress(
+                job, self._progress_text(job, now - job.created_at)))
+            self._editing = (job_id, edit)
+            try:
+                await asyncio.shield(edit)
+            finally:
+                self._editing = None
