@@ -1,56 +1,40 @@
-"""`python -m bot`: settings -> logging -> database -> clients -> dispatcher -> polling."""
+"""`python -m bot` runs the bot (see bot/run.py for the start-up sequence).
+
+`python -m bot backup PATH` copies the live database; `python -m bot healthcheck` asks
+the running bot's /healthz (Docker's HEALTHCHECK).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import argparse
 import sys
+from pathlib import Path
 
-from pydantic import ValidationError
-
-from bot.app import make_bot, make_client, make_dispatcher
-from bot.config import Settings, describe_problems
-from bot.i18n import make_i18n
-from bot.logs import setup_logging
-from storage.db import DatabaseError, open_database
-
-log = logging.getLogger("bot")
-EXIT_BAD_SETTINGS = 2
-EXIT_BAD_DATABASE = 1
+from bot.backup import backup_command
+from bot.healthcheck import healthcheck_command
 
 
-async def run(settings: Settings) -> None:
-    db = await open_database(settings.database_path)
-    client = make_client(settings)
-    bot = make_bot(settings)
-    try:
-        dp = make_dispatcher(bot, db, client, make_i18n(settings.default_locale), settings)
-        # start_polling stops on SIGINT/SIGTERM, runs the shutdown hooks (the job
-        # runner's stop) and closes the bot's session.
-        await dp.start_polling(bot, allowed_updates=dp.resolve_used_update_types())
-    finally:
-        await client.close()
-        await bot.session.close()
-        await db.close()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="The chatinfo.ru bot.")
+    commands = parser.add_subparsers(dest="command", metavar="[command]")
+    backup = commands.add_parser("backup", help="copy the live database to PATH (a file, or "
+                                 "a folder for a dated file) while the bot runs")
+    backup.add_argument("path", type=Path, metavar="PATH")
+    commands.add_parser("healthcheck", help="exit 0 if the running bot's /healthz is 200")
+    return parser.parse_args(argv)
 
 
-def main() -> int:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        for line in describe_problems(error):
-            print(f"config error: {line}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
-    setup_logging(settings.log_level, [settings.bot_token.get_secret_value(),
-                                       settings.chatinfo_api_key.get_secret_value()])
-    try:
-        asyncio.run(run(settings))
-    except DatabaseError as error:
-        print(f"database error: {error}", file=sys.stderr)
-        return EXIT_BAD_DATABASE
-    except KeyboardInterrupt:
-        pass
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "backup":
+        return backup_command(args.path)
+    if args.command == "healthcheck":
+        return healthcheck_command()
+    # Imported only to run the bot: aiogram and the handlers take seconds to import, a
+    # cost the cron backup and Docker's 30-second healthcheck should not pay.
+    from bot.run import run_bot  # noqa: PLC0415
+
+    return run_bot()
 
 
 if __name__ == "__main__":

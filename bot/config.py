@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# What Telegram accepts as a webhook's secret_token.
+WEBHOOK_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# Paths the bot's web server answers itself; a webhook there would shadow them.
+RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 class Settings(BaseSettings):
@@ -31,6 +44,12 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(600, gt=0)
     default_locale: Literal["en", "ru"] = "en"
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # Declared after telegram_api_url: their validators read it.
+    webhook_url: AnyHttpUrl | None = None
+    webhook_secret: SecretStr | None = Field(None, validate_default=True)
+    web_host: str = "0.0.0.0"
+    web_port: int = Field(8080, ge=0, le=65535)
 
     @field_validator("quota_timezone", mode="before")
     @classmethod
@@ -67,6 +86,47 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("telegram_api_url", "webhook_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        # `.env.example` lists these with no value; a copy of it must start as it is.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: AnyHttpUrl | None, info: ValidationInfo) -> AnyHttpUrl | None:
+        if value is None:
+            return None
+        # Telegram's own servers only call https URLs; a local Bot API server also calls http.
+        if value.scheme != "https" and info.data.get("telegram_api_url") is None:
+            raise ValueError("must be an https URL (Telegram sends updates only over HTTPS)")
+        if (value.path or "/") in RESERVED_PATHS:
+            raise ValueError(f"its path must not be {' or '.join(sorted(RESERVED_PATHS))}")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            value = None  # an empty line in .env means "not set"
+        if value is None:
+            if info.data.get("webhook_url") is not None:
+                raise ValueError("is required when WEBHOOK_URL is set")
+            return None
+        if not WEBHOOK_SECRET_PATTERN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @property
+    def webhook_path(self) -> str:
+        """Where the web server takes updates: the path of WEBHOOK_URL."""
+        return (self.webhook_url.path if self.webhook_url else None) or "/"
 
 
 def describe_problems(error: ValidationError) -> list[str]:

@@ -34,6 +34,7 @@ from bot.delivery import Delivery
 from bot.failures import Failure, failure_text
 from bot.indicators import WaitingIndicators
 from bot.keyboards import answer_keyboard, retry_keyboard
+from bot.logs import job_event
 from bot.render import Part, render
 from bot.scheduler import Expired, FairQueue, Lost, PollScheduler, PollTiming, SolveTimes
 from bot.units import UnitsTracker
@@ -84,6 +85,18 @@ class JobRunner:
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
+    @property
+    def workers_alive(self) -> bool:
+        """False once a started worker (poll scheduler, create queue) has ended."""
+        return not self._workers_started or (self.scheduler.running and self.queue.running)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job is running (or `timeout` passes); whether none is."""
+        deadline = time.monotonic() + timeout
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self._tasks.values()), timeout=left)
+        return not self._tasks
+
     def _start_workers(self) -> None:
         if not self._workers_started:
             self._workers_started = True
@@ -103,7 +116,9 @@ class JobRunner:
     async def stop(self) -> None:
         """Cancel the waiting; let create_request calls in flight store their id first."""
         if self._creating:
-            await asyncio.wait(self._creating.values(), timeout=15)
+            # Short of a graceful deploy's 10 s; a create still unanswered by then stays
+            # "creating" and is offered as a retry at the next start, as after a crash.
+            await asyncio.wait(self._creating.values(), timeout=5)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -135,7 +150,8 @@ class JobRunner:
             raise
         except Exception:
             # The job stays in SQLite at its last step and resumes at the next start.
-            log.exception("job %s stopped unexpectedly", job_id)
+            log.exception("job %s stopped unexpectedly", job_id,
+                          extra={"job_id": job_id, "outcome": "crashed"})
 
     async def _advance(self, job_id: int) -> None:
         job = await self._jobs.get(job_id)
@@ -190,7 +206,7 @@ class JobRunner:
         else:
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
-                     created.units)
+                     created.units, extra=job_event(job, "created"))
             if created.units is not None:
                 await self._units.observe(created.units)
 
@@ -229,14 +245,18 @@ class JobRunner:
                 crashpoints.reach(crashpoints.BETWEEN_PARTS)
         except TelegramForbiddenError:
             await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
+            log.info("job %s ended: the user blocked the bot", job.id,
+                     extra=job_event(job, Failure.BLOCKED))
             return
         await self._jobs.mark_delivered(job.id)
-        log.info("job %s delivered in %d part(s)", job.id, len(parts))
+        log.info("job %s delivered in %d part(s)", job.id, len(parts),
+                 extra=job_event(job, "delivered"))
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
         await self._indicators.forget(job)
-        log.warning("job %s ended: %s (%s)", job.id, failure, detail)
+        log.warning("job %s ended: %s (%s)", job.id, failure, detail,
+                    extra=job_event(job, failure))
         with self._locale(job.locale):
             text = failure_text(failure)
             keyboard = retry_keyboard(job.id) if failure.retryable else None

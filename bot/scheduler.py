@@ -28,60 +28,102 @@ from bot.limiter import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
-LENGTH_BUCKETS = (200, 1000, 3000)  # content characters: short, medium, long, very long
-SAMPLES_KEPT = 200  # per (mode, length) key: recent enough to follow upstream changes
-MIN_SAMPLES = 8  # fewer, and the broader key's samples are used
+SAMPLES_KEPT = 300  # per mode: recent enough to follow upstream changes
+MIN_SAMPLES = 10  # fewer, and the mode is estimated from all answers instead
+MIN_SECONDS = 0.3
 # Before anything is learned: the spread of GPT answers seen in practice.
 PRIOR = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0)
 
 
-def length_bucket(length: int) -> int:
-    return bisect.bisect_left(LENGTH_BUCKETS, length)
+@dataclass(frozen=True)
+class Estimate:
+    """Likely solve times: `scale` times each of the sorted `ratios` (shared, not copied)."""
+
+    scale: float
+    ratios: list[float]
+
+    def quantile(self, q: float) -> float:
+        index = min(len(self.ratios) - 1, max(0, int(q * len(self.ratios))))
+        return self.scale * self.ratios[index]
 
 
 class SolveTimes:
-    """Recent solve durations (seconds) by (mode, length bucket), by mode, and overall."""
+    """Learns solve times from answered jobs.
+
+    GPT's time grows with what it reads and writes, so per mode the model is a straight
+    line in the content length (fixed latency plus time per character), fitted on recent
+    answers; how far actual times stray from the line gives the spread. A mode with few
+    answers yet is estimated from all answers.
+    """
 
     def __init__(self) -> None:
-        self._samples: dict[object, deque[float]] = {}
+        self._by_mode: dict[str, deque[tuple[int, float]]] = {}
+        self._overall: deque[float] = deque(maxlen=SAMPLES_KEPT)
+        self._fits: dict[str, tuple[float, float, list[float]]] = {}
+        self._overall_sorted: list[float] | None = None
 
     def learn(self, mode: str, length: int, seconds: float) -> None:
-        for key in ((mode, length_bucket(length)), mode, None):
-            self._samples.setdefault(key, deque(maxlen=SAMPLES_KEPT)).append(seconds)
+        self._by_mode.setdefault(mode, deque(maxlen=SAMPLES_KEPT)).append((length, seconds))
+        self._overall.append(seconds)
+        self._fits.pop(mode, None)
+        self._overall_sorted = None
 
     def learn_all(self, history: Iterable[tuple[str, int, float]]) -> None:
         for mode, length, seconds in history:
             self.learn(mode, length, seconds)
 
-    def distribution(self, mode: str, length: int) -> list[float]:
-        """Sorted durations for the most specific key with enough samples."""
-        for key in ((mode, length_bucket(length)), mode, None):
-            samples = self._samples.get(key)
-            if samples is not None and len(samples) >= MIN_SAMPLES:
-                return sorted(samples)
-        return list(PRIOR)
+    def estimate(self, mode: str, length: int) -> Estimate:
+        samples = self._by_mode.get(mode, ())
+        if len(samples) < MIN_SAMPLES:
+            if len(self._overall) < MIN_SAMPLES:
+                return Estimate(1.0, list(PRIOR))
+            if self._overall_sorted is None:
+                self._overall_sorted = sorted(self._overall)
+            return Estimate(1.0, self._overall_sorted)
+        if mode not in self._fits:
+            self._fits[mode] = _fit(samples)
+        intercept, slope, ratios = self._fits[mode]
+        return Estimate(max(MIN_SECONDS, intercept + slope * length), ratios)
+
+
+def _fit(samples: Iterable[tuple[int, float]]) -> tuple[float, float, list[float]]:
+    """Least-squares line through (length, seconds), and the sorted actual/line ratios."""
+    points = list(samples)
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in points) / spread) \
+        if spread else 0.0
+    intercept = max(MIN_SECONDS, mean_y - slope * mean_x)
+    ratios = sorted(y / max(MIN_SECONDS, intercept + slope * x) for x, y in points)
+    return intercept, slope, ratios
 
 
 @dataclass(frozen=True)
 class PollTiming:
-    hit_chance: float = 0.2  # aim each poll to catch about this share of the remaining jobs
-    min_gap: float = 0.4  # never poll one job more often than this
-    max_gap: float = 4.0  # never leave a job unpolled for longer (bounds the lag)
-    first_at_least: float = 0.5  # seconds after create_request, whatever was learned
+    hit_chance: float = 0.4  # each poll should find about this share of the answers left
+    min_gap: float = 0.6  # never poll one job more often than this
+    max_gap: float = 2.0  # once an answer is possible, never wait longer (bounds the lag)
+    earliest: float = 0.005  # the first poll waits for this quantile of the solve times
 
 
-def next_poll_after(elapsed: float, durations: list[float], timing: PollTiming) -> float:
+def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> float:
     """Seconds from now until the next poll of a job `elapsed` seconds old.
 
-    Polls are placed so that each has about `hit_chance` of finding the answer among
-    the durations still possible, so they crowd where answers usually arrive and thin
-    out in the tail; `max_gap` keeps the tail from starving.
+    Nothing before the answer is possible at all (the `earliest` quantile). After that,
+    each poll is placed where it has about `hit_chance` of finding the answer, given
+    that it was not there before: so polls crowd where answers usually arrive (little
+    lag for few polls) and thin out where they rarely do, never more than `max_gap`
+    apart, which bounds the lag of the overdue tail.
     """
-    later = durations[bisect.bisect_right(durations, elapsed):]
-    if not later:
-        return timing.max_gap if elapsed else timing.first_at_least
-    index = min(len(later) - 1, int(len(later) * timing.hit_chance))
-    target = max(later[index], timing.first_at_least)
+    earliest = estimate.quantile(timing.earliest)
+    if elapsed < earliest:
+        return earliest - elapsed  # nothing to find yet, however long that is
+    later = bisect.bisect_right(estimate.ratios, elapsed / estimate.scale)
+    remaining = len(estimate.ratios) - later
+    if remaining <= 0:
+        return timing.max_gap
+    target = estimate.scale * estimate.ratios[later + int(remaining * timing.hit_chance)]
     return min(max(target - elapsed, timing.min_gap), timing.max_gap)
 
 
@@ -101,7 +143,7 @@ class _Entry:
     upstream_id: int = field(compare=False)
     started: float = field(compare=False)  # monotonic time of create_request
     deadline: float = field(compare=False)
-    durations: list[float] = field(compare=False)
+    estimate: Estimate = field(compare=False)
     answer: asyncio.Future[str] = field(compare=False)
     rejections: int = field(default=0, compare=False)
     polls: int = field(default=0, compare=False)
@@ -134,6 +176,10 @@ class PollScheduler:
     def pending(self) -> int:
         return len(self._heap)
 
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._serve(), name="poll-scheduler")
 
@@ -151,11 +197,11 @@ class PollScheduler:
         older than zero).
         """
         now = time.monotonic()
-        durations = self._solve_times.distribution(mode, length)
+        estimate = self._solve_times.estimate(mode, length)
         entry = _Entry(
-            due=now + next_poll_after(age, durations, self._timing), order=next(self._order),
+            due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
             job_id=job_id, upstream_id=upstream_id, started=now - age,
-            deadline=now - age + max_wait, durations=durations,
+            deadline=now - age + max_wait, estimate=estimate,
             answer=asyncio.get_running_loop().create_future(),
         )
         self._push(entry)
@@ -220,7 +266,7 @@ class PollScheduler:
             return
         crashpoints.reach(crashpoints.WHILE_POLLING)
         age = time.monotonic() - entry.started
-        entry.due = time.monotonic() + next_poll_after(age, entry.durations, self._timing)
+        entry.due = time.monotonic() + next_poll_after(age, entry.estimate, self._timing)
         self._push(entry)
 
 
@@ -242,6 +288,10 @@ class FairQueue:
         self._waiting: OrderedDict[int, deque[asyncio.Future[None]]] = OrderedDict()
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
 
     @property
     def queued(self) -> int:

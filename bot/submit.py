@@ -5,6 +5,7 @@ Shared by typed messages, documents, and the buttons that ask again.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from aiogram.types import Message
@@ -15,6 +16,8 @@ from bot.failures import Failure, failure_text
 from bot.quota import Admission, QuotaClock, Refusal
 from bot.runner import JobRunner, placeholder_text
 from storage.jobs import JobRepo
+
+log = logging.getLogger(__name__)
 
 
 class Submitter:
@@ -36,8 +39,13 @@ class Submitter:
         if outcome is None:
             return  # Telegram delivered this message again; its job is already under way
         if isinstance(outcome, Refusal):
+            log.info("request refused: %s", outcome, extra={
+                "user_id": message.from_user.id, "mode": mode, "outcome": f"refused:{outcome}"})
             await message.reply(refusal_text(outcome, self.clock))
             return
+        log.info("job %s accepted", outcome, extra={
+            "job_id": outcome, "user_id": message.from_user.id, "mode": mode,
+            "outcome": "accepted"})
         for notice in notices:
             await message.reply(notice)
         try:

@@ -5,23 +5,38 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "123456:E2E-TOKEN-do-not-leak"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+def free_port() -> int:
+    """A port nothing listens on now (several bots run at once, each needs its own)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class BotProcess:
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir = workdir
         self.database = workdir / "data" / "bot.sqlite3"
+        self.port = free_port()
+        self.web_url = f"http://127.0.0.1:{self.port}"
         # Run outside the repository so a developer's own .env cannot leak in.
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CHATINFO_", "BOT_"))},
+            **{k: v for k, v in os.environ.items()
+               if not k.startswith(("CHATINFO_", "BOT_", "WEB_", "WEBHOOK_", "LOG_"))},
             "PYTHONPATH": str(REPO), "BOT_TOKEN": BOT_TOKEN, "DATABASE_PATH": str(self.database),
-            "LOG_LEVEL": "INFO", **env,
+            "LOG_LEVEL": "INFO", "WEB_HOST": "127.0.0.1", "WEB_PORT": str(self.port), **env,
         }
         self.process: asyncio.subprocess.Process | None = None
         self.stderr = b""
@@ -51,3 +66,15 @@ class BotProcess:
             except sqlite3.OperationalError:  # the schema is not there yet
                 return 0
         return int(row[0])
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """GET from the bot's web server: the status and the body."""
+        async with aiohttp.ClientSession() as session, session.get(self.web_url + path) as reply:
+            return reply.status, await reply.text()
+
+    async def post_update(self, path: str, update: dict[str, Any], secret: str | None) -> int:
+        """POST an update to the bot's webhook as Telegram would; the status it answers."""
+        headers = {SECRET_HEADER: secret} if secret is not None else {}
+        async with aiohttp.ClientSession() as session, session.post(
+                self.web_url + path, json=update, headers=headers) as reply:
+            return reply.status

@@ -19,15 +19,14 @@ from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
 from bot.i18n import make_i18n
 from bot.runner import JobRunner, RunnerPolicy
-from bot.scheduler import PollTiming
 from bot.sandbox import FakeChatinfo
+from bot.scheduler import PollTiming
 from storage.db import open_database
 from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot
 
 _update_ids = itertools.count(1)
-FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(
-    min_gap=0.02, max_gap=0.05, first_at_least=0.02))
+FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(min_gap=0.02, max_gap=0.05))
 
 
 @pytest.fixture
@@ -77,9 +76,11 @@ async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppF
     """Builds the app with settings overridden as a test needs (once per test)."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def build(policy: RunnerPolicy = FAST_POLLS, **overrides: Any) -> App:
+    async def build(policy: RunnerPolicy = FAST_POLLS, client_options: dict[str, Any] | None = None,
+                    **overrides: Any) -> App:
         db = await open_database(tmp_path / "bot.sqlite3")
-        client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01)
+        client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01,
+                                **(client_options or {}))
         bot, session = mocked_bot()
         settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
                             database_path=tmp_path / "bot.sqlite3", **overrides)

@@ -1,0 +1,76 @@
+"""The fake chatinfo server in its own process, with the benchmark's solve times.
+
+Its own process, so the CPU and memory the benchmark reports are the bot's, not the
+fake's. Solve times are a pure function of (seed, mode, content), so both variants of a
+run face exactly the same answers at the same delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import multiprocessing
+import random
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from bot.sandbox import FakeChatinfo
+
+# Seconds a typical request of each mode takes; longer texts take longer still.
+MODE_BASE = {
+    "chat": 5.0, "answer": 5.0, "shorter": 4.0, "names": 3.0, "task": 8.0, "text": 14.0,
+    "poems": 6.0, "books_list": 7.0, "song_text": 7.0, "summary": 5.0, "paper": 35.0,
+    "report": 30.0, "originality": 10.0, "rewrite": 8.0, "essay": 20.0, "plan": 12.0,
+    "post": 6.0, "code": 10.0, "synopsis": 9.0, "story": 18.0, "article": 25.0,
+    "continue": 10.0,
+}
+NOISE_SIGMA = 0.1  # log-normal spread of one mode and length around its typical time
+
+
+def solve_seconds(seed: int, mode: str, content: str, noise_sigma: float = NOISE_SIGMA,
+                  ) -> float:
+    digest = hashlib.blake2b(f"{seed}:{mode}:{content}".encode(), digest_size=8).digest()
+    noise = random.Random(digest).gauss(0.0, noise_sigma)
+    return MODE_BASE.get(mode, 8.0) * (1 + len(content) / 2000) * math.exp(noise)
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    ready_at: float  # time.monotonic(), the same clock in every process on this machine
+    created_at: float
+
+
+def _serve(seed: int, noise: float, limits: dict[str, int], conn: Connection) -> None:
+    async def main() -> None:
+        server = FakeChatinfo(keys={"bench-key": "prestige"}, units=10**9, limits=limits,
+                              solve_time=lambda mode, content: solve_seconds(seed, mode,
+                                                                             content, noise))
+        conn.send(await server.start())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # the parent asks for the records
+        conn.send(([Record(r.id, r.ready_at, r.created_at) for r in server.requests],
+                   dict(server.statuses)))
+        await server.stop()
+
+    asyncio.run(main())
+
+
+class UpstreamProcess:
+    def __init__(self, seed: int, noise: float = NOISE_SIGMA,
+                 limits: dict[str, int] | None = None) -> None:
+        self._conn, child = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(seed, noise, limits or {}, child), daemon=True)
+
+    def start(self) -> str:
+        self._process.start()
+        url: str = self._conn.recv()
+        return url
+
+    def finish(self) -> tuple[list[Record], dict[tuple[str, int], int]]:
+        self._conn.send("records")
+        records, statuses = self._conn.recv()
+        self._process.join(timeout=10)
+        return records, statuses
