@@ -97,6 +97,8 @@ async def test_conversation_then_clean_shutdown(tmp_path: Path, telegram: FakeTe
             assert answer.params["message_id"] == 1001
             assert telegram.calls_of("sendChatAction")
             assert chatinfo.calls["create_request"] == 1
+            # The edit reaches Telegram a moment before the job is marked delivered.
+            await telegram.wait_for(lambda: bot.count_jobs("delivered") == 1)
 
             status, health = await bot.get("/healthz")
             assert status == 200, health
