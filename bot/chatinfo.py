@@ -106,7 +106,9 @@ class ChatinfoClient:
             transport=transport,
             # The limiter stamps a call before it gets a connection; a roomy pool keeps
             # calls from queueing here and reaching the server later than stamped.
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            # Connections are kept for reuse up to the poll scheduler's concurrency:
+            # opening one per call would cost more CPU than the call itself.
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {

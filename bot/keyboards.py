@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.keyboard import InlineKeyboardBuilder
+from pydantic import Field
 
 from bot.modes import MODES
 
 MODE_COLUMNS = 2
+
+
+# SQLite's integers stop at 2**63 - 1; a forged bigger id must fail to parse, not to query.
+JobId = Annotated[int, Field(ge=1, lt=2**63)]
 
 
 class ModeCallback(CallbackData, prefix="mode"):
@@ -27,7 +33,7 @@ LANGUAGES = {"en": "🇬🇧 English", "ru": "🇷🇺 Русский"}
 
 
 class RetryCallback(CallbackData, prefix="retry"):
-    job_id: int
+    job_id: JobId
 
 
 class AnswerAction(StrEnum):
@@ -38,11 +44,11 @@ class AnswerAction(StrEnum):
 
 class AnswerCallback(CallbackData, prefix="ans"):
     action: AnswerAction
-    job_id: int
+    job_id: JobId
 
 
 class HistoryCallback(CallbackData, prefix="hist"):
-    job_id: int
+    job_id: JobId
 
 
 def modes_keyboard(current: str) -> InlineKeyboardMarkup:

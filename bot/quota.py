@@ -67,6 +67,11 @@ class Admission:
             day = self._clock.today()
             if not await self._quotas.reserve(user_id, day):
                 return Refusal.OVER_QUOTA
-            return await self._jobs.add(
-                user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
-                locale=locale, mode=mode, content=content, quota_day=day, reply_to=reply_to)
+            try:
+                return await self._jobs.add(
+                    user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
+                    locale=locale, mode=mode, content=content, quota_day=day,
+                    reply_to=reply_to)
+            except Exception:
+                await self._quotas.give_back(user_id, day)  # no job, so nothing to count
+                raise

@@ -9,6 +9,7 @@ block cut in two stays two well-formed blocks).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import telegramify_markdown
@@ -32,7 +33,7 @@ def utf16_length(text: str) -> int:
 def render(markdown: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
     """The answer as message parts, each within `limit`; [] for a blank answer."""
     try:
-        text, entities = telegramify_markdown.convert(markdown)
+        text, entities = telegramify_markdown.convert(keep_angle_brackets(markdown))
     except Exception:  # a renderer bug must not cost the user the answer
         log.exception("markdown rendering failed; sending plain text")
         text, entities = markdown, []
@@ -40,6 +41,26 @@ def render(markdown: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
         Part(chunk, [MessageEntity(**entity.to_dict()) for entity in chunk_entities])
         for chunk, chunk_entities in telegramify_markdown.split_entities(text, entities, limit)
     ]
+
+
+# Fenced blocks first, then inline code spans of any backtick run length.
+_CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|(`+).+?\2)", re.DOTALL)
+
+
+def keep_angle_brackets(markdown: str) -> str:
+    """Escape `<` outside code, so `List<String>` or `<div>` are words, not dropped HTML.
+
+    Markdown treats them as inline HTML, which Telegram's entities cannot show, and the
+    renderer leaves out; inside code they are shown as they are already.
+    """
+    pieces = []
+    position = 0
+    for code in _CODE.finditer(markdown):
+        pieces.append(markdown[position:code.start()].replace("<", "\\<"))
+        pieces.append(code.group(0))
+        position = code.end()
+    pieces.append(markdown[position:].replace("<", "\\<"))
+    return "".join(pieces)
 
 
 def split_plain(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:

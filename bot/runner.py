@@ -15,7 +15,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramForbiddenError
+from aiogram.exceptions import (
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
@@ -36,12 +41,23 @@ from bot.indicators import WaitingIndicators
 from bot.keyboards import answer_keyboard, retry_keyboard
 from bot.logs import job_event
 from bot.render import Part, render
-from bot.scheduler import Expired, FairQueue, Lost, PollScheduler, PollTiming, SolveTimes
+from bot.scheduler import (
+    PRIOR,
+    Expired,
+    FairQueue,
+    Lost,
+    PollScheduler,
+    PollTiming,
+    SolveTimes,
+)
 from bot.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
+
+TELEGRAM_DOWN_FIRST_PAUSE = 5.0
+TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class RunnerPolicy:
     max_wait: float = 600.0  # then the job fails with a clear message
     progress_every: float = 15.0  # placeholder shows the wait; Telegram allows ~1 edit/s/chat
     timing: PollTiming = field(default_factory=PollTiming)
+    prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
     history: int = 2000  # answered jobs the solve-time model learns from at start
 
 
@@ -66,7 +83,7 @@ class JobRunner:
         self.delivery = Delivery(bot)
         self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
                                              self._waiting_text)
-        self._solve_times = SolveTimes()
+        self._solve_times = SolveTimes(self._policy.prior)
         self.scheduler = PollScheduler(
             lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
             client.limiters[POLL], self._solve_times, self._policy.timing)
@@ -144,14 +161,25 @@ class JobRunner:
         return len(jobs)
 
     async def _run(self, job_id: int) -> None:
-        try:
-            await self._advance(job_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The job stays in SQLite at its last step and resumes at the next start.
-            log.exception("job %s stopped unexpectedly", job_id,
-                          extra={"job_id": job_id, "outcome": "crashed"})
+        pause = TELEGRAM_DOWN_FIRST_PAUSE
+        while True:
+            try:
+                await self._advance(job_id)
+                return
+            except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as error:
+                # Telegram is down for longer than with_retries waits. Every step is
+                # stored, so going over the job again later repeats nothing.
+                log.warning("job %s waits for Telegram (%s); again in %.0f s", job_id,
+                            type(error).__name__, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, TELEGRAM_DOWN_MAX_PAUSE)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The job stays in SQLite at its last step and resumes at the next start.
+                log.exception("job %s stopped unexpectedly", job_id,
+                              extra={"job_id": job_id, "outcome": "crashed"})
+                return
 
     async def _advance(self, job_id: int) -> None:
         job = await self._jobs.get(job_id)
@@ -160,7 +188,12 @@ class JobRunner:
         if job.placeholder_id is None and job.state in (JobState.NEW, JobState.CREATING):
             with self._locale(job.locale):
                 text = placeholder_text()
-            await self._jobs.set_placeholder(job.id, await self.delivery.placeholder(job, text))
+            try:
+                placeholder = await self.delivery.placeholder(job, text)
+            except TelegramForbiddenError:
+                await self._end_blocked(job)
+                return
+            await self._jobs.set_placeholder(job.id, placeholder)
             job = await self._reload(job)
         if job.state is JobState.CREATING:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
@@ -244,13 +277,19 @@ class JobRunner:
                 await self._jobs.set_parts_delivered(job.id, index + 1)
                 crashpoints.reach(crashpoints.BETWEEN_PARTS)
         except TelegramForbiddenError:
-            await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
-            log.info("job %s ended: the user blocked the bot", job.id,
-                     extra=job_event(job, Failure.BLOCKED))
+            await self._end_blocked(job)
             return
         await self._jobs.mark_delivered(job.id)
         log.info("job %s delivered in %d part(s)", job.id, len(parts),
                  extra=job_event(job, "delivered"))
+
+    async def _end_blocked(self, job: Job) -> None:
+        """The user blocked the bot: nobody to tell, nothing to retry."""
+        await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
+        if job.upstream_id is None and job.quota_day is not None:
+            await self._quotas.give_back(job.user_id, job.quota_day)  # never sent
+        log.info("job %s ended: the user blocked the bot", job.id,
+                 extra=job_event(job, Failure.BLOCKED))
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
@@ -269,7 +308,7 @@ class JobRunner:
             await self.delivery.show(job, Part(text), keyboard)
 
     async def _show_queue_position(self, job: Job) -> None:
-        ahead = self.queue.position(job.user_id) + self.queue.queued
+        ahead = self.queue.ahead_of_new(job.user_id)
         wait = self._client.limiters[CREATE].delay()
         if not ahead and not wait:
             return

@@ -11,11 +11,12 @@ import contextlib
 import inspect
 import json
 import logging
+import random
 import signal
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,6 +28,7 @@ ENDPOINTS = ("create_request", "get_response", "units")
 DEFAULT_LIMITS: Mapping[str, int] = {"create_request": 1500, "get_response": 15000, "units": 500}
 MAX_CONTENT = 5000
 WINDOW = 60.0
+IN_FLIGHT = -1  # Served.status of a call still being answered
 # fmt: off
 MODES = frozenset((
     "chat", "shorter", "continue", "names", "task", "text", "poems", "books_list", "song_text",
@@ -87,6 +89,59 @@ class Fault:
     def disconnect(cls, *, after_effect: bool = False) -> Fault:
         return cls(drop=True, after_effect=after_effect)
 
+    @classmethod
+    def rate_limited(cls) -> Fault:
+        """A 429 with the spec's invalid-JSON body, as if another client had used the window."""
+        return cls(status=429, body=TOO_MANY_BODY, content_type="application/json")
+
+    @classmethod
+    def not_found(cls) -> Fault:
+        """The 404 an unknown id gets, for an id the server does know (a flaky lookup)."""
+        body = json.dumps({"success": False, "error": NOT_FOUND}, ensure_ascii=False)
+        return cls(status=404, body=body, content_type="application/json")
+
+    @property
+    def kind(self) -> str:
+        """A short name for reports: "drop", "slow", "http 502", "truncated" ..."""
+        if self.drop:
+            name = "drop"
+        elif self.status == 200:
+            name = "truncated"
+        elif self.status is not None:
+            name = f"http {self.status}"
+        else:
+            name = "slow"
+        return f"{name} (spent)" if self.after_effect else name
+
+
+def standard_faults(slow_delay: float) -> dict[str, list[Fault]]:
+    """Every kind of misbehaviour per endpoint, for random injection.
+
+    `slow_delay` should exceed the client's read timeout so a slow reply is a timeout.
+    A slow create_request is processed after its delay, so it spends a unit unseen.
+    """
+    transient = [Fault.http(500, "Internal Server Error"), Fault.http(502), Fault.slow(slow_delay),
+                 Fault.disconnect(), Fault.truncated(), Fault.rate_limited()]
+    return {
+        "create_request": [*transient, Fault.http(502, after_effect=True),
+                           Fault.disconnect(after_effect=True), Fault.truncated(after_effect=True)],
+        "get_response": [*transient, Fault.not_found()],
+        "units": [Fault.http(502), Fault.disconnect(), Fault.rate_limited()],
+    }
+
+
+@dataclass(frozen=True)
+class Served:
+    """One HTTP call as the fake saw it, in arrival order."""
+
+    endpoint: str
+    status: int  # 0: the connection was dropped without a reply; IN_FLIGHT: not answered yet
+    fault: Fault | None
+    random_fault: bool  # drawn by inject_random rather than queued by inject
+    content: str | None  # create_request's content as sent (before the 5000 cut)
+    request_id: int | None  # get_response's id
+    arrived_at: float  # on the fake's clock
+
 
 @dataclass
 class FakeRequest:
@@ -120,6 +175,7 @@ class FakeChatinfo:
         answer: Callable[[str, str], str] | None = None,
         limits: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        window: float = WINDOW,
     ) -> None:
         self.keys = dict(keys if keys is not None else {"test-key": "prestige"})
         self.units = units  # one account behind every key, like one subscription
@@ -127,12 +183,17 @@ class FakeChatinfo:
         self.answer = answer or (lambda mode, content: f"[{mode}] {content}")
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self.clock = clock
+        self.window = window  # seconds over which `limits` count; tests may shrink it
         self.calls: Counter[str] = Counter()  # every HTTP call, faults included
         self.statuses: Counter[tuple[str, int]] = Counter()  # status 0 = dropped connection
+        self.served: list[Served] = []  # every HTTP call in arrival order, faults included
         self.requests: list[FakeRequest] = []
         self._by_id: dict[int, FakeRequest] = {}
         self._next_id = 1
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._random_faults: Mapping[str, Sequence[Fault]] = {}
+        self._random_rate = 0.0
+        self._random = {name: random.Random(f"0/{name}") for name in ENDPOINTS}
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -141,6 +202,42 @@ class FakeChatinfo:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
         self._faults[endpoint].extend([fault] * times)
+
+    def inject_random(
+        self, faults: Mapping[str, Sequence[Fault]], rate: float, *, seed: int = 0
+    ) -> None:
+        """From now on each call fails with probability `rate`, with a fault drawn uniformly
+        from its endpoint's list (endpoints not listed never fail). Queued `inject` faults
+        go first. Each endpoint draws from its own generator seeded from `seed`, so the
+        faults create_request sees repeat whatever the polling around it does.
+        `rate=0` turns random faults off."""
+        unknown = set(faults) - set(ENDPOINTS)
+        if unknown:
+            raise ValueError(f"unknown endpoints {sorted(unknown)}")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        self._random_faults = {name: tuple(kinds) for name, kinds in faults.items() if kinds}
+        self._random_rate = rate
+        self._random = {name: random.Random(f"{seed}/{name}") for name in ENDPOINTS}
+
+    def created_for(self, content: str) -> list[FakeRequest]:
+        """The requests (each one spent unit) made for `content`."""
+        return [request for request in self.requests if request.content == content[:MAX_CONTENT]]
+
+    def served_for(self, endpoint: str, *, content: str | None = None,
+                   request_id: int | None = None) -> list[Served]:
+        return [call for call in self.served if call.endpoint == endpoint
+                and (content is None or call.content == content)
+                and (request_id is None or call.request_id == request_id)]
+
+    @property
+    def in_flight(self) -> int:
+        """Calls still being answered (a slow fault holds its call past the client's timeout)."""
+        return sum(1 for call in self.served if call.status == IN_FLIGHT)
+
+    def generated_429s(self) -> int:
+        """429s the fake's own rate limits produced (injected ones do not count)."""
+        return sum(1 for call in self.served if call.status == 429 and call.fault is None)
 
     async def wait_for(
         self,
@@ -187,27 +284,46 @@ class FakeChatinfo:
     def _endpoint(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             self.calls[name] += 1
+            # A real server counts a call against its rate limit when it arrives, not when
+            # it finishes; a delayed reply must not shift the stamp into a later window.
+            arrived = self.clock()
             # Read before any injected delay, so a client that times out mid-delay
             # does not turn into a read error here.
             raw = await request.read()
-            fault = self._faults[name].popleft() if self._faults[name] else None
-            response = await self._respond(name, raw, fault)
+            fault, drawn = self._next_fault(name)
+            index = len(self.served)
+            self.served.append(Served(name, IN_FLIGHT, fault, drawn, *_identify(raw), arrived))
+            response = await self._respond(name, raw, fault, arrived)
+            status = 0 if response is None else response.status
+            self.statuses[name, status] += 1
+            self.served[index] = replace(self.served[index], status=status)
             if response is None:
-                self.statuses[name, 0] += 1
                 # The client sees the socket close with no reply; what we return goes nowhere.
                 if request.transport is not None:
                     request.transport.abort()
                 return web.Response(status=499)
-            self.statuses[name, response.status] += 1
             logger.debug("%s -> %d", name, response.status)
             return response
 
         return handle
 
-    async def _respond(self, name: str, raw: bytes, fault: Fault | None) -> web.Response | None:
+    def _next_fault(self, name: str) -> tuple[Fault | None, bool]:
+        """The fault for this call, and whether it was drawn at random."""
+        if self._faults[name]:
+            return self._faults[name].popleft(), False
+        kinds = self._random_faults.get(name)
+        draw = self._random[name]
+        # Draw for every call, faulted or not, so one seed gives one sequence of draws.
+        if kinds and draw.random() < self._random_rate:
+            return draw.choice(kinds), True
+        return None, False
+
+    async def _respond(
+        self, name: str, raw: bytes, fault: Fault | None, arrived: float
+    ) -> web.Response | None:
         if fault is None:
-            return self._process(name, raw)
-        processed = self._process(name, raw) if fault.after_effect else None
+            return self._process(name, raw, arrived)
+        processed = self._process(name, raw, arrived) if fault.after_effect else None
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.drop:
@@ -216,11 +332,11 @@ class FakeChatinfo:
             return web.Response(
                 status=fault.status, text=fault.body, content_type=fault.content_type
             )
-        return processed if processed is not None else self._process(name, raw)
+        return processed if processed is not None else self._process(name, raw, arrived)
 
-    def _process(self, name: str, raw: bytes) -> web.Response:
+    def _process(self, name: str, raw: bytes, arrived: float) -> web.Response:
         try:
-            key, body = self._admit(name, raw)
+            key, body = self._admit(name, raw, arrived)
             if name == "create_request":
                 return self._create(key, body)
             if name == "get_response":
@@ -229,7 +345,7 @@ class FakeChatinfo:
         except _RejectError as exc:
             return exc.response
 
-    def _admit(self, name: str, raw: bytes) -> tuple[str, dict[str, Any]]:
+    def _admit(self, name: str, raw: bytes, arrived: float) -> tuple[str, dict[str, Any]]:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -245,13 +361,12 @@ class FakeChatinfo:
         # Sliding window of the calls it let through: a client hammering through its 429s
         # is not locked out for longer than the spec's per-minute limit implies. Calls
         # refused later (no units) did pass it, so they count.
-        now = self.clock()
         window = self._windows[key, name]
-        while window and window[0] <= now - WINDOW:
+        while window and window[0] <= arrived - self.window:
             window.popleft()
         if len(window) >= self.limits[name]:
             raise _RejectError(429, TOO_MANY_BODY, raw_body=True)
-        window.append(now)
+        window.append(arrived)
         return key, body
 
     def _create(self, key: str, body: dict[str, Any]) -> web.Response:
@@ -299,12 +414,28 @@ class FakeChatinfo:
         return web.json_response({"success": True, "solving": False, "result": record.result})
 
 
+def _identify(raw: bytes) -> tuple[str | None, int | None]:
+    """The content (create_request) or id (get_response) a call carried, for the journal."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    content, request_id = body.get("content"), body.get("id")
+    return (content if isinstance(content, str) else None,
+            request_id if isinstance(request_id, int) and not isinstance(request_id, bool)
+            else None)
+
+
 async def _truth(value: bool | Awaitable[bool]) -> bool:
     return await value if inspect.isawaitable(value) else value
 
 
 async def _serve(args: argparse.Namespace) -> None:
     server = FakeChatinfo({args.key: "prestige"}, units=args.units, solve_time=args.solve_time)
+    if args.fault_rate:
+        server.inject_random(standard_faults(args.slow_delay), args.fault_rate, seed=args.seed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -326,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--solve-time", type=float, default=3.0, help="seconds per answer")
     parser.add_argument("--key", default="test-key", help="the one valid Prestige key")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="share of calls that fail at random (0 to 1), of every kind")
+    parser.add_argument("--slow-delay", type=float, default=25.0,
+                        help="seconds a 'slow' fault holds its reply (beyond the bot's timeout)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.DEBUG)  # someone trying the bot by hand wants to see each call

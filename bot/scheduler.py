@@ -56,7 +56,8 @@ class SolveTimes:
     answers yet is estimated from all answers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prior: Iterable[float] = PRIOR) -> None:
+        self._prior = sorted(prior)
         self._by_mode: dict[str, deque[tuple[int, float]]] = {}
         self._overall: deque[float] = deque(maxlen=SAMPLES_KEPT)
         self._fits: dict[str, tuple[float, float, list[float]]] = {}
@@ -76,7 +77,7 @@ class SolveTimes:
         samples = self._by_mode.get(mode, ())
         if len(samples) < MIN_SAMPLES:
             if len(self._overall) < MIN_SAMPLES:
-                return Estimate(1.0, list(PRIOR))
+                return Estimate(1.0, self._prior)
             if self._overall_sorted is None:
                 self._overall_sorted = sorted(self._overall)
             return Estimate(1.0, self._overall_sorted)
@@ -157,6 +158,7 @@ class PollScheduler:
 
     MAX_REJECTIONS = 5
     MAX_IN_FLIGHT = 256  # concurrent get_response calls; the budget is the real limit
+    CALM_AFTER_429 = 2.0  # seconds without polls after the server says 429
 
     def __init__(self, poll: Poll, limiter: SlidingWindowLimiter, solve_times: SolveTimes,
                  timing: PollTiming | None = None) -> None:
@@ -170,7 +172,7 @@ class PollScheduler:
         self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
         self._polls: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self.polls_done = 0
+        self._calm_until = 0.0
 
     @property
     def pending(self) -> int:
@@ -206,11 +208,13 @@ class PollScheduler:
         )
         self._push(entry)
         try:
-            return await entry.answer
-        finally:
-            if not entry.answer.done():  # the waiter was cancelled: stop polling for it
-                entry.answer.cancel()
-            self._solve_times.learn(mode, length, time.monotonic() - entry.started)
+            result = await entry.answer
+        except asyncio.CancelledError:
+            entry.answer.cancel()  # the waiter went away: stop polling for it
+            raise
+        # Only real answers teach the model; a timeout or a shutdown says nothing.
+        self._solve_times.learn(mode, length, time.monotonic() - entry.started)
+        return result
 
     def _push(self, entry: _Entry) -> None:
         entry.due = min(entry.due, entry.deadline)
@@ -236,8 +240,13 @@ class PollScheduler:
             if time.monotonic() >= entry.deadline:
                 entry.answer.set_exception(Expired())
                 continue
-            await self._limiter.acquire()
+            if (calm := self._calm_until - time.monotonic()) > 0:
+                await asyncio.sleep(calm)
+            # A free connection first, then the budget slot: the slot is stamped when the
+            # call really leaves, or the server could count a bunch of late calls in one
+            # of its windows.
             await self._in_flight.acquire()
+            await self._limiter.acquire()
             task = asyncio.create_task(self._poll_once(entry))
             self._polls.add(task)
             task.add_done_callback(self._polls.discard)
@@ -251,7 +260,12 @@ class PollScheduler:
                 _settle(entry, error=Lost(str(error)))
                 return
             result = None
-        except (RateLimited, UpstreamUnavailable) as error:
+        except RateLimited as error:
+            # The server counts differently from us (its clock, its queue): give it room.
+            self._calm_until = time.monotonic() + self.CALM_AFTER_429
+            log.warning("poll of job %s failed: %s", entry.job_id, error)
+            result = None
+        except UpstreamUnavailable as error:
             log.warning("poll of job %s failed: %s", entry.job_id, error)
             result = None
         except ChatinfoError as error:
@@ -260,7 +274,6 @@ class PollScheduler:
         finally:
             self._in_flight.release()
             entry.polls += 1
-            self.polls_done += 1
         if result is not None:
             _settle(entry, result=result)
             return
@@ -297,11 +310,11 @@ class FairQueue:
     def queued(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
-    def position(self, user_id: int) -> int:
-        """How many slots go to others before this user's newest request gets one."""
+    def ahead_of_new(self, user_id: int) -> int:
+        """About how many requests go before one this user queues now (round-robin)."""
         mine = len(self._waiting.get(user_id, ()))
-        return sum(min(len(q), mine) for uid, q in self._waiting.items() if uid != user_id) \
-            + max(0, mine - 1)
+        return mine + sum(min(len(queue), mine + 1)
+                          for uid, queue in self._waiting.items() if uid != user_id)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._serve(), name="create-queue")

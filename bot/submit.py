@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 
@@ -35,7 +36,7 @@ class Submitter:
         outcome = await self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
-            content=content[:MAX_CONTENT_CHARS], reply_to=message.message_id)
+            content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id)
         if outcome is None:
             return  # Telegram delivered this message again; its job is already under way
         if isinstance(outcome, Refusal):
@@ -50,20 +51,28 @@ class Submitter:
             await message.reply(notice)
         try:
             placeholder = await message.reply(placeholder_text())
+        except TelegramAPIError as error:
+            # The runner sends the placeholder itself, with retries and the job's rules.
+            log.warning("placeholder for job %s failed: %s", outcome, type(error).__name__)
+        else:
             await self._jobs.set_placeholder(outcome, placeholder.message_id)
-        finally:
-            self._runner.start(outcome)  # sends the placeholder itself if the reply failed
+        self._runner.start(outcome)
 
     async def resubmit(self, *, user_id: int, chat_id: int, reply_to: int | None, mode: str,
                        content: str, locale: str) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
         outcome = await self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
-            mode=mode, content=content[:MAX_CONTENT_CHARS], reply_to=reply_to)
+            mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to)
         if not isinstance(outcome, int):
             return outcome or Refusal.TOO_MANY_PENDING
         self._runner.start(outcome)
         return None
+
+
+def storable(text: str) -> str:
+    """Lone surrogates (Telegram can send them) replaced: UTF-8, and SQLite, refuse them."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def cut_notice(length: int) -> str | None:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from aiogram.methods import EditMessageText
 
-from bot.chatinfo import RequestRejected
+from bot.chatinfo import RateLimited, RequestRejected
 from bot.limiter import SlidingWindowLimiter
 from bot.scheduler import (
     PRIOR,
@@ -174,3 +174,24 @@ async def test_queued_requests_survive_a_restart(make_app: AppFactory) -> None:
     assert sorted(r.content for r in second.chatinfo.requests) == [f"q{n}" for n in range(5)]
     answers = [e.text for e in second.sent(EditMessageText) if e.text.startswith("[chat]")]
     assert sorted(answers) == [f"[chat] q{n}" for n in range(5)]
+
+
+async def test_a_429_pauses_all_polling_before_the_next_call() -> None:
+    moments: list[float] = []
+
+    async def poll(upstream_id: int) -> str | None:
+        moments.append(asyncio.get_running_loop().time())
+        if len(moments) == 1:
+            raise RateLimited("get_response: rate limited (429)")
+        return "done"
+
+    timing = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
+    scheduler = PollScheduler(poll, SlidingWindowLimiter(100, 1.0), SolveTimes(), timing)
+    scheduler.CALM_AFTER_429 = 0.3
+    scheduler.start()
+    try:
+        assert await scheduler.answer(job_id=1, upstream_id=1, mode="chat", length=1,
+                                      age=0.0, max_wait=60.0) == "done"
+    finally:
+        await scheduler.stop()
+    assert moments[1] - moments[0] >= 0.3

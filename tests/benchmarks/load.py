@@ -54,15 +54,21 @@ SAMPLE_FIRST_WAIT, SAMPLE_EVERY, SAMPLE_ATTEMPTS = 2.0, 2.0, 80  # the spec's sa
 
 
 class TimedSession(RecordingSession):
-    """Records when each Bot API call was made."""
+    """Records when each answer reached a placeholder: (chat, message) -> time.
+
+    Only that, not the calls themselves, so the benchmark's own record does not swell
+    the memory it measures.
+    """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
+        super().__init__(keep_requests=False)
+        self.answered: dict[tuple[int, int], float] = {}
 
     async def make_request(self, bot: Bot, method: TelegramMethod[TelegramType],
                            timeout: int | None = None) -> TelegramType:
-        self.times.append(time.monotonic())
+        if isinstance(method, EditMessageText) and not (method.text or "").startswith("⏳"):
+            self.answered.setdefault((int(method.chat_id or 0), int(method.message_id or 0)),
+                                     time.monotonic())
         return await super().make_request(bot, method, timeout)
 
 
@@ -102,7 +108,8 @@ async def seed_history(db: aiosqlite.Connection, args: argparse.Namespace) -> No
     earlier = plan_messages(args.seed + 1000, args.rate, args.history / args.rate)
     now = time.time()
     for _, user_id, text in earlier:
-        seconds = solve_seconds(args.seed + 1000, modes[user_id], text, args.noise)
+        seconds = solve_seconds(args.seed + 1000, modes[user_id], text, args.noise,
+                                getattr(args, "scale", 1.0))
         await db.execute(
             """INSERT INTO users (id, first_seen, last_seen) VALUES (?, ?, ?)
                ON CONFLICT DO NOTHING""", (user_id, now, now))
@@ -166,11 +173,7 @@ async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
     await runner.wait_idle(args.drain)
     rows = list(await db.execute_fetchall(
         "SELECT id, upstream_id, chat_id, placeholder_id, state FROM jobs WHERE upstream_id"))
-    answer_edits: dict[tuple[int, int], float] = {}
-    for moment, method in zip(session.times, session.requests, strict=True):
-        if isinstance(method, EditMessageText) and not (method.text or "").startswith("⏳"):
-            answer_edits.setdefault((int(method.chat_id or 0), int(method.message_id or 0)),
-                                    moment)
+    answer_edits = session.answered
     delivered = {row[1]: answer_edits[(row[2], row[3])] for row in rows
                  if row[4] == JobState.DELIVERED and (row[2], row[3]) in answer_edits}
     await runner.stop()

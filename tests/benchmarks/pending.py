@@ -4,7 +4,9 @@
 
 As after a restart with a full backlog: the jobs are already created upstream (the fake
 chatinfo server runs in its own process) and stored as pending; the runner resumes them
-all at once and the poll scheduler shares the 15,000-a-minute budget among them. The
+all at once and the poll scheduler shares the 15,000-a-minute budget among them. Solve
+times are ten times the load benchmark's (a median of about a minute), so the jobs stay
+pending for minutes, as a backlog would. The
 bound on lag while the budget is saturated is pending jobs / polls per second + the
 2-second gap: 10,000 / 250 + 2 = 42 s, and it shrinks as jobs finish.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import sys
 import tempfile
@@ -20,7 +23,6 @@ import time
 from pathlib import Path
 
 from aiogram import Bot
-from aiogram.methods import EditMessageText
 
 from bot.app import make_dispatcher
 from bot.chatinfo import ChatinfoClient
@@ -29,6 +31,7 @@ from bot.i18n import make_i18n
 from bot.runner import RunnerPolicy
 from storage.db import open_database
 from tests.benchmarks.load import (
+    CountingClient,
     TimedSession,
     peak_in_window,
     percentile,
@@ -67,15 +70,18 @@ async def preload(url: str, db_path: Path, args: argparse.Namespace) -> None:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    upstream = UpstreamProcess(args.seed, args.noise, limits={"create_request": 10**9})
+    upstream = UpstreamProcess(args.seed, args.noise, args.scale,
+                               limits={"create_request": 10**9})
     url = upstream.start()
     db_path = Path(tempfile.mkdtemp(prefix="bench-pending-")) / "bench.sqlite3"
-    await preload(url, db_path, args)
+    # In a child process, so its allocations stay out of the memory measured here.
+    loader = multiprocessing.get_context("fork").Process(
+        target=lambda: asyncio.run(preload(url, db_path, args)))
+    loader.start()
+    loader.join()
     db = await open_database(db_path)
-    client = ChatinfoClient(url, "bench-key")
-    polls: list[float] = []
-    client.observer = lambda endpoint, _outcome, _elapsed: (
-        polls.append(time.monotonic()) if endpoint == "get_response" else None)
+    client = CountingClient(url, "bench-key")
+    client.polls = []
     session = TimedSession()
     bot = Bot("42:BENCH", session=session)
     settings = Settings(bot_token="42:BENCH", chatinfo_api_key="bench-key",
@@ -89,9 +95,7 @@ async def measure(args: argparse.Namespace) -> None:
     elapsed = time.monotonic() - started
     cpu_end, rss_peak = usage()
     records, statuses = upstream.finish()
-    edits = {int(m.message_id or 0): t for t, m in zip(session.times, session.requests,
-                                                        strict=True)
-             if isinstance(m, EditMessageText) and not (m.text or "").startswith("⏳")}
+    edits = {message_id: moment for (_, message_id), moment in session.answered.items()}
     rows = await db.execute_fetchall("SELECT upstream_id, placeholder_id FROM jobs "
                                      "WHERE placeholder_id >= ?", (10**6,))
     ready = {r.id: r.ready_at for r in records}
@@ -100,6 +104,7 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"jobs pending at start        {args.jobs}")
     print(f"answers delivered            {len(lags)} in {elapsed:.0f} s "
           f"({runner.active} still waiting)")
+    polls = [moment for moment, _ in client.polls]
     print(f"get_response calls           {len(polls)}, peak {peak_in_window(polls)} in any "
           f"60 s (limit {settings.chatinfo_poll_per_min})")
     print(f"HTTP 429 responses           "
@@ -122,6 +127,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--noise", type=float, default=NOISE_SIGMA)
     parser.add_argument("--history", type=int, default=2000)
+    parser.add_argument("--scale", type=float, default=10.0,
+                        help="solve times times this: answers come over minutes, so the "
+                        "jobs stay pending")
     args = parser.parse_args()
     args.rate = 25.0  # for the history's plan
     random.seed(args.seed)

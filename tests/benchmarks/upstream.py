@@ -29,10 +29,10 @@ NOISE_SIGMA = 0.1  # log-normal spread of one mode and length around its typical
 
 
 def solve_seconds(seed: int, mode: str, content: str, noise_sigma: float = NOISE_SIGMA,
-                  ) -> float:
+                  scale: float = 1.0) -> float:
     digest = hashlib.blake2b(f"{seed}:{mode}:{content}".encode(), digest_size=8).digest()
     noise = random.Random(digest).gauss(0.0, noise_sigma)
-    return MODE_BASE.get(mode, 8.0) * (1 + len(content) / 2000) * math.exp(noise)
+    return scale * MODE_BASE.get(mode, 8.0) * (1 + len(content) / 2000) * math.exp(noise)
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,12 @@ class Record:
     created_at: float
 
 
-def _serve(seed: int, noise: float, limits: dict[str, int], conn: Connection) -> None:
+def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
+           conn: Connection) -> None:
     async def main() -> None:
         server = FakeChatinfo(keys={"bench-key": "prestige"}, units=10**9, limits=limits,
-                              solve_time=lambda mode, content: solve_seconds(seed, mode,
-                                                                             content, noise))
+                              solve_time=lambda mode, content: solve_seconds(
+                                  seed, mode, content, noise, scale))
         conn.send(await server.start())
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # the parent asks for the records
@@ -58,11 +59,11 @@ def _serve(seed: int, noise: float, limits: dict[str, int], conn: Connection) ->
 
 
 class UpstreamProcess:
-    def __init__(self, seed: int, noise: float = NOISE_SIGMA,
+    def __init__(self, seed: int, noise: float = NOISE_SIGMA, scale: float = 1.0,
                  limits: dict[str, int] | None = None) -> None:
         self._conn, child = multiprocessing.Pipe()
         self._process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(seed, noise, limits or {}, child), daemon=True)
+            target=_serve, args=(seed, noise, scale, limits or {}, child), daemon=True)
 
     def start(self) -> str:
         self._process.start()

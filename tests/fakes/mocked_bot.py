@@ -32,9 +32,10 @@ class _Error:
 
 
 class RecordingSession(BaseSession):
-    def __init__(self) -> None:
+    def __init__(self, *, keep_requests: bool = True) -> None:
         super().__init__()
         self.requests: list[TelegramMethod[Any]] = []
+        self._keep_requests = keep_requests  # a long benchmark keeps its own small record
         self._errors: list[_Error] = []
         self._next_message_id = 1000
         self.files: dict[str, bytes] = {}  # file_id -> content, served by getFile + download
@@ -48,7 +49,8 @@ class RecordingSession(BaseSession):
 
     async def make_request(self, bot: Bot, method: TelegramMethod[TelegramType],
                            timeout: int | None = None) -> TelegramType:
-        self.requests.append(method)
+        if self._keep_requests:
+            self.requests.append(method)
         error = next((e for e in self._errors if isinstance(method, e.method)), None)
         if error is not None:
             self._errors.remove(error)
