@@ -26,7 +26,8 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 # Loggers that would print a line per HTTP request (httpx: INFO, httpcore: the request's
 # stages at DEBUG). The chatinfo client logs what matters, and the key travels in
 # request bodies, so these stay quiet at any LOG_LEVEL.
-QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp.access")
+# httpx logs every request; aiosqlite's DEBUG lines carry SQL parameters: users' texts.
+QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "aiosqlite")
 
 
 class JobLike(Protocol):

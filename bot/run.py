@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from aiogram.exceptions import TelegramUnauthorizedError
 from pydantic import ValidationError
 
 from bot.app import make_bot, make_client, make_dispatcher
@@ -48,6 +49,9 @@ def run_bot() -> int:
         return EXIT_BAD_DATABASE
     except (StartupError, WebServerError) as error:
         print(f"startup error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    except TelegramUnauthorizedError:
+        print("startup error: Telegram rejected the bot token (BOT_TOKEN)", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     except KeyboardInterrupt:
         pass

@@ -198,6 +198,10 @@ class JobRunner:
         if job.state is JobState.CREATING:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
             return
+        if job.state in (JobState.FAILED, JobState.UNKNOWN) and not job.told:
+            # Ended, but the user has not yet seen why.
+            await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
+            return
         async with self._indicators.waiting(job):
             if job.state is JobState.NEW:
                 job = await self._create(job)
@@ -285,7 +289,7 @@ class JobRunner:
 
     async def _end_blocked(self, job: Job) -> None:
         """The user blocked the bot: nobody to tell, nothing to retry."""
-        await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED)
+        await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED, told=True)
         if job.upstream_id is None and job.quota_day is not None:
             await self._quotas.give_back(job.user_id, job.quota_day)  # never sent
         log.info("job %s ended: the user blocked the bot", job.id,
@@ -296,16 +300,22 @@ class JobRunner:
         await self._indicators.forget(job)
         log.warning("job %s ended: %s (%s)", job.id, failure, detail,
                     extra=job_event(job, failure))
-        with self._locale(job.locale):
-            text = failure_text(failure)
-            keyboard = retry_keyboard(job.id) if failure.retryable else None
         state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED
+        # Stored before it is shown, and marked told only after: a crash or an outage in
+        # between leaves an untold ending, which the next go at the job shows again.
         await self._jobs.end(job.id, state, failure)
         never_sent = job.upstream_id is None and failure is not Failure.UNKNOWN_OUTCOME
         if never_sent and job.quota_day is not None:
             await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
+        await self._show_failure(job, failure)
+
+    async def _show_failure(self, job: Job, failure: Failure) -> None:
+        with self._locale(job.locale):
+            text = failure_text(failure)
+            keyboard = retry_keyboard(job.id) if failure.retryable else None
         with suppress(TelegramForbiddenError):
             await self.delivery.show(job, Part(text), keyboard)
+        await self._jobs.mark_told(job.id)
 
     async def _show_queue_position(self, job: Job) -> None:
         ahead = self.queue.ahead_of_new(job.user_id)

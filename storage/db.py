@@ -65,6 +65,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN upstream_at REAL;  -- when create_request returned the id
     CREATE INDEX jobs_by_answered ON jobs (answered_at);
     """,
+    """
+    -- 0 while a job has ended without an answer and the user has not yet seen why.
+    ALTER TABLE jobs ADD COLUMN told INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 

@@ -50,6 +50,7 @@ class Job:
     reply_to: int | None
     error: str | None
     upstream_at: float | None
+    told: bool
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -70,6 +71,7 @@ class Job:
             reply_to=row["reply_to"],
             error=row["error"],
             upstream_at=row["upstream_at"],
+            told=bool(row["told"]),
         )
 
 
@@ -122,7 +124,9 @@ class JobRepo:
         return [
             Job.from_row(row)
             for row in await self._db.execute_fetchall(
-                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED
+                f"""SELECT * FROM jobs WHERE state IN ({marks})
+                    OR (state IN (?, ?) AND told = 0) ORDER BY id""",
+                (*UNFINISHED, JobState.FAILED, JobState.UNKNOWN),
             )
         ]
 
@@ -197,8 +201,12 @@ class JobRepo:
     async def mark_delivered(self, job_id: int) -> None:
         await self._update(job_id, state=JobState.DELIVERED, delivered_at=time.time())
 
-    async def end(self, job_id: int, state: JobState, error: str) -> None:
-        await self._update(job_id, state=state, error=error)
+    async def end(self, job_id: int, state: JobState, error: str, *, told: bool = False) -> None:
+        """End the job without an answer; `told` once the user has seen why (or never will)."""
+        await self._update(job_id, state=state, error=error, told=told)
+
+    async def mark_told(self, job_id: int) -> None:
+        await self._update(job_id, told=True)
 
     async def claim_retry(self, job_id: int, user_id: int) -> Job | None:
         """Mark an UNKNOWN or FAILED job as retried, once: the job as it was, or None."""

@@ -36,7 +36,7 @@ _TRUE_METHODS = (
 _KNOWN_METHODS = {
     name.lower(): name
     for name in (*_TRUE_METHODS, "getMe", "getUpdates", "sendMessage", "editMessageText",
-                 "deleteMessage", "getMyCommands")
+                 "editMessageReplyMarkup", "deleteMessage", "getMyCommands")
 }  # fmt: skip
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are "
@@ -258,6 +258,7 @@ class FakeTelegramAPI:
             "getMyCommands": lambda c: [],
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
+            "editMessageReplyMarkup": self._edit_reply_markup,
             "deleteMessage": self._delete_message,
         }
         if handler := handlers.get(call.method):
@@ -315,6 +316,15 @@ class FakeTelegramAPI:
         if markup:
             message["reply_markup"] = markup
         message["edit_date"] = int(time.time())
+        return message
+
+    def _edit_reply_markup(self, call: Call) -> JSON:
+        message = self.messages.get(_key(call.params))
+        if message is None:
+            raise _ApiError(400, "Bad Request: message to edit not found")
+        message.pop("reply_markup", None)
+        if isinstance(markup := call.params.get("reply_markup"), dict):
+            message["reply_markup"] = markup
         return message
 
     def _delete_message(self, call: Call) -> bool:

@@ -1,0 +1,268 @@
+"""The chatinfo API misbehaving on purpose: every message still ends in exactly one outcome.
+
+A message ends either with its answer delivered, or with the user told plainly. Telling
+is allowed only where the bot cannot know better: create_request failed in a way that may
+have spent a unit (a retry could spend a second), or the API refused every attempt (429).
+Counting at the fake proves the rest: no content is created twice, retries are bounded,
+and the rate limits hold even while faults force retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiogram.methods import EditMessageText, SendMessage
+from aiogram.types import InlineKeyboardMarkup
+
+from bot.chatinfo import CREATE, POLL, ChatinfoClient
+from bot.failures import Failure
+from bot.runner import RunnerPolicy
+from bot.sandbox import FakeChatinfo, Fault, Served, standard_faults
+from storage.jobs import Job, JobState
+from tests.conftest import FAST_POLLS, App
+from tests.fakes.telegram_api import message_update
+from tests.harness import KEY, SEED_USER, built_app, wait_until
+
+ATTEMPTS = 3  # the client's default
+CLIENT_TIMEOUT = 1.0
+SLOW_REPLY = 1.5  # beyond CLIENT_TIMEOUT: a slow reply is a timeout to the bot
+# Tight limits over a short window, so the run really presses against them.
+CREATE_LIMIT, POLL_LIMIT, WINDOW = 20, 20, 1.0
+MESSAGES, USERS = 30, 15
+
+ANSWER_PREFIX = "answer to "
+TEXTS = {
+    Failure.UNKNOWN_OUTCOME: "⚠️ The connection broke while your request was being sent",
+    Failure.BUSY: "⚠️ The AI service is busy and your request was not sent",
+    Failure.LOST: "⚠️ The AI service lost this request.",
+    Failure.TIMEOUT: "⌛ No answer came in time.",
+}
+
+
+def answer(mode: str, content: str) -> str:
+    return ANSWER_PREFIX + content
+
+
+def may_have_spent(fault: Fault) -> bool:
+    """Whether the bot, seeing this fault on create_request, cannot know if a unit went."""
+    return fault.status is None or fault.status >= 500 or fault.status == 200
+
+
+WAITING = "⏳"  # placeholder and progress edits ("⏳ In the queue …", "⏳ Working on it… 0:15")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What the user finally saw on a job's placeholder."""
+
+    job: Job
+    edits: list[EditMessageText]
+    extra_messages: list[SendMessage]
+
+    @property
+    def final(self) -> EditMessageText:
+        """The one edit that is not a progress note, and that nothing overwrote."""
+        finals = [edit for edit in self.edits if not (edit.text or "").startswith(WAITING)]
+        assert len(finals) == 1, f"job {self.job.id}: {len(finals)} final edits"
+        assert self.edits[-1] is finals[0], f"job {self.job.id}: progress after the end"
+        return finals[0]
+
+    @property
+    def text(self) -> str:
+        return self.final.text or ""
+
+    @property
+    def offers_retry(self) -> bool:
+        markup = self.final.reply_markup
+        return isinstance(markup, InlineKeyboardMarkup) and any(
+            (button.callback_data or "").startswith("retry:")
+            for row in markup.inline_keyboard for button in row)
+
+
+async def endings(app: App) -> list[Ending]:
+    ids = [row[0] for row in await app.db.execute_fetchall(
+        "SELECT id FROM jobs WHERE user_id != ? ORDER BY id", (SEED_USER,))]
+    result = []
+    for job_id in ids:
+        job = await app.jobs.get(job_id)
+        assert job is not None and job.placeholder_id is not None
+        edits = [e for e in app.sent(EditMessageText)
+                 if (e.chat_id, e.message_id) == (job.chat_id, job.placeholder_id)]
+        extra = [m for m in app.sent(SendMessage) if m.chat_id == job.chat_id
+                 and m.reply_parameters is not None
+                 and m.reply_parameters.message_id == job.placeholder_id]
+        result.append(Ending(job, edits, extra))
+    return result
+
+
+async def finish(app: App, jobs: int, timeout: float) -> None:
+    """Wait until the `jobs` jobs made by the test have ended, and all that they set off."""
+    async def all_ended() -> bool:
+        rows = await app.db.execute_fetchall(
+            "SELECT count(*) FROM jobs WHERE state IN ('delivered', 'failed', 'unknown') "
+            "AND user_id != ?", (SEED_USER,))
+        return [tuple(row) for row in rows] == [(jobs,)]
+
+    await app.chatinfo.wait_for(all_ended, timeout=timeout)
+    await wait_until(lambda: app.runner.active == 0, timeout=5, what="runner tasks to end")
+    # A slow reply the bot gave up on is processed late (and may spend a unit then).
+    await wait_until(lambda: app.chatinfo.in_flight == 0, timeout=5, what="slow replies")
+
+
+@pytest.fixture
+async def chaotic_app(tmp_path: Path) -> AsyncIterator[App]:
+    """A quarter of all calls fail, of every kind, against tight limits and a short timeout."""
+    async with FakeChatinfo(solve_time=0.1, answer=answer, window=WINDOW,
+                            limits={CREATE: CREATE_LIMIT, POLL: POLL_LIMIT}) as chatinfo:
+        chatinfo.inject_random(standard_faults(SLOW_REPLY), rate=0.25, seed=20240607)
+        # The client's window is the fake's, shrunk alike, with a margin for transit time
+        # as in production (61 s against 60).
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                create_per_min=CREATE_LIMIT, poll_per_min=POLL_LIMIT,
+                                window=WINDOW * 1.1)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            yield app
+
+
+async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -> None:
+    app, chatinfo = chaotic_app, chaotic_app.chatinfo
+    for n in range(MESSAGES):
+        await app.feed(message_update(100 + n % USERS, f"question {n}"))
+    await finish(app, MESSAGES, timeout=40)
+
+    told: dict[str, list[int]] = {}
+    for ending in await endings(app):
+        job, content = ending.job, ending.job.content
+        creates = chatinfo.served_for("create_request", content=content)
+        assert 1 <= len(creates) <= ATTEMPTS, f"{content}: {len(creates)} create calls"
+        *retried, last = creates
+        # Only a 429 (the call surely did not count) may be followed by another attempt.
+        assert all(c.fault is not None and c.fault.status == 429 for c in retried), content
+        assert len(chatinfo.created_for(content)) <= 1, f"{content} created twice"
+        assert ending.extra_messages == [], f"{content}: more messages than the answer"
+        if last.fault is not None and may_have_spent(last.fault):
+            expected, state = Failure.UNKNOWN_OUTCOME, JobState.UNKNOWN
+        elif last.fault is not None:  # a 429 on the last allowed attempt
+            assert len(creates) == ATTEMPTS, content
+            expected, state = Failure.BUSY, JobState.FAILED
+        else:
+            assert job.state is JobState.DELIVERED, f"{content}: {job.state} ({job.error})"
+            assert ending.text == ANSWER_PREFIX + content
+            continue
+        assert (job.state, job.error) == (state, expected), content
+        assert ending.text.startswith(TEXTS[expected]), content
+        assert ending.offers_retry, content
+        told.setdefault(expected, []).append(job.id)
+
+    # Every unit spent is either a delivered answer or a told "not known if it counted".
+    for request in chatinfo.requests:
+        [job] = [e.job for e in await endings(app) if e.job.content == request.content]
+        assert job.state in (JobState.DELIVERED, JobState.UNKNOWN), request.content
+    assert chatinfo.generated_429s() == 0, "the bot went over a rate limit"
+    assert_polls_bounded(chatinfo)
+    # The run must have been rough enough to mean something.
+    faults = [call.fault for call in chatinfo.served if call.fault is not None]
+    assert len({fault.kind for fault in faults}) >= 6
+    assert 0.15 < len(faults) / len(chatinfo.served) < 0.35
+    assert told.get(Failure.UNKNOWN_OUTCOME), "no ambiguous create failure was exercised"
+    delivered = sum(1 for e in await endings(app) if e.job.state is JobState.DELIVERED)
+    assert delivered >= MESSAGES // 2
+
+
+def assert_polls_bounded(chatinfo: FakeChatinfo) -> None:
+    """No polling after the answer came, and at most ATTEMPTS calls per poll interval."""
+    polls: dict[int, list[Served]] = {}
+    for call in chatinfo.served_for("get_response"):
+        assert call.request_id is not None
+        polls.setdefault(call.request_id, []).append(call)
+    interval = FAST_POLLS.timing.min_gap
+    for request_id, calls in polls.items():
+        answered = [i for i, c in enumerate(calls) if c.status == 200 and c.fault is None]
+        if answered:
+            assert answered[0] == len(calls) - 1, f"id {request_id} polled after its answer"
+        span = calls[-1].arrived_at - calls[0].arrived_at
+        assert len(calls) <= ATTEMPTS * (1 + span / interval), f"id {request_id}: retry storm"
+
+
+@pytest.mark.parametrize(("fault", "spent", "expected"), [
+    (Fault.http(500, "oops"), False, Failure.UNKNOWN_OUTCOME),
+    (Fault.http(502, after_effect=True), True, Failure.UNKNOWN_OUTCOME),
+    (Fault.slow(SLOW_REPLY), True, Failure.UNKNOWN_OUTCOME),
+    (Fault.disconnect(), False, Failure.UNKNOWN_OUTCOME),
+    (Fault.disconnect(after_effect=True), True, Failure.UNKNOWN_OUTCOME),
+    (Fault.truncated(after_effect=True), True, Failure.UNKNOWN_OUTCOME),
+    (Fault.rate_limited(), False, None),  # retried, then answered
+], ids=lambda value: value.kind if isinstance(value, Fault) else str(value))
+async def test_each_create_fault_once(tmp_path: Path, fault: Fault, spent: bool,
+                                      expected: Failure | None) -> None:
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            chatinfo.inject("create_request", fault)
+            await app.feed(message_update(7, "the question"))
+            await finish(app, 1, timeout=10)
+            [ending] = await endings(app)
+
+            assert len(chatinfo.created_for("the question")) == (0 if expected and not spent
+                                                                 else 1)
+            if expected is None:
+                assert chatinfo.calls["create_request"] == 2
+                assert ending.text == ANSWER_PREFIX + "the question"
+            else:
+                assert chatinfo.calls["create_request"] == 1  # never re-sent by the bot
+                assert ending.text.startswith(TEXTS[expected])
+                assert ending.offers_retry
+
+
+async def test_unknown_id_five_times_running_is_lost_and_told(tmp_path: Path) -> None:
+    async with (FakeChatinfo(solve_time=0.0, answer=answer) as chatinfo,
+                built_app(tmp_path, chatinfo) as app):
+        chatinfo.inject("get_response", Fault.not_found(), times=5)
+        await app.feed(message_update(8, "forgotten"))
+        await finish(app, 1, timeout=10)
+        [ending] = await endings(app)
+
+        assert chatinfo.calls["get_response"] == 5  # a 404 is not retried by the client
+        assert (ending.job.state, ending.job.error) == (JobState.FAILED, Failure.LOST)
+        assert ending.text.startswith(TEXTS[Failure.LOST])
+        assert ending.offers_retry
+
+
+async def test_a_404_run_broken_by_an_answer_does_not_count(tmp_path: Path) -> None:
+    async with (FakeChatinfo(solve_time=0.0, answer=answer) as chatinfo,
+                built_app(tmp_path, chatinfo) as app):
+        chatinfo.inject("get_response", Fault.not_found(), times=4)
+        await app.feed(message_update(9, "flaky lookup"))
+        await finish(app, 1, timeout=10)
+        [ending] = await endings(app)
+
+        assert ending.job.state is JobState.DELIVERED
+        assert ending.text == ANSWER_PREFIX + "flaky lookup"
+
+
+MAX_WAIT = 1.5
+
+
+async def test_polls_failing_until_max_wait_end_with_the_timeout_message(
+        tmp_path: Path) -> None:
+    # tests/test_runner.py covers an answer that is never ready; here every poll fails,
+    # which must end the same way: told, retry offered, the spent unit not given back.
+    policy = RunnerPolicy(max_wait=MAX_WAIT, timing=FAST_POLLS.timing)
+    async with (FakeChatinfo(solve_time=0.0, answer=answer) as chatinfo,
+                built_app(tmp_path, chatinfo, policy=policy) as app):
+        chatinfo.inject("get_response", Fault.http(503, "down"), times=10_000)
+        await app.feed(message_update(10, "never answered"))
+        await finish(app, 1, timeout=10)
+        [ending] = await endings(app)
+
+        assert (ending.job.state, ending.job.error) == (JobState.FAILED, Failure.TIMEOUT)
+        assert ending.text.startswith(TEXTS[Failure.TIMEOUT])
+        assert ending.offers_retry
+        assert len(chatinfo.requests) == 1
+        used = await app.db.execute_fetchall("SELECT used FROM usage WHERE user_id = 10")
+        assert [tuple(row) for row in used] == [(1,)]  # the spent unit is not given back
+        polls = chatinfo.calls["get_response"]
+        assert 0 < polls <= ATTEMPTS * (1 + MAX_WAIT / FAST_POLLS.timing.min_gap)
