@@ -21,6 +21,7 @@ from bot.scheduler import (
     next_poll_after,
 )
 from storage.jobs import JobState
+from tests.benchmarks.load import peak_in_window
 from tests.conftest import AppFactory
 from tests.fakes.telegram_api import message_update
 
@@ -35,15 +36,6 @@ class RecordingLimiter(SlidingWindowLimiter):
     async def acquire(self) -> None:
         await super().acquire()
         self.granted.append(self._stamps[-1])
-
-
-def most_in_any_window(moments: list[float], window: float) -> int:
-    ordered, start, most = sorted(moments), 0, 0
-    for end, moment in enumerate(ordered):
-        while moment - ordered[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 async def test_polls_never_exceed_the_budget_in_any_window() -> None:
@@ -66,7 +58,7 @@ async def test_polls_never_exceed_the_budget_in_any_window() -> None:
 
     assert answers == [f"answer {n}" for n in range(12)]
     assert len(polls) == len(limiter.granted) == 36  # every poll took a budget slot
-    assert most_in_any_window(limiter.granted, 0.3) <= 10
+    assert peak_in_window(limiter.granted, 0.3) <= 10
 
 
 async def test_a_saturated_budget_still_serves_every_job_in_due_order() -> None:
