@@ -8,7 +8,7 @@ so the job becomes UNKNOWN (the user is offered a retry) instead of being re-sen
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -54,25 +54,8 @@ class Job:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
-        return cls(
-            id=row["id"],
-            user_id=row["user_id"],
-            chat_id=row["chat_id"],
-            placeholder_id=row["placeholder_id"],
-            locale=row["locale"],
-            mode=row["mode"],
-            content=row["content"],
-            state=JobState(row["state"]),
-            upstream_id=row["upstream_id"],
-            result=row["result"],
-            parts_delivered=row["parts_delivered"],
-            created_at=row["created_at"],
-            quota_day=row["quota_day"],
-            reply_to=row["reply_to"],
-            error=row["error"],
-            upstream_at=row["upstream_at"],
-            told=bool(row["told"]),
-        )
+        values = {field.name: row[field.name] for field in fields(cls)}
+        return cls(**{**values, "state": JobState(values["state"]), "told": bool(values["told"])})
 
 
 class JobRepo:
