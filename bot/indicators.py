@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from aiogram import Bot
 from aiogram.enums import ChatAction
@@ -63,8 +63,9 @@ class WaitingIndicators:
                 del self._chats[job.chat_id]
                 self._typed_at.pop(job.chat_id, None)
         if self._editing is not None and self._editing[0] == job.id:
-            with suppress(asyncio.CancelledError):
-                await asyncio.shield(self._editing[1])
+            # Wait for the edit in flight without taking on its outcome; a cancellation
+            # of the caller still goes through.
+            await asyncio.wait({self._editing[1]})
 
     async def stop(self) -> None:
         if self._loop is not None:

@@ -61,8 +61,3 @@ def keep_angle_brackets(markdown: str) -> str:
         position = code.end()
     pieces.append(markdown[position:].replace("<", "\\<"))
     return "".join(pieces)
-
-
-def split_plain(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
-    """Plain text cut into parts within `limit`, at line breaks where possible."""
-    return [chunk for chunk, _ in telegramify_markdown.split_entities(text, [], limit)]

@@ -145,8 +145,12 @@ class JobRunner:
         await self._indicators.stop()
 
     async def cancel(self, user_id: int) -> int:
-        """Stop waiting for the user's unfinished jobs; how many were stopped."""
-        jobs = await self._jobs.unfinished_for(user_id)
+        """Stop waiting for the user's unfinished jobs; how many were stopped.
+
+        Answered jobs are left to finish: their answer is paid for and on its way.
+        """
+        jobs = [job for job in await self._jobs.unfinished_for(user_id)
+                if job.state is not JobState.ANSWERED]
         for job in jobs:
             task = self._tasks.get(job.id)
             if task is not None:
@@ -259,7 +263,12 @@ class JobRunner:
             await self._tell(job, Failure.TIMEOUT, "no answer in time")
         except Lost as error:
             await self._tell(job, Failure.LOST, str(error))
+        except NotEnoughUnits as error:
+            await self._units.observe(0)
+            await self._tell(job, Failure.NO_UNITS, str(error))
         except ChatinfoError as error:
+            if isinstance(error, AccessDenied):
+                await self._units.denied()
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         else:
             await self._jobs.set_result(job.id, result)

@@ -237,7 +237,9 @@ class PollScheduler:
             entry = heapq.heappop(self._heap)
             if entry.answer.done():
                 continue  # its waiter went away
-            if time.monotonic() >= entry.deadline:
+            if time.monotonic() >= entry.deadline and entry.polls:
+                # Polled at least once past its time: a job resumed after a long downtime
+                # gets its look at an answer that is probably waiting.
                 entry.answer.set_exception(Expired())
                 continue
             if (calm := self._calm_until - time.monotonic()) > 0:
@@ -332,7 +334,9 @@ class FairQueue:
         try:
             await ticket
         except asyncio.CancelledError:
-            if not ticket.done() or ticket.cancelled():
+            if ticket.done() and not ticket.cancelled():
+                self._limiter.release_last()  # granted, but the call will not be made
+            else:
                 self._forget(user_id, ticket)
             raise
 

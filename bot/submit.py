@@ -47,16 +47,16 @@ class Submitter:
         log.info("job %s accepted", outcome, extra={
             "job_id": outcome, "user_id": message.from_user.id, "mode": mode,
             "outcome": "accepted"})
-        for notice in notices:
-            await message.reply(notice)
         try:
+            for notice in notices:
+                await message.reply(notice)
             placeholder = await message.reply(placeholder_text())
+            await self._jobs.set_placeholder(outcome, placeholder.message_id)
         except TelegramAPIError as error:
             # The runner sends the placeholder itself, with retries and the job's rules.
-            log.warning("placeholder for job %s failed: %s", outcome, type(error).__name__)
-        else:
-            await self._jobs.set_placeholder(outcome, placeholder.message_id)
-        self._runner.start(outcome)
+            log.warning("replies for job %s failed: %s", outcome, type(error).__name__)
+        finally:
+            self._runner.start(outcome)  # whatever failed above, the admitted job goes on
 
     async def resubmit(self, *, user_id: int, chat_id: int, reply_to: int | None, mode: str,
                        content: str, locale: str) -> Refusal | None:

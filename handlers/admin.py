@@ -38,11 +38,11 @@ async def units(message: Message, tracker: UnitsTracker, stats: StatsRepo,
         _("Spent today: {today} · last 7 days: {week}").format(today=today, week=week),
         _("Pending jobs: {pending}").format(pending=await stats.pending_jobs()),
     ]
-    if week and balance is not None:
+    if not week:
+        lines.append(_("No units were spent in the last 7 days."))
+    elif balance is not None:
         lines.append(_("At the 7-day average of {rate:.1f} a day, that lasts about {days:.0f} "
                        "days.").format(rate=week / 7, days=balance / (week / 7)))
-    else:
-        lines.append(_("No units were spent in the last 7 days."))
     await message.answer("\n".join(lines))
 
 
@@ -58,7 +58,8 @@ async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -
         + (f" ({by_mode})" if by_mode else ""),
         _("⚠️ Failures in 7 days: {failures}").format(failures=failures or "0"),
         _("⏱ Median time to answer: {seconds}").format(
-            seconds=f"{median:.1f} s" if median is not None else "—"),
+            seconds=_("{seconds:.1f} s").format(seconds=median) if median is not None
+            else "—"),
     )))
 
 

@@ -25,7 +25,10 @@ async def ask(message: Message, request: str, bot: Bot, users: UserRepo,
     context = await replied_answer(message, bot)
     content, kept = with_context(request, context)
     notices = [cut_notice(len(request))]
-    if kept is not None:
+    if kept == 0:
+        notices.append(_("The message you replied to was left out: your text alone fills "
+                         "the {limit}-character limit.").format(limit=MAX_CONTENT_CHARS))
+    elif kept is not None:
         notices.append(_("The message you replied to was shortened to its first {kept} "
                          "characters to fit the {limit}-character limit.").format(
                              kept=kept, limit=MAX_CONTENT_CHARS))
@@ -48,6 +51,8 @@ def with_context(request: str, context: str | None) -> tuple[str, int | None]:
     if not context:
         return request, None
     room = max(0, MAX_CONTENT_CHARS - len(request) - len(CONTEXT_SEPARATOR))
+    if room == 0:
+        return request, 0  # the request alone fills the budget
     kept = context[:room]
     return kept + CONTEXT_SEPARATOR + request, len(kept) if len(kept) < len(context) else None
 

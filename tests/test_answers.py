@@ -232,3 +232,25 @@ async def test_placeholder_shows_how_long_the_job_has_waited(make_app: AppFactor
     *progress, answer = app.sent(EditMessageText)
     assert progress and all(p.text.startswith("⏳ Working on it… 0:0") for p in progress)
     assert answer.text == "[chat] wait for it"
+
+
+async def test_a_follow_up_that_fills_the_budget_leaves_the_context_out(app: App) -> None:
+    request = "r" * 5000
+    await app.feed(reply_to_bot(message_update(17, request), "the earlier answer"))
+    await app.settle()
+
+    assert app.chatinfo.requests[0].content == request
+    assert app.sent(SendMessage)[0].text == (
+        "The message you replied to was left out: your text alone fills the 5000-character "
+        "limit.")
+
+
+async def test_a_failed_notice_still_lets_the_job_run_once(app: App) -> None:
+    app.session.fail_next(SendMessage, 502, "Bad Gateway")  # the "only 5000" notice
+    await app.feed(message_update(18, "x" * 6000))
+    await app.settle()
+
+    assert app.chatinfo.calls["create_request"] == 1
+    job = await app.jobs.get(1)
+    assert job is not None and job.state is JobState.DELIVERED
+    assert job.result == "[chat] " + "x" * 5000

@@ -13,7 +13,7 @@ from bot.chatinfo import ChatinfoClient
 from bot.keyboards import RetryCallback
 from bot.sandbox import Fault
 from storage.jobs import JobState
-from tests.conftest import App
+from tests.conftest import App, AppFactory
 from tests.fakes.telegram_api import callback_update
 
 PLACEHOLDER = 900
@@ -186,3 +186,47 @@ async def test_stop_lets_a_create_in_flight_store_its_id(app: App) -> None:
 
     job = await app.jobs.get(job_id)
     assert job is not None and job.state is JobState.PENDING and job.upstream_id is not None
+
+
+async def test_a_pending_job_older_than_the_wait_gets_one_look_before_it_expires(
+        app: App) -> None:
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    created = await client.create_request("after a long downtime", "chat")
+    await client.close()
+    job_id = await add_job(app, content="after a long downtime")
+    await app.jobs.set_upstream(job_id, created.id, created.units)
+    await app.db.execute("UPDATE jobs SET created_at = created_at - 3600, "
+                         "upstream_at = upstream_at - 3600 WHERE id = ?", (job_id,))
+    await app.db.commit()
+    ready_at = app.chatinfo.requests[-1].ready_at  # the answer waits, as after a downtime
+    await app.chatinfo.wait_for(lambda: app.chatinfo.clock() >= ready_at)
+
+    await app.runner.resume()
+    await app.settle()
+    assert app.sent(EditMessageText)[-1].text == "[chat] after a long downtime"
+    assert await state_of(app, job_id) is JobState.DELIVERED
+
+
+async def test_cancel_leaves_an_answer_on_its_way_alone(app: App) -> None:
+    job_id = await add_job(app)
+    await app.jobs.set_result(job_id, "paid for and on its way")
+
+    assert await app.runner.cancel(user_id=1) == 0
+    assert await state_of(app, job_id) is JobState.ANSWERED
+
+
+async def test_a_key_refused_while_polling_alerts_the_admins(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids="900")
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    created = await client.create_request("hello", "chat")
+    await client.close()
+    job_id = await add_job(app)
+    await app.jobs.set_upstream(job_id, created.id, created.units)
+    app.chatinfo.keys["test-key"] = "free"
+
+    await app.runner.resume()
+    await app.settle()
+    assert await state_of(app, job_id) is JobState.FAILED
+    alerts = [m.text for m in app.sent(SendMessage) if m.chat_id == 900]
+    assert alerts == ["🛑 The API refuses our key: the tariff is not Prestige or the key is "
+                      "wrong. Users are told the service is unavailable."]
