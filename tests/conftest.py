@@ -67,7 +67,7 @@ class App:
 
     async def settle(self) -> None:
         """Wait until every job the runner started has finished."""
-        await self.chatinfo.wait_for(lambda: self.runner.active == 0)
+        assert await self.runner.wait_idle(10.0), "jobs still running after 10 s"
 
 
 AppFactory = Callable[..., Awaitable[App]]
