@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import aiosqlite
@@ -30,6 +31,16 @@ from storage.stats import StatsRepo
 from storage.users import UserRepo
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_objects() -> None:
+    """Leave what exists after start-up out of every later garbage collection.
+
+    Mostly aiogram's models, which live as long as the process: a full collection
+    would walk them all, about 140 ms each time, several times a minute under load.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def make_bot(settings: Settings) -> Bot:

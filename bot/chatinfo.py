@@ -106,9 +106,10 @@ class ChatinfoClient:
             transport=transport,
             # The limiter stamps a call before it gets a connection; a roomy pool keeps
             # calls from queueing here and reaching the server later than stamped.
-            # Connections are kept for reuse up to the poll scheduler's concurrency:
-            # opening one per call would cost more CPU than the call itself.
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
+            # Idle connections are kept up to the poll scheduler's concurrency (64):
+            # opening one per call costs more CPU than the call, and the pool checks
+            # every idle connection on every call, so keeping many costs too.
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {

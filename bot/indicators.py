@@ -8,11 +8,12 @@ budget, skipped (never queued) when it is used up.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from dataclasses import replace
 
 from aiogram import Bot
 from aiogram.enums import ChatAction
@@ -37,6 +38,7 @@ class WaitingIndicators:
         self._progress_every = progress_every
         self._progress_text = progress_text
         self._jobs: dict[int, tuple[Job, float]] = {}  # id -> (job, next progress edit at)
+        self._due: list[tuple[float, int]] = []  # (next progress edit at, id), a heap
         self._chats: Counter[int] = Counter()
         self._typed_at: dict[int, float] = {}
         self._typing_budget = SlidingWindowLimiter(TYPING_PER_SECOND, 1.0)
@@ -44,25 +46,27 @@ class WaitingIndicators:
         self._editing: tuple[int, asyncio.Task[None]] | None = None
         self._loop: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def waiting(self, job: Job) -> AsyncIterator[None]:
-        self._jobs[job.id] = (job, job.created_at + self._progress_every)
+    def watch(self, job: Job) -> None:
+        """Show the job's signals until `forget`; watching it again changes nothing."""
+        if job.id in self._jobs:
+            return
+        due = job.created_at + self._progress_every
+        # Without its text: thousands of jobs may wait at once.
+        self._jobs[job.id] = (replace(job, content=""), due)
+        heapq.heappush(self._due, (due, job.id))
         self._chats[job.chat_id] += 1
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._serve(), name="waiting-indicators")
-        try:
-            yield
-        finally:
-            await self.forget(job)
 
-    async def forget(self, job: Job) -> None:
+    async def forget(self, job_id: int) -> None:
         """Stop the job's signals; after this no progress edit of it can land."""
-        if self._jobs.pop(job.id, None) is not None:
-            self._chats[job.chat_id] -= 1
-            if self._chats[job.chat_id] <= 0:
-                del self._chats[job.chat_id]
-                self._typed_at.pop(job.chat_id, None)
-        if self._editing is not None and self._editing[0] == job.id:
+        if (watched := self._jobs.pop(job_id, None)) is not None:
+            chat_id = watched[0].chat_id
+            self._chats[chat_id] -= 1
+            if self._chats[chat_id] <= 0:
+                del self._chats[chat_id]
+                self._typed_at.pop(chat_id, None)
+        if self._editing is not None and self._editing[0] == job_id:
             # Wait for the edit in flight without taking on its outcome; a cancellation
             # of the caller still goes through.
             await asyncio.wait({self._editing[1]})
@@ -77,6 +81,7 @@ class WaitingIndicators:
             await self._send_typing()
             await self._send_progress()
             await asyncio.sleep(TICK)
+        self._due.clear()  # only entries of forgotten jobs are left
 
     async def _send_typing(self) -> None:
         now = time.monotonic()
@@ -94,13 +99,17 @@ class WaitingIndicators:
 
     async def _send_progress(self) -> None:
         now = time.time()
-        for job_id, (job, due) in list(self._jobs.items()):
-            if due > now or job_id not in self._jobs:
-                continue
+        while self._due and self._due[0][0] <= now:
             if self._progress_budget.delay() > 0:
-                return
+                return  # the most overdue stay first in line for the next tick
+            due, job_id = heapq.heappop(self._due)
+            watched = self._jobs.get(job_id)
+            if watched is None or watched[1] != due:
+                continue  # forgotten, or watched again since
+            job = watched[0]
             await self._progress_budget.acquire()
             self._jobs[job_id] = (job, now + self._progress_every)
+            heapq.heappush(self._due, (now + self._progress_every, job_id))
             edit = asyncio.create_task(self._delivery.progress(
                 job, self._progress_text(job, now - job.created_at)))
             self._editing = (job_id, edit)

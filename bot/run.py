@@ -8,7 +8,7 @@ import sys
 from aiogram.exceptions import TelegramUnauthorizedError
 from pydantic import ValidationError
 
-from bot.app import make_bot, make_client, make_dispatcher
+from bot.app import freeze_startup_objects, make_bot, make_client, make_dispatcher
 from bot.config import Settings, describe_problems
 from bot.i18n import make_i18n
 from bot.logs import setup_logging
@@ -27,6 +27,7 @@ async def run(settings: Settings) -> None:
     bot = make_bot(settings)
     try:
         dp = make_dispatcher(bot, db, client, make_i18n(settings.default_locale), settings)
+        freeze_startup_objects()
         await serve(settings, bot=bot, dp=dp, db=db)
     finally:
         await client.close()

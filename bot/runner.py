@@ -56,6 +56,8 @@ from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
 
+Outcome = str | Exception  # what polling a job came to: its answer, or why it ended
+
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -86,21 +88,32 @@ class JobRunner:
         self._solve_times = SolveTimes(self._policy.prior)
         self.scheduler = PollScheduler(
             lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
-            client.limiters[POLL], self._solve_times, self._policy.timing)
+            client.limiters[POLL], self._solve_times, self._policy.timing,
+            settled=self.start)
         self.queue = FairQueue(client.limiters[CREATE])
         self._workers_started = False
+        # A job is in one of these while it is unfinished: a task carries it, or it is
+        # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[None]] = {}
+        self._job_left = asyncio.Event()
 
     @property
     def active(self) -> int:
-        return len(self._tasks)
+        """Jobs carried on now: with a task, or waiting for their answer."""
+        return len(self._tasks) + self.scheduler.pending
 
-    def start(self, job_id: int) -> None:
+    def start(self, job_id: int, outcome: Outcome | None = None) -> None:
+        """Carry the job on from its stored step; `outcome` is its poll's, if it has one."""
         self._start_workers()
-        task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+        task = asyncio.create_task(self._run(job_id, outcome), name=f"job-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        task.add_done_callback(lambda _: self._task_done(job_id, task))
+
+    def _task_done(self, job_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+        self._job_left.set()
 
     @property
     def workers_alive(self) -> bool:
@@ -110,9 +123,11 @@ class JobRunner:
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no job is running (or `timeout` passes); whether none is."""
         deadline = time.monotonic() + timeout
-        while self._tasks and (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait(list(self._tasks.values()), timeout=left)
-        return not self._tasks
+        while self.active and (left := deadline - time.monotonic()) > 0:
+            self._job_left.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._job_left.wait(), left)
+        return not self.active
 
     def _start_workers(self) -> None:
         if not self._workers_started:
@@ -125,7 +140,10 @@ class JobRunner:
         self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
         unfinished = await self._jobs.unfinished()
         for job in unfinished:  # in id order: the create queue keeps its order
-            self.start(job.id)
+            if job.state is JobState.PENDING and job.placeholder_id is not None:
+                self._park(job)
+            else:
+                self.start(job.id)
         if unfinished:
             log.info("resuming %d unfinished jobs", len(unfinished))
         return len(unfinished)
@@ -152,6 +170,8 @@ class JobRunner:
         jobs = [job for job in await self._jobs.unfinished_for(user_id)
                 if job.state is not JobState.ANSWERED]
         for job in jobs:
+            self.scheduler.drop(job.id)
+            self._job_left.set()
             task = self._tasks.get(job.id)
             if task is not None:
                 task.cancel()
@@ -164,11 +184,11 @@ class JobRunner:
                 await self._tell(current, Failure.CANCELLED, "cancelled by the user")
         return len(jobs)
 
-    async def _run(self, job_id: int) -> None:
+    async def _run(self, job_id: int, outcome: Outcome | None) -> None:
         pause = TELEGRAM_DOWN_FIRST_PAUSE
         while True:
             try:
-                await self._advance(job_id)
+                await self._advance(job_id, outcome)
                 return
             except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as error:
                 # Telegram is down for longer than with_retries waits. Every step is
@@ -181,11 +201,12 @@ class JobRunner:
                 raise
             except Exception:
                 # The job stays in SQLite at its last step and resumes at the next start.
+                await self._indicators.forget(job_id)
                 log.exception("job %s stopped unexpectedly", job_id,
                               extra={"job_id": job_id, "outcome": "crashed"})
                 return
 
-    async def _advance(self, job_id: int) -> None:
+    async def _advance(self, job_id: int, outcome: Outcome | None) -> None:
         job = await self._jobs.get(job_id)
         if job is None:
             return
@@ -206,11 +227,14 @@ class JobRunner:
             # Ended, but the user has not yet seen why.
             await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
             return
-        async with self._indicators.waiting(job):
-            if job.state is JobState.NEW:
-                job = await self._create(job)
-            if job.state is JobState.PENDING:
-                job = await self._poll(job)
+        if job.state is JobState.NEW:
+            self._indicators.watch(job)
+            job = await self._create(job)
+        if job.state is JobState.PENDING:
+            if outcome is None:
+                self._park(job)
+                return
+            job = await self._conclude(job, outcome)
         if job.state is JobState.ANSWERED:
             await self._deliver(job)
 
@@ -251,28 +275,38 @@ class JobRunner:
             if created.units is not None:
                 await self._units.observe(created.units)
 
-    async def _poll(self, job: Job) -> Job:
+    def _park(self, job: Job) -> None:
+        """Leave the pending job to the poll scheduler: no task waits for its answer."""
         assert job.upstream_id is not None
-        now = time.time()
-        try:
-            result = await self.scheduler.answer(
-                job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
-                length=len(job.content), age=now - (job.upstream_at or job.created_at),
-                max_wait=job.created_at + self._policy.max_wait - (job.upstream_at or now))
-        except Expired:
-            await self._tell(job, Failure.TIMEOUT, "no answer in time")
-        except Lost as error:
-            await self._tell(job, Failure.LOST, str(error))
-        except NotEnoughUnits as error:
-            await self._units.observe(0)
-            await self._tell(job, Failure.NO_UNITS, str(error))
-        except ChatinfoError as error:
-            if isinstance(error, AccessDenied):
-                await self._units.denied()
-            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
-        else:
-            await self._jobs.set_result(job.id, result)
-            crashpoints.reach(crashpoints.AFTER_RESULT)
+        self._start_workers()
+        self._indicators.watch(job)
+        sent_at = job.upstream_at or job.created_at
+        self.scheduler.watch(
+            job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
+            length=len(job.content), age=time.time() - sent_at,
+            max_wait=job.created_at + self._policy.max_wait - sent_at)
+
+    async def _conclude(self, job: Job, outcome: Outcome) -> Job:
+        """Store the answer the scheduler found, or end the job as its error says."""
+        await self._indicators.forget(job.id)
+        match outcome:
+            case str(result):
+                await self._jobs.set_result(job.id, result)
+                crashpoints.reach(crashpoints.AFTER_RESULT)
+            case Expired():
+                await self._tell(job, Failure.TIMEOUT, "no answer in time")
+            case Lost():
+                await self._tell(job, Failure.LOST, str(outcome))
+            case NotEnoughUnits():
+                await self._units.observe(0)
+                await self._tell(job, Failure.NO_UNITS, str(outcome))
+            case ChatinfoError():
+                if isinstance(outcome, AccessDenied):
+                    await self._units.denied()
+                await self._tell(job, Failure.ACCESS_DENIED,
+                                 f"{outcome}: {outcome.upstream_error}")
+            case _:
+                raise outcome
         return await self._reload(job)
 
     async def _deliver(self, job: Job) -> None:
@@ -287,12 +321,13 @@ class JobRunner:
                     await self.delivery.show(job, parts[0], buttons)
                 else:
                     await self.delivery.send(job, parts[index], buttons)
-                await self._jobs.set_parts_delivered(job.id, index + 1)
-                crashpoints.reach(crashpoints.BETWEEN_PARTS)
+                if index < len(parts) - 1:  # the last is stored with the delivery
+                    await self._jobs.set_parts_delivered(job.id, index + 1)
+                    crashpoints.reach(crashpoints.BETWEEN_PARTS)
         except TelegramForbiddenError:
             await self._end_blocked(job)
             return
-        await self._jobs.mark_delivered(job.id)
+        await self._jobs.mark_delivered(job.id, len(parts))
         log.info("job %s delivered in %d part(s)", job.id, len(parts),
                  extra=job_event(job, "delivered"))
 
@@ -306,7 +341,7 @@ class JobRunner:
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        await self._indicators.forget(job)
+        await self._indicators.forget(job.id)
         log.warning("job %s ended: %s (%s)", job.id, failure, detail,
                     extra=job_event(job, failure))
         state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED

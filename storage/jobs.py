@@ -32,7 +32,7 @@ UNFINISHED = (JobState.NEW, JobState.CREATING, JobState.PENDING, JobState.ANSWER
 RETRYABLE = (JobState.UNKNOWN, JobState.FAILED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     id: int
     user_id: int
@@ -181,8 +181,9 @@ class JobRepo:
     async def set_parts_delivered(self, job_id: int, parts: int) -> None:
         await self._update(job_id, parts_delivered=parts)
 
-    async def mark_delivered(self, job_id: int) -> None:
-        await self._update(job_id, state=JobState.DELIVERED, delivered_at=time.time())
+    async def mark_delivered(self, job_id: int, parts: int) -> None:
+        await self._update(job_id, state=JobState.DELIVERED, parts_delivered=parts,
+                           delivered_at=time.time())
 
     async def end(self, job_id: int, state: JobState, error: str, *, told: bool = False) -> None:
         """End the job without an answer; `told` once the user has seen why (or never will)."""

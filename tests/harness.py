@@ -152,7 +152,7 @@ async def seed_solve_history(database: Path) -> None:
             assert job_id is not None
             await jobs.set_upstream(job_id, 10_000 + n, None)
             await jobs.set_result(job_id, "earlier answer")
-            await jobs.mark_delivered(job_id)
+            await jobs.mark_delivered(job_id, 1)
             await db.execute("UPDATE jobs SET answered_at = upstream_at + ? WHERE id = ?",
                              (seconds, job_id))
         await db.commit()

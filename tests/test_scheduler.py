@@ -15,6 +15,7 @@ from bot.scheduler import (
     Estimate,
     FairQueue,
     Lost,
+    Poll,
     PollScheduler,
     PollTiming,
     SolveTimes,
@@ -38,6 +39,37 @@ class RecordingLimiter(SlidingWindowLimiter):
         self.granted.append(self._stamps[-1])
 
 
+EAGER = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
+
+
+class Waiting:
+    """A started scheduler whose outcomes can be awaited job by job, as futures."""
+
+    def __init__(self, poll: Poll, limiter: SlidingWindowLimiter) -> None:
+        self.outcomes: dict[int, asyncio.Future[str]] = {}
+        self.scheduler = PollScheduler(poll, limiter, SolveTimes(), EAGER,
+                                       settled=self._settled)
+
+    def _settled(self, job_id: int, outcome: str | Exception) -> None:
+        if isinstance(outcome, Exception):
+            self.outcomes[job_id].set_exception(outcome)
+        else:
+            self.outcomes[job_id].set_result(outcome)
+
+    def watch(self, job_id: int) -> asyncio.Future[str]:
+        self.outcomes[job_id] = asyncio.get_running_loop().create_future()
+        self.scheduler.watch(job_id=job_id, upstream_id=job_id, mode="chat", length=10,
+                             age=0.0, max_wait=60.0)
+        return self.outcomes[job_id]
+
+    async def __aenter__(self) -> Waiting:
+        self.scheduler.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.scheduler.stop()
+
+
 async def test_polls_never_exceed_the_budget_in_any_window() -> None:
     limiter = RecordingLimiter(limit=10, period=0.3)
     polls: list[int] = []
@@ -46,15 +78,8 @@ async def test_polls_never_exceed_the_budget_in_any_window() -> None:
         polls.append(upstream_id)
         return f"answer {upstream_id}" if polls.count(upstream_id) >= 3 else None
 
-    eager = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
-    scheduler = PollScheduler(poll, limiter, SolveTimes(), eager)
-    scheduler.start()
-    try:
-        answers = await asyncio.gather(*(
-            scheduler.answer(job_id=n, upstream_id=n, mode="chat", length=10, age=0.0,
-                             max_wait=60.0) for n in range(12)))
-    finally:
-        await scheduler.stop()
+    async with Waiting(poll, limiter) as waiting:
+        answers = await asyncio.gather(*(waiting.watch(n) for n in range(12)))
 
     assert answers == [f"answer {n}" for n in range(12)]
     assert len(polls) == len(limiter.granted) == 36  # every poll took a budget slot
@@ -69,15 +94,8 @@ async def test_a_saturated_budget_still_serves_every_job_in_due_order() -> None:
         order.append(upstream_id)
         return "done" if order.count(upstream_id) == 2 else None
 
-    timing = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
-    scheduler = PollScheduler(poll, limiter, SolveTimes(), timing)
-    scheduler.start()
-    try:
-        await asyncio.gather(*(
-            scheduler.answer(job_id=n, upstream_id=n, mode="chat", length=10, age=0.0,
-                             max_wait=60.0) for n in range(20)))
-    finally:
-        await scheduler.stop()
+    async with Waiting(poll, limiter) as waiting:
+        await asyncio.gather(*(waiting.watch(n) for n in range(20)))
 
     first_round = order[:20]
     assert sorted(first_round) == list(range(20))  # everyone polled once before anyone twice
@@ -90,16 +108,31 @@ async def test_unknown_ids_end_the_wait_after_bounded_tries() -> None:
         calls.append(upstream_id)
         raise RequestRejected("get_response: rejected (HTTP 404)", 404)
 
-    timing = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
-    scheduler = PollScheduler(poll, SlidingWindowLimiter(100, 1.0), SolveTimes(), timing)
-    scheduler.start()
-    try:
+    async with Waiting(poll, SlidingWindowLimiter(100, 1.0)) as waiting:
         with pytest.raises(Lost):
-            await scheduler.answer(job_id=1, upstream_id=7, mode="chat", length=1, age=0.0,
-                                   max_wait=60.0)
-    finally:
-        await scheduler.stop()
+            await waiting.watch(7)
     assert calls == [7] * PollScheduler.MAX_REJECTIONS
+
+
+async def test_a_dropped_job_is_polled_no_more_and_never_settled() -> None:
+    polled = asyncio.Event()
+    calls: list[int] = []
+
+    async def poll(upstream_id: int) -> str | None:
+        calls.append(upstream_id)
+        polled.set()
+        return None if upstream_id == 1 else "done"
+
+    async with Waiting(poll, SlidingWindowLimiter(100, 1.0)) as waiting:
+        dropped = waiting.watch(1)
+        await asyncio.wait_for(polled.wait(), 5)
+        waiting.scheduler.drop(1)
+        polls_at_drop = calls.count(1)
+        assert waiting.scheduler.pending == 0
+        assert await waiting.watch(2) == "done"  # polled after the drop took effect
+    assert not dropped.done()
+    # At most one more: a poll already granted its slot when the drop came.
+    assert calls.count(1) <= polls_at_drop + 1
 
 
 def test_solve_times_learn_a_line_per_mode() -> None:
@@ -123,12 +156,21 @@ def test_polls_wait_for_a_possible_answer_then_crowd_then_thin_out() -> None:
         elapsed += next_poll_after(elapsed, estimate, timing)
         moments.append(round(elapsed, 2))
 
-    assert moments[0] == 9.0  # nothing can be ready before 9 s: no poll before
+    # Nothing can be ready before 9 s; by 10 s, 40% of the answers are.
+    assert moments[0] == 10.0
     inside = [m for m in moments if m <= 11]
     assert len(inside) <= 4  # the likely window takes a few polls, not one a second
     gaps = [b - a for a, b in itertools.pairwise(moments)]
     assert all(0.3 <= gap <= 2.0 for gap in gaps)
     assert gaps[-1] == 2.0  # the overdue tail: every max_gap, so the lag stays bounded
+
+
+def test_the_first_poll_comes_within_max_gap_of_the_earliest_answer() -> None:
+    widely_spread = Estimate(10.0, [float(n) for n in range(1, 11)])  # 10 s to 100 s
+    timing = PollTiming(hit_chance=0.5, min_gap=0.3, max_gap=2.0, earliest=0.0)
+
+    assert next_poll_after(0.0, widely_spread, timing) == 12.0  # not at 50 s: lag <= 2 s
+    assert next_poll_after(30.0, widely_spread, timing) == 2.0
 
 
 async def test_the_create_queue_serves_users_round_robin() -> None:
@@ -177,13 +219,8 @@ async def test_a_429_pauses_all_polling_before_the_next_call() -> None:
             raise RateLimited("get_response: rate limited (429)")
         return "done"
 
-    timing = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
-    scheduler = PollScheduler(poll, SlidingWindowLimiter(100, 1.0), SolveTimes(), timing)
-    scheduler.CALM_AFTER_429 = 0.3
-    scheduler.start()
-    try:
-        assert await scheduler.answer(job_id=1, upstream_id=1, mode="chat", length=1,
-                                      age=0.0, max_wait=60.0) == "done"
-    finally:
-        await scheduler.stop()
+    waiting = Waiting(poll, SlidingWindowLimiter(100, 1.0))
+    waiting.scheduler.CALM_AFTER_429 = 0.3
+    async with waiting:
+        assert await waiting.watch(1) == "done"
     assert moments[1] - moments[0] >= 0.3

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiogram import Bot
 
-from bot.app import make_dispatcher
+from bot.app import freeze_startup_objects, make_dispatcher
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
 from bot.i18n import make_i18n
@@ -81,12 +81,12 @@ async def measure(args: argparse.Namespace) -> None:
     loader.join()
     db = await open_database(db_path)
     client = CountingClient(url, "bench-key")
-    client.polls = []
     session = TimedSession()
     bot = Bot("42:BENCH", session=session)
     settings = Settings(bot_token="42:BENCH", chatinfo_api_key="bench-key",
                         database_path=db_path)
     dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=RunnerPolicy())
+    freeze_startup_objects()  # as `python -m bot` does
     runner = dp["runner"]
     cpu_start, rss_before = usage()
     started = time.monotonic()
@@ -104,7 +104,7 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"jobs pending at start        {args.jobs}")
     print(f"answers delivered            {len(lags)} in {elapsed:.0f} s "
           f"({runner.active} still waiting)")
-    polls = [moment for moment, _ in client.polls]
+    polls = list(client.poll_times)
     print(f"get_response calls           {len(polls)}, peak {peak_in_window(polls)} in any "
           f"60 s (limit {settings.chatinfo_poll_per_min})")
     print(f"HTTP 429 responses           "

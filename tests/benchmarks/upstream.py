@@ -19,11 +19,11 @@ from bot.sandbox import FakeChatinfo
 
 # Seconds a typical request of each mode takes; longer texts take longer still.
 MODE_BASE = {
-    "chat": 5.0, "answer": 5.0, "shorter": 4.0, "names": 3.0, "task": 8.0, "text": 14.0,
-    "poems": 6.0, "books_list": 7.0, "song_text": 7.0, "summary": 5.0, "paper": 35.0,
-    "report": 30.0, "originality": 10.0, "rewrite": 8.0, "essay": 20.0, "plan": 12.0,
-    "post": 6.0, "code": 10.0, "synopsis": 9.0, "story": 18.0, "article": 25.0,
-    "continue": 10.0,
+    "chat": 3.5, "answer": 3.5, "shorter": 2.8, "names": 2.1, "task": 5.6, "text": 9.8,
+    "poems": 4.2, "books_list": 4.9, "song_text": 4.9, "summary": 3.5, "paper": 24.5,
+    "report": 21.0, "originality": 7.0, "rewrite": 5.6, "essay": 14.0, "plan": 8.4,
+    "post": 4.2, "code": 7.0, "synopsis": 6.3, "story": 12.6, "article": 17.5,
+    "continue": 7.0,
 }
 NOISE_SIGMA = 0.1  # log-normal spread of one mode and length around its typical time
 
@@ -32,7 +32,7 @@ def solve_seconds(seed: int, mode: str, content: str, noise_sigma: float = NOISE
                   scale: float = 1.0) -> float:
     digest = hashlib.blake2b(f"{seed}:{mode}:{content}".encode(), digest_size=8).digest()
     noise = random.Random(digest).gauss(0.0, noise_sigma)
-    return scale * MODE_BASE.get(mode, 8.0) * (1 + len(content) / 2000) * math.exp(noise)
+    return scale * MODE_BASE.get(mode, 8.0) * (1 + len(content) / 200) * math.exp(noise)
 
 
 @dataclass(frozen=True)
