@@ -55,15 +55,16 @@ class Delivery:
             job.chat_id, text, reply_parameters=_reply_to(job.reply_to)))
         return message.message_id
 
-    async def progress(self, job: Job, text: str) -> None:
+    async def progress(self, chat_id: int, placeholder_id: int | None, text: str) -> None:
         """Best effort, no retries: a missed progress update is not worth a delay."""
-        if job.placeholder_id is None:
+        if placeholder_id is None:
             return
         try:
-            await self._bot.edit_message_text(text=text, chat_id=job.chat_id,
-                                              message_id=job.placeholder_id)
+            await self._bot.edit_message_text(text=text, chat_id=chat_id,
+                                              message_id=placeholder_id)
         except Exception as error:
-            log.debug("progress edit for job %s failed: %s", job.id, type(error).__name__)
+            log.debug("progress edit of message %s in chat %s failed: %s", placeholder_id,
+                      chat_id, type(error).__name__)
 
     @staticmethod
     async def _entities_or_plain(part: Part, call: _Call) -> None:

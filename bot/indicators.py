@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from typing import NamedTuple
 
 from aiogram import Bot
 from aiogram.enums import ChatAction
@@ -30,14 +31,25 @@ TYPING_PER_SECOND = 10
 PROGRESS_PER_SECOND = 5
 
 
+class _Watched(NamedTuple):
+    """What the signals need of a job, and no more: thousands may wait at once."""
+
+    chat_id: int
+    placeholder_id: int | None
+    locale: str
+    created_at: float
+    due: float  # of the next progress edit
+
+
 class WaitingIndicators:
     def __init__(self, bot: Bot, delivery: Delivery, progress_every: float,
-                 progress_text: Callable[[Job, float], str]) -> None:
+                 progress_text: Callable[[str, float], str]) -> None:
+        """`progress_text(locale, seconds)` is the placeholder's text after that wait."""
         self._bot = bot
         self._delivery = delivery
         self._progress_every = progress_every
         self._progress_text = progress_text
-        self._jobs: dict[int, tuple[Job, float]] = {}  # id -> (job, next progress edit at)
+        self._jobs: dict[int, _Watched] = {}
         self._due: list[tuple[float, int]] = []  # (next progress edit at, id), a heap
         self._chats: Counter[int] = Counter()
         self._typed_at: dict[int, float] = {}
@@ -51,8 +63,8 @@ class WaitingIndicators:
         if job.id in self._jobs:
             return
         due = job.created_at + self._progress_every
-        # Without its text: thousands of jobs may wait at once.
-        self._jobs[job.id] = (replace(job, content=""), due)
+        self._jobs[job.id] = _Watched(job.chat_id, job.placeholder_id, sys.intern(job.locale),
+                                      job.created_at, due)
         heapq.heappush(self._due, (due, job.id))
         self._chats[job.chat_id] += 1
         if self._loop is None or self._loop.done():
@@ -61,7 +73,7 @@ class WaitingIndicators:
     async def forget(self, job_id: int) -> None:
         """Stop the job's signals; after this no progress edit of it can land."""
         if (watched := self._jobs.pop(job_id, None)) is not None:
-            chat_id = watched[0].chat_id
+            chat_id = watched.chat_id
             self._chats[chat_id] -= 1
             if self._chats[chat_id] <= 0:
                 del self._chats[chat_id]
@@ -104,14 +116,14 @@ class WaitingIndicators:
                 return  # the most overdue stay first in line for the next tick
             due, job_id = heapq.heappop(self._due)
             watched = self._jobs.get(job_id)
-            if watched is None or watched[1] != due:
+            if watched is None or watched.due != due:
                 continue  # forgotten, or watched again since
-            job = watched[0]
             await self._progress_budget.acquire()
-            self._jobs[job_id] = (job, now + self._progress_every)
+            self._jobs[job_id] = watched._replace(due=now + self._progress_every)
             heapq.heappush(self._due, (now + self._progress_every, job_id))
             edit = asyncio.create_task(self._delivery.progress(
-                job, self._progress_text(job, now - job.created_at)))
+                watched.chat_id, watched.placeholder_id,
+                self._progress_text(watched.locale, now - watched.created_at)))
             self._editing = (job_id, edit)
             try:
                 await asyncio.shield(edit)

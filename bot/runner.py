@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 Outcome = str | Exception  # what polling a job came to: its answer, or why it ended
 
+RESUME_PAGE = 500
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -138,15 +139,19 @@ class JobRunner:
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
         self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
-        unfinished = await self._jobs.unfinished()
-        for job in unfinished:  # in id order: the create queue keeps its order
-            if job.state is JobState.PENDING and job.placeholder_id is not None:
-                self._park(job)
-            else:
-                self.start(job.id)
-        if unfinished:
-            log.info("resuming %d unfinished jobs", len(unfinished))
-        return len(unfinished)
+        resumed, last_id = 0, 0
+        # A page at a time: a backlog of thousands never sits in memory with its texts.
+        while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
+            for job in page:  # in id order: the create queue keeps its order
+                if job.state is JobState.PENDING and job.placeholder_id is not None:
+                    self._park(job)
+                else:
+                    self.start(job.id)
+            resumed += len(page)
+            last_id = page[-1].id
+        if resumed:
+            log.info("resuming %d unfinished jobs", resumed)
+        return resumed
 
     async def stop(self) -> None:
         """Cancel the waiting; let create_request calls in flight store their id first."""
@@ -370,10 +375,10 @@ class JobRunner:
         with self._locale(job.locale):
             text = _("⏳ In the queue: {ahead} requests ahead, about {seconds} s.").format(
                 ahead=ahead, seconds=max(1, round(wait + ahead / rate)))
-        await self.delivery.progress(job, text)
+        await self.delivery.progress(job.chat_id, job.placeholder_id, text)
 
-    def _waiting_text(self, job: Job, seconds: float) -> str:
-        with self._locale(job.locale):
+    def _waiting_text(self, locale: str, seconds: float) -> str:
+        with self._locale(locale):
             return waiting_text(seconds)
 
     async def _reload(self, job: Job) -> Job:

@@ -17,6 +17,7 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +37,7 @@ MIN_SECONDS = 0.3
 PRIOR = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """Likely solve times: `scale` times each of the sorted `ratios` (shared, not copied)."""
 
@@ -223,7 +224,7 @@ class PollScheduler:
         estimate = self._solve_times.estimate(mode, length)
         entry = _Entry(
             due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
-            job_id=job_id, upstream_id=upstream_id, mode=mode, length=length,
+            job_id=job_id, upstream_id=upstream_id, mode=sys.intern(mode), length=length,
             started=now - age, deadline=now - age + max_wait, estimate=estimate)
         self._entries[job_id] = entry
         self._push(entry)

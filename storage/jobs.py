@@ -102,14 +102,15 @@ class JobRepo:
         row = await fetch_one(self._db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
-    async def unfinished(self) -> list[Job]:
+    async def unfinished(self, *, after: int = 0, limit: int = -1) -> list[Job]:
+        """Jobs to carry on at a start, in id order; a page of them with `after`/`limit`."""
         marks = ",".join("?" * len(UNFINISHED))
         return [
             Job.from_row(row)
             for row in await self._db.execute_fetchall(
-                f"""SELECT * FROM jobs WHERE state IN ({marks})
-                    OR (state IN (?, ?) AND told = 0) ORDER BY id""",
-                (*UNFINISHED, JobState.FAILED, JobState.UNKNOWN),
+                f"""SELECT * FROM jobs WHERE id > ? AND (state IN ({marks})
+                    OR (state IN (?, ?) AND told = 0)) ORDER BY id LIMIT ?""",
+                (after, *UNFINISHED, JobState.FAILED, JobState.UNKNOWN, limit),
             )
         ]
 
