@@ -43,6 +43,7 @@ from bot.logs import job_event
 from bot.render import Part, render
 from bot.scheduler import (
     PRIOR,
+    Answer,
     Expired,
     FairQueue,
     Lost,
@@ -56,7 +57,7 @@ from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
 
-Outcome = str | Exception  # what polling a job came to: its answer, or why it ended
+Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
 
 RESUME_PAGE = 500
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
@@ -295,8 +296,8 @@ class JobRunner:
         """Store the answer the scheduler found, or end the job as its error says."""
         await self._indicators.forget(job.id)
         match outcome:
-            case str(result):
-                await self._jobs.set_result(job.id, result)
+            case Answer(text, solved_after):
+                await self._jobs.set_result(job.id, text, solved_after)
                 crashpoints.reach(crashpoints.AFTER_RESULT)
             case Expired():
                 await self._tell(job, Failure.TIMEOUT, "no answer in time")

@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bot import crashpoints
 from bot.chatinfo import ChatinfoError, RateLimited, RequestRejected, UpstreamUnavailable
@@ -130,6 +131,20 @@ def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> f
     return start - elapsed + min(max(target - start, timing.min_gap), timing.max_gap)
 
 
+def solved_after(missed_at: float | None, found_at: float, timing: PollTiming) -> float:
+    """When an answer was ready, as far as the polls tell: between the last poll that
+    missed it (if any) and the one that found it, in seconds after the create.
+
+    Not the moment it was found, which is later by the lag: learning that would place
+    every poll later, so the lag would grow, and so on. A hit at the first poll is taken
+    to have come in the 1.5 poll gaps before it, not just since the earliest likely
+    moment: so answers sooner than the model expects still teach it.
+    """
+    if missed_at is not None:
+        return (missed_at + found_at) / 2
+    return max(MIN_SECONDS, found_at - 0.75 * timing.max_gap)
+
+
 class Expired(Exception):
     """The job waited longer than allowed."""
 
@@ -149,15 +164,24 @@ class _Entry:
     started: float = field(compare=False)  # monotonic time of create_request
     deadline: float = field(compare=False)
     estimate: Estimate = field(compare=False)
+    # Seconds after `started` of the last poll that found no answer; None before one, or
+    # always for a job resumed so late that its answer may have come before any poll.
+    missed_at: float | None = field(compare=False)
+    blind: bool = field(compare=False)  # resumed late: its first poll teaches nothing
     rejections: int = field(default=0, compare=False)
     polls: int = field(default=0, compare=False)
+
+
+class Answer(NamedTuple):
+    text: str
+    solved_after: float | None  # seconds upstream took, as the polls bracket it
 
 
 Poll = Callable[[int], Awaitable[str | None]]
 PACE_PERIOD = 0.02  # 5 polls at most in any 20 ms, at 15,000 a minute
 # Called once per watched job: its answer, or the exception that ends it (Expired, Lost,
 # or a ChatinfoError such as AccessDenied).
-Settled = Callable[[int, str | Exception], None]
+Settled = Callable[[int, Answer | Exception], None]
 
 
 class PollScheduler:
@@ -225,7 +249,8 @@ class PollScheduler:
         entry = _Entry(
             due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
             job_id=job_id, upstream_id=upstream_id, mode=sys.intern(mode), length=length,
-            started=now - age, deadline=now - age + max_wait, estimate=estimate)
+            started=now - age, deadline=now - age + max_wait, estimate=estimate,
+            missed_at=None, blind=age > estimate.quantile(self._timing.earliest))
         self._entries[job_id] = entry
         self._push(entry)
 
@@ -241,14 +266,19 @@ class PollScheduler:
     def _watched(self, entry: _Entry) -> bool:
         return self._entries.get(entry.job_id) is entry
 
-    def _settle(self, entry: _Entry, outcome: str | Exception) -> None:
+    def _settle(self, entry: _Entry, outcome: Answer | Exception) -> None:
         if not self._watched(entry):
             return  # dropped meanwhile
         del self._entries[entry.job_id]
-        if isinstance(outcome, str):
+        if isinstance(outcome, Answer) and outcome.solved_after is not None:
             # Only real answers teach the model; a timeout or a shutdown says nothing.
-            self._solve_times.learn(entry.mode, entry.length, time.monotonic() - entry.started)
+            self._solve_times.learn(entry.mode, entry.length, outcome.solved_after)
         self._settled(entry.job_id, outcome)
+
+    def _bracket(self, entry: _Entry, found_at: float) -> float | None:
+        if entry.blind and entry.missed_at is None:
+            return None
+        return solved_after(entry.missed_at, found_at, self._timing)
 
     async def _serve(self) -> None:
         while True:
@@ -284,6 +314,7 @@ class PollScheduler:
             task.add_done_callback(self._polls.discard)
 
     async def _poll_once(self, entry: _Entry) -> None:
+        asked_at = time.monotonic() - entry.started
         try:
             result = await self._poll(entry.upstream_id)
         except RequestRejected as error:
@@ -307,8 +338,9 @@ class PollScheduler:
             self._in_flight.release()
             entry.polls += 1
         if result is not None:
-            self._settle(entry, result)
+            self._settle(entry, Answer(result, self._bracket(entry, asked_at)))
             return
+        entry.missed_at = asked_at
         if not self._watched(entry):
             return
         crashpoints.reach(crashpoints.WHILE_POLLING)

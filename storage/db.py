@@ -69,6 +69,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- 0 while a job has ended without an answer and the user has not yet seen why.
     ALTER TABLE jobs ADD COLUMN told INTEGER NOT NULL DEFAULT 1;
     """,
+    """
+    -- When upstream finished, as far as the polls tell (answered_at is when a poll saw
+    -- it, later by up to a poll gap); what the poll scheduler learns from.
+    ALTER TABLE jobs ADD COLUMN solved_after REAL;
+    """,
 )
 
 

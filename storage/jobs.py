@@ -144,9 +144,10 @@ class JobRepo:
         ]
 
     async def solve_history(self, limit: int) -> list[tuple[str, int, float]]:
-        """(mode, content length, seconds from create to answer) of the latest answers."""
+        """(mode, content length, seconds upstream took) of the latest answers."""
         rows = await self._db.execute_fetchall(
-            """SELECT mode, length(content), answered_at - upstream_at FROM jobs
+            """SELECT mode, length(content), coalesce(solved_after, answered_at - upstream_at)
+               FROM jobs
                WHERE answered_at IS NOT NULL AND upstream_at IS NOT NULL
                ORDER BY answered_at DESC LIMIT ?""",
             (limit,),
@@ -176,8 +177,11 @@ class JobRepo:
             upstream_at=time.time(),
         )
 
-    async def set_result(self, job_id: int, result: str) -> None:
-        await self._update(job_id, state=JobState.ANSWERED, result=result, answered_at=time.time())
+    async def set_result(self, job_id: int, result: str,
+                         solved_after: float | None = None) -> None:
+        """`solved_after`: seconds upstream took, as the polls bracket it, if they do."""
+        await self._update(job_id, state=JobState.ANSWERED, result=result,
+                           answered_at=time.time(), solved_after=solved_after)
 
     async def set_parts_delivered(self, job_id: int, parts: int) -> None:
         await self._update(job_id, parts_delivered=parts)

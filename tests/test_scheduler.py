@@ -12,6 +12,7 @@ from bot.chatinfo import RateLimited, RequestRejected
 from bot.limiter import SlidingWindowLimiter
 from bot.scheduler import (
     PRIOR,
+    Answer,
     Estimate,
     FairQueue,
     Lost,
@@ -45,21 +46,25 @@ EAGER = PollTiming(hit_chance=0.0, min_gap=0.0, max_gap=0.0, earliest=0.0)
 class Waiting:
     """A started scheduler whose outcomes can be awaited job by job, as futures."""
 
-    def __init__(self, poll: Poll, limiter: SlidingWindowLimiter) -> None:
+    def __init__(self, poll: Poll, limiter: SlidingWindowLimiter,
+                 timing: PollTiming = EAGER) -> None:
         self.outcomes: dict[int, asyncio.Future[str]] = {}
-        self.scheduler = PollScheduler(poll, limiter, SolveTimes(), EAGER,
+        self.solved_after: dict[int, float | None] = {}
+        self.solve_times = SolveTimes(prior=(0.05, 0.1))
+        self.scheduler = PollScheduler(poll, limiter, self.solve_times, timing,
                                        settled=self._settled)
 
-    def _settled(self, job_id: int, outcome: str | Exception) -> None:
+    def _settled(self, job_id: int, outcome: Answer | Exception) -> None:
         if isinstance(outcome, Exception):
             self.outcomes[job_id].set_exception(outcome)
         else:
-            self.outcomes[job_id].set_result(outcome)
+            self.outcomes[job_id].set_result(outcome.text)
+            self.solved_after[job_id] = outcome.solved_after
 
-    def watch(self, job_id: int) -> asyncio.Future[str]:
+    def watch(self, job_id: int, age: float = 0.0) -> asyncio.Future[str]:
         self.outcomes[job_id] = asyncio.get_running_loop().create_future()
         self.scheduler.watch(job_id=job_id, upstream_id=job_id, mode="chat", length=10,
-                             age=0.0, max_wait=60.0)
+                             age=age, max_wait=60.0)
         return self.outcomes[job_id]
 
     async def __aenter__(self) -> Waiting:
@@ -112,6 +117,29 @@ async def test_unknown_ids_end_the_wait_after_bounded_tries() -> None:
         with pytest.raises(Lost):
             await waiting.watch(7)
     assert calls == [7] * PollScheduler.MAX_REJECTIONS
+
+
+async def test_what_is_learned_is_when_the_answer_came_as_the_polls_bracket_it() -> None:
+    asked: dict[int, list[float]] = {}
+
+    async def poll(upstream_id: int) -> str | None:
+        asked.setdefault(upstream_id, []).append(asyncio.get_running_loop().time())
+        # Job 1 is ready at its second poll, jobs 2 and 3 at their first.
+        return "done" if upstream_id != 1 or len(asked[1]) == 2 else None
+
+    timing = PollTiming(hit_chance=0.0, min_gap=0.5, max_gap=0.5, earliest=0.0)
+    async with Waiting(poll, SlidingWindowLimiter(100, 1.0), timing) as waiting:
+        watched_at = asyncio.get_running_loop().time()
+        # Job 3 is resumed long after its create: its answer may be ready for ages.
+        await asyncio.gather(waiting.watch(1), waiting.watch(2), waiting.watch(3, age=30.0))
+
+    missed, found = (moment - watched_at for moment in asked[1])
+    learned = waiting.solved_after[1]
+    assert learned is not None and missed < learned < found  # not when it was seen
+    first_hit = waiting.solved_after[2]
+    assert first_hit is not None and first_hit < asked[2][0] - watched_at
+    assert waiting.solved_after[3] is None  # a first poll after downtime tells nothing
+    assert len(waiting.solve_times._overall) == 2  # what told nothing taught nothing
 
 
 async def test_a_dropped_job_is_polled_no_more_and_never_settled() -> None:
