@@ -48,7 +48,7 @@ def make_bot(settings: Settings) -> Bot:
            if settings.telegram_api_url else PRODUCTION)
     bot = Bot(settings.bot_token.get_secret_value(), session=AiohttpSession(api=api),
               default=DefaultBotProperties(link_preview_is_disabled=True))
-    bot.session.middleware(TelegramThrottle())
+    bot.session.middleware(TelegramThrottle(settings.telegram_messages_per_second))
     return bot
 
 

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     chatinfo_create_per_min: int = Field(1500, gt=0)
     chatinfo_poll_per_min: int = Field(15000, gt=0)
     chatinfo_units_per_min: int = Field(500, gt=0)
+    telegram_messages_per_second: int = Field(30, gt=0)
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     daily_quota: int = Field(30, ge=0)
     quota_timezone: ZoneInfo = ZoneInfo("Europe/Moscow")

@@ -50,6 +50,7 @@ from bot.scheduler import (
     PollScheduler,
     PollTiming,
     SolveTimes,
+    wait_event,
 )
 from bot.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
@@ -127,8 +128,7 @@ class JobRunner:
         deadline = time.monotonic() + timeout
         while self.active and (left := deadline - time.monotonic()) > 0:
             self._job_left.clear()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._job_left.wait(), left)
+            await wait_event(self._job_left, left)
         return not self.active
 
     def _start_workers(self) -> None:

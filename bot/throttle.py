@@ -31,15 +31,14 @@ from aiolimiter import AsyncLimiter
 # What puts or changes a message in a chat; callbacks and chat actions are not limited so.
 MESSAGE_METHODS = (SendMessage, EditMessageText, EditMessageReplyMarkup, CopyMessage,
                    ForwardMessage, SendDocument, SendPhoto)
-PER_BOT_PER_SECOND = 30
 PER_CHAT_PER_SECOND = 1
 PER_GROUP_PER_MINUTE = 20
 IDLE_LIMITERS_KEPT = 10_000  # per-chat limiters are forgotten once idle beyond this many
 
 
 class TelegramThrottle(BaseRequestMiddleware):
-    def __init__(self) -> None:
-        self._bot = AsyncLimiter(PER_BOT_PER_SECOND, 1)
+    def __init__(self, per_bot_per_second: int = 30) -> None:
+        self._bot = AsyncLimiter(per_bot_per_second, 1)
         self._chats: dict[int, AsyncLimiter] = {}
 
     async def __call__(
