@@ -5,10 +5,10 @@
 As after a restart with a full backlog: the jobs are already created upstream (the fake
 chatinfo server runs in its own process) and stored as pending; the runner resumes them
 all at once and the poll scheduler shares the 15,000-a-minute budget among them. Solve
-times are ten times the load benchmark's (a median of about a minute), so the jobs stay
-pending for minutes, as a backlog would. The
-bound on lag while the budget is saturated is pending jobs / polls per second + the
-2-second gap: 10,000 / 250 + 2 = 42 s, and it shrinks as jobs finish.
+times are ten times the load benchmark's (a median of about 76 s), so the jobs stay
+pending for minutes, as a backlog would. The bound on lag while the budget is saturated is
+pending jobs / polls per second + the longest gap: 10,000 / 250 + 1.9 = 42 s, and it
+shrinks as jobs finish.
 """
 
 from __future__ import annotations

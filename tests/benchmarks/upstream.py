@@ -17,7 +17,9 @@ from multiprocessing.connection import Connection
 
 from bot.sandbox import FakeChatinfo
 
-# Seconds a typical request of each mode takes; longer texts take longer still.
+# Seconds a short request of each mode takes; each 200 characters add as much again. With
+# the load benchmark's texts (median 100 characters, a long tail) this gives the issue's
+# heavy tail: a median of about 8 s and a p99 of about 90 s.
 MODE_BASE = {
     "chat": 3.5, "answer": 3.5, "shorter": 2.8, "names": 2.1, "task": 5.6, "text": 9.8,
     "poems": 4.2, "books_list": 4.9, "song_text": 4.9, "summary": 3.5, "paper": 24.5,
