@@ -8,6 +8,7 @@ import itertools
 import pytest
 from aiogram.methods import EditMessageText
 
+from bot import runner as runner_module
 from bot.chatinfo import RateLimited, RequestRejected
 from bot.limiter import SlidingWindowLimiter
 from bot.scheduler import (
@@ -221,7 +222,9 @@ async def test_the_create_queue_serves_users_round_robin() -> None:
     assert served[4:] == ["heavy2", "heavy3", "heavy4", "heavy5"]
 
 
-async def test_queued_requests_survive_a_restart(make_app: AppFactory) -> None:
+async def test_queued_requests_survive_a_restart(make_app: AppFactory,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "RESUME_PAGE", 2)  # resumed over three pages
     first = await make_app(client_options={"create_per_min": 2, "window": 3600.0})
     for n in range(5):
         await first.feed(message_update(100 + n % 2, f"q{n}"))

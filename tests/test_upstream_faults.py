@@ -9,6 +9,7 @@ and the rate limits hold even while faults force retries.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiogram.types import InlineKeyboardMarkup
 from bot.chatinfo import CREATE, POLL, ChatinfoClient
 from bot.failures import Failure
 from bot.runner import RunnerPolicy
-from bot.sandbox import FakeChatinfo, Fault, Served, standard_faults
+from bot.sandbox import NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault, Served, standard_faults
 from storage.jobs import Job, JobState
 from tests.conftest import FAST_POLLS, App
 from tests.fakes.telegram_api import message_update
@@ -229,6 +230,27 @@ async def test_unknown_id_five_times_running_is_lost_and_told(tmp_path: Path) ->
         assert (ending.job.state, ending.job.error) == (JobState.FAILED, Failure.LOST)
         assert ending.text.startswith(TEXTS[Failure.LOST])
         assert ending.offers_retry
+
+
+@pytest.mark.parametrize(("error", "failure", "said"), [
+    ({"error": NOT_PRESTIGE}, Failure.ACCESS_DENIED, "😔 The service is temporarily unavailable"),
+    ({"error": NO_UNITS, "units": 0}, Failure.NO_UNITS, "😔 The service has run out of capacity"),
+])
+async def test_a_403_while_polling_ends_the_job_and_tells_the_user(
+        tmp_path: Path, error: dict[str, object], failure: Failure, said: str) -> None:
+    body = json.dumps({"success": False, **error}, ensure_ascii=False)
+    async with (FakeChatinfo(solve_time=0.0, answer=answer) as chatinfo,
+                built_app(tmp_path, chatinfo) as app):
+        chatinfo.inject("get_response", Fault(status=403, body=body,
+                                              content_type="application/json"))
+        await app.feed(message_update(10, "asked as the key was revoked"))
+        await finish(app, 1, timeout=10)
+        [ending] = await endings(app)
+
+        assert chatinfo.calls["get_response"] == 1  # a 403 is final, not retried
+        assert (ending.job.state, ending.job.error) == (JobState.FAILED, failure)
+        assert ending.text.startswith(said)
+        assert not ending.offers_retry  # a retry would meet the same refusal
 
 
 async def test_a_404_run_broken_by_an_answer_does_not_count(tmp_path: Path) -> None:
