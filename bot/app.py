@@ -66,7 +66,7 @@ def make_dispatcher(
     settings: Settings, *, policy: RunnerPolicy | None = None,
 ) -> Dispatcher:
     users, jobs = UserRepo(db), JobRepo(db)
-    quotas = QuotaRepo(db, settings.daily_quota)
+    quotas = QuotaRepo(db, settings.default_quota)
     clock = QuotaClock(settings.quota_timezone)
     tracker = UnitsTracker(client, AdminNotifier(bot, users, i18n, settings.admin_ids),
                            settings.low_units_threshold)

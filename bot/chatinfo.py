@@ -66,9 +66,10 @@ class UpstreamUnavailable(ChatinfoError):
     another one.
     """
 
-    def __init__(self, message: str, *, maybe_spent: bool) -> None:
+    def __init__(self, message: str, *, maybe_spent: bool, connected: bool = True) -> None:
         super().__init__(message)
         self.maybe_spent = maybe_spent
+        self.connected = connected  # False: the server could not be reached at all
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class ChatinfoClient:
         except _NOT_SENT as error:
             self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: cannot connect ({type(error).__name__})",
-                                      maybe_spent=False) from None
+                                      maybe_spent=False, connected=False) from None
         except httpx.HTTPError as error:
             self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: {type(error).__name__}",

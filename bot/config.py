@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def default_quota(self) -> int | None:
+        """DAILY_QUOTA as requests a day; None: unlimited (DAILY_QUOTA=0)."""
+        return self.daily_quota or None
+
+    @property
     def webhook_path(self) -> str:
         """Where the web server takes updates: the path of WEBHOOK_URL."""
         return (self.webhook_url.path if self.webhook_url else None) or "/"

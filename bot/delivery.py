@@ -45,9 +45,13 @@ class Delivery:
 
     async def send(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
         """A new message, replying to the job's placeholder (or what it answers) if any."""
-        reply = _reply_to(job.placeholder_id or job.reply_to)
+        await self.post(job.chat_id, part, keyboard, reply_to=job.placeholder_id or job.reply_to)
+
+    async def post(self, chat_id: int, part: Part, keyboard: Keyboard = None, *,
+                   reply_to: int | None = None) -> None:
+        reply = _reply_to(reply_to)
         await self._entities_or_plain(part, lambda entities: self._bot.send_message(
-            job.chat_id, part.text, entities=entities, reply_markup=keyboard,
+            chat_id, part.text, entities=entities, reply_markup=keyboard,
             reply_parameters=reply))
 
     async def placeholder(self, job: Job, text: str) -> int:

@@ -15,7 +15,8 @@ class Failure(StrEnum):
     UNKNOWN_OUTCOME = "unknown_outcome"  # create_request may or may not have counted
     NO_UNITS = "no_units"  # 403 "Недостаточно API Units …"
     ACCESS_DENIED = "access_denied"  # 403 "… только на тарифе Престиж" or a rejected key
-    BUSY = "busy"  # 429 or no connection: surely not sent, nothing spent
+    BUSY = "busy"  # 429: surely not sent, nothing spent
+    UNREACHABLE = "unreachable"  # no connection to the API: not sent, nothing spent
     REJECTED = "rejected"  # the API refused this request
     LOST = "lost"  # get_response no longer knows the id
     TIMEOUT = "timeout"  # no answer within MAX_WAIT_SECONDS
@@ -28,23 +29,41 @@ class Failure(StrEnum):
                             Failure.CANCELLED}
 
 
-def failure_text(failure: Failure) -> str:
+def failure_text(failure: Failure, *, sent: bool = False) -> str:
+    """What the user is told: what happened, whether the request counted, what to do.
+
+    `sent`: create_request had returned an id, so the request counted against the quota.
+    """
+    if sent and failure in {Failure.CANCELLED, Failure.NO_UNITS, Failure.ACCESS_DENIED}:
+        return {
+            Failure.CANCELLED: _("✖️ Cancelled. The request had already been sent, so it was "
+                                 "counted."),
+            Failure.NO_UNITS: _("😔 The bot has run out of capacity. Your request had been "
+                                "sent and was counted, but its answer cannot be fetched. "
+                                "Please try again later."),
+        }.get(failure, _("😔 The service is unavailable right now; the admins have been "
+                         "told. Your request had been sent and was counted. Please try again "
+                         "later."))
     texts = {
         Failure.UNKNOWN_OUTCOME: _(
-            "⚠️ The connection broke while your request was being sent, so it is not known "
-            "whether it was accepted. Tap the button to send it again (this may use one more "
-            "request)."),
-        Failure.NO_UNITS: _("😔 The service has run out of capacity for now. Please try again "
-                            "later."),
-        Failure.BUSY: _("⚠️ The AI service is busy and your request was not sent, so nothing "
-                        "was spent. Tap the button to try again."),
-        Failure.REJECTED: _("⚠️ The AI service could not take this request. Tap the button to "
-                            "try again."),
-        Failure.LOST: _("⚠️ The AI service lost this request. Tap the button to send it "
-                        "again."),
-        Failure.CANCELLED: _("✖️ Cancelled."),
-        Failure.TIMEOUT: _("⌛ No answer came in time. The request was already counted; tap the "
-                           "button to send it again."),
+            "⚠️ Something went wrong while your request was being sent, so I cannot tell "
+            "whether it was accepted: it may have counted as one of today's requests. Tap the "
+            "button to send it again."),
+        Failure.BUSY: _("⚠️ The AI service is busy right now. Your request was not sent, so "
+                        "nothing was counted. Tap the button to try again in a minute."),
+        Failure.UNREACHABLE: _("⚠️ The AI service cannot be reached right now. Your request "
+                               "was not sent, so nothing was counted. Tap the button to try "
+                               "again in a few minutes."),
+        Failure.REJECTED: _("⚠️ The AI service did not accept this request, so nothing was "
+                            "counted. Tap the button to try again, or rephrase it."),
+        Failure.LOST: _("⚠️ The AI service lost this request after it was sent, so it was "
+                        "counted. Tap the button to send it again."),
+        Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
+                           "counted; tap the button to send it again."),
+        Failure.CANCELLED: _("✖️ Cancelled before it was sent, so nothing was counted."),
+        Failure.NO_UNITS: _("😔 The bot has run out of capacity for now. Your request was not "
+                            "sent, so nothing was counted. Please try again later."),
     }
-    return texts.get(failure, _("😔 The service is temporarily unavailable. Please try again "
-                                "later."))
+    return texts.get(failure, _("😔 The service is unavailable right now; the admins have been "
+                                "told. Your request was not sent, so nothing was counted. "
+                                "Please try again later."))

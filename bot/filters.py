@@ -7,11 +7,34 @@ import re
 from aiogram import Bot
 from aiogram.enums import ChatType
 from aiogram.filters import Filter
-from aiogram.types import Message
+from aiogram.types import Message, User
+
+from bot.commands import COMMANDS_BY_NAME
+
+
+def addressed_to(message: Message, me: User) -> bool:
+    """Private chats always; in a group: a command for the bot (one of its own, or any
+    naming it), an @mention of the bot, or a reply to one of its messages."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    text = message.text or message.caption or ""
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
+        return True
+    if text.startswith("/"):
+        name, _at, target = text.split(maxsplit=1)[0][1:].partition("@")
+        if target:
+            return target.lower() == (me.username or "").lower()
+        return name.lower() in COMMANDS_BY_NAME
+    return bool(me.username) and _mention(me).search(text) is not None
+
+
+def _mention(me: User) -> re.Pattern[str]:
+    return re.compile(rf"@{re.escape(me.username or '')}\b", re.IGNORECASE)
 
 
 class AddressedToBot(Filter):
-    """Private chats always; groups only on an @mention of the bot or a reply to it.
+    """Messages `addressed_to` the bot.
 
     Gives the handler `request`: the text or caption without the bot's @mention.
     """
@@ -21,9 +44,6 @@ class AddressedToBot(Filter):
         if message.chat.type == ChatType.PRIVATE:
             return {"request": text}
         me = await bot.me()
-        mention = re.compile(rf"@{re.escape(me.username or '')}\b", re.IGNORECASE)
-        replied = message.reply_to_message
-        if (replied is not None and replied.from_user is not None
-                and replied.from_user.id == me.id) or (me.username and mention.search(text)):
-            return {"request": mention.sub("", text).strip()}
-        return False
+        if not addressed_to(message, me):
+            return False
+        return {"request": _mention(me).sub("", text).strip() if me.username else text}

@@ -1,4 +1,5 @@
-"""The command menu (setMyCommands), per language, with admin commands in admins' chats."""
+"""The command menu (setMyCommands), per language: the private chat's, the groups' (no
+command that answers only in private) and, in admins' chats, the admin commands too."""
 
 from __future__ import annotations
 
@@ -7,38 +8,37 @@ from collections.abc import Callable, Iterable
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
+from aiogram.types import (
+    BotCommand,
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+)
 from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 
+from bot.commands import COMMANDS
 from bot.i18n import RUSSIAN_SPEAKING
 from bot.telegram import with_retries
 
 log = logging.getLogger(__name__)
 
 
+def _commands(*, admin: bool, groups: bool = False) -> list[BotCommand]:
+    """The menu: user commands (in groups only those answered there), plus admin ones."""
+    return [BotCommand(command=c.name, description=str(c.description)) for c in COMMANDS
+            if (admin or not c.admin) and not (groups and c.private)]
+
+
 def user_commands() -> list[BotCommand]:
-    return [
-        BotCommand(command="start", description=_("Start and choose a mode")),
-        BotCommand(command="mode", description=_("Change the mode")),
-        BotCommand(command="language", description=_("Change the language")),
-        BotCommand(command="me", description=_("My mode and requests left today")),
-        BotCommand(command="history", description=_("History and full answers")),
-        BotCommand(command="cancel", description=_("Stop waiting for my requests")),
-        BotCommand(command="help", description=_("What I can do")),
-    ]
+    return _commands(admin=False)
+
+
+def group_commands() -> list[BotCommand]:
+    return _commands(admin=False, groups=True)
 
 
 def admin_commands() -> list[BotCommand]:
-    return [
-        BotCommand(command="units", description=_("Balance, spending, days left")),
-        BotCommand(command="stats", description=_("Users, requests, failures")),
-        BotCommand(command="user", description=_("A user's card: /user <id>")),
-        BotCommand(command="quota", description=_("Daily quota: /quota <id> <n>")),
-        BotCommand(command="grant", description=_("Extra requests today: /grant <id> <n>")),
-        BotCommand(command="ban", description=_("Ban: /ban <id>")),
-        BotCommand(command="unban", description=_("Unban: /unban <id>")),
-    ]
+    return _commands(admin=True)
 
 
 def _menus(i18n: I18n, commands: Callable[[], list[BotCommand]],
@@ -60,8 +60,11 @@ async def set_command_menus(bot: Bot, i18n: I18n, admin_ids: Iterable[int]) -> N
         for language, commands in _menus(i18n, user_commands):
             await with_retries(lambda c=commands, lang=language: bot.set_my_commands(  # type: ignore[misc]
                 c, scope=BotCommandScopeDefault(), language_code=lang))
+        for language, commands in _menus(i18n, group_commands):
+            await with_retries(lambda c=commands, lang=language: bot.set_my_commands(  # type: ignore[misc]
+                c, scope=BotCommandScopeAllGroupChats(), language_code=lang))
         for admin_id in admin_ids:
-            for language, commands in _menus(i18n, lambda: user_commands() + admin_commands()):
+            for language, commands in _menus(i18n, admin_commands):
                 await with_retries(lambda c=commands, lang=language, a=admin_id:  # type: ignore[misc]
                                    bot.set_my_commands(c, scope=BotCommandScopeChat(chat_id=a),
                                                        language_code=lang))

@@ -29,7 +29,7 @@ MODES: tuple[Mode, ...] = (
     Mode("poems", "🎭", __("Poems"), __("Writes a poem.")),
     Mode("books_list", "📚", __("Reading list"), __("Compiles a list of literature.")),
     Mode("song_text", "🎵", __("Song"), __("Writes song lyrics.")),
-    Mode("summary", "🧾", __("Conclusion"), __("Draws conclusions from your text.")),
+    Mode("summary", "🧾", __("Takeaways"), __("Draws the conclusions from your text.")),
     Mode("paper", "📑", __("Paper"), __("Writes a school or college paper.")),
     Mode("report", "🎤", __("Report"), __("Writes a report to present.")),
     Mode("originality", "🧬", __("Originality"), __("Raises the uniqueness of your text.")),

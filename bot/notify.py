@@ -1,4 +1,5 @@
-"""Messages to the admins about what only they can fix, each in the admin's language."""
+"""Messages to the admins about what only they can fix, each in the admin's language:
+the one they chose with /language, else the one their Telegram app uses."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ class AdminNotifier:
     async def send(self, text: Callable[[], str]) -> None:
         """`text` builds the message in whatever locale is current when it is called."""
         for admin_id in self._admin_ids:
-            locale = await self._users.locale(admin_id) or locale_for(None,
-                                                                       self._i18n.default_locale)
+            chosen, telegram_language = await self._users.languages(admin_id)
+            locale = chosen or locale_for(telegram_language, self._i18n.default_locale)
             with self._i18n.context(), self._i18n.use_locale(locale):
                 message = text()
             try:

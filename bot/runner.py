@@ -21,7 +21,7 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import I18n, ngettext
 from aiogram.utils.i18n import gettext as _
 
 from bot import crashpoints
@@ -262,7 +262,8 @@ class JobRunner:
             created = await self._client.create_request(job.content, job.mode, slot_taken=True)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except UpstreamUnavailable as error:
-            failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.BUSY
+            failure = (Failure.UNKNOWN_OUTCOME if error.maybe_spent
+                       else Failure.BUSY if error.connected else Failure.UNREACHABLE)
             await self._tell(job, failure, str(error))
         except NotEnoughUnits as error:
             await self._units.observe(0)
@@ -361,7 +362,7 @@ class JobRunner:
 
     async def _show_failure(self, job: Job, failure: Failure) -> None:
         with self._locale(job.locale):
-            text = failure_text(failure)
+            text = failure_text(failure, sent=job.upstream_id is not None)
             keyboard = retry_keyboard(job.id) if failure.retryable else None
         with suppress(TelegramForbiddenError):
             await self.delivery.show(job, Part(text), keyboard)
@@ -374,8 +375,9 @@ class JobRunner:
             return
         rate = self._client.limiters[CREATE].limit / self._client.limiters[CREATE].period
         with self._locale(job.locale):
-            text = _("⏳ In the queue: {ahead} requests ahead, about {seconds} s.").format(
-                ahead=ahead, seconds=max(1, round(wait + ahead / rate)))
+            text = ngettext("⏳ In the queue: {ahead} request ahead, about {seconds} s.",
+                            "⏳ In the queue: {ahead} requests ahead, about {seconds} s.",
+                            ahead).format(ahead=ahead, seconds=max(1, round(wait + ahead / rate)))
         await self.delivery.progress(job.chat_id, job.placeholder_id, text)
 
     def _waiting_text(self, locale: str, seconds: float) -> str:

@@ -6,11 +6,13 @@ Shared by typed messages, documents, and the buttons that ask again.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
 from bot.failures import Failure, failure_text
@@ -30,19 +32,23 @@ class Submitter:
         self.clock = clock
 
     async def submit(self, message: Message, *, content: str, mode: str, locale: str,
-                     notices: list[str]) -> None:
-        """Admit `content` as a job answering `message`, or say why not."""
+                     notices: list[str], question: str | None = None) -> None:
+        """Admit `content` as a job answering `message`, or say why not.
+
+        `question`: what the user asked in their own words, where `content` holds more.
+        """
         assert message.from_user is not None
         outcome = await self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
-            content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id)
+            content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id,
+            question=storable(question) if question is not None else None)
         if outcome is None:
             return  # Telegram delivered this message again; its job is already under way
         if isinstance(outcome, Refusal):
             log.info("request refused: %s", outcome, extra={
                 "user_id": message.from_user.id, "mode": mode, "outcome": f"refused:{outcome}"})
-            await message.reply(refusal_text(outcome, self.clock))
+            await message.reply(self.refusal_text(outcome))
             return
         log.info("job %s accepted", outcome, extra={
             "job_id": outcome, "user_id": message.from_user.id, "mode": mode,
@@ -58,12 +64,17 @@ class Submitter:
         finally:
             self._runner.start(outcome)  # whatever failed above, the admitted job goes on
 
+    def refusal_text(self, refusal: Refusal) -> str:
+        return refusal_text(refusal, self.clock, self._admission.max_pending)
+
     async def resubmit(self, *, user_id: int, chat_id: int, reply_to: int | None, mode: str,
-                       content: str, locale: str) -> Refusal | None:
+                       content: str, locale: str, question: str | None,
+                       action: str | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
         outcome = await self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
-            mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to)
+            mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
+            question=question, action=action)
         if not isinstance(outcome, int):
             return outcome or Refusal.TOO_MANY_PENDING
         self._runner.start(outcome)
@@ -78,21 +89,36 @@ def storable(text: str) -> str:
 def cut_notice(length: int) -> str | None:
     if length <= MAX_CONTENT_CHARS:
         return None
-    return _("Your message is {length} characters long; only the first {limit} will be "
-             "processed.").format(length=length, limit=MAX_CONTENT_CHARS)
+    return ngettext("Your message is {length} character long; only the first {limit} will be "
+                    "processed.",
+                    "Your message is {length} characters long; only the first {limit} will be "
+                    "processed.", length).format(length=length, limit=MAX_CONTENT_CHARS)
 
 
-def refusal_text(refusal: Refusal, clock: QuotaClock) -> str:
+def refusal_text(refusal: Refusal, clock: QuotaClock, max_pending: int) -> str:
+    """Why a request was refused; none of them was sent or counted."""
     if refusal is Refusal.NO_UNITS:
         return failure_text(Failure.NO_UNITS)
     if refusal is Refusal.TOO_MANY_PENDING:
-        return _("⏳ Your earlier requests are still being answered. Please wait for them "
-                 "before sending more.")
-    return _("You have used all your requests for today. New ones arrive at midnight "
-             "({zone}), in {wait}.").format(zone=clock.zone.key,
-                                            wait=until(clock.next_reset(), clock))
+        return ngettext(
+            "✋ You already have {count} request in progress. Please wait for its answer "
+            "before sending another; this one was not sent.",
+            "✋ You already have {count} requests in progress. Please wait for one of the "
+            "answers before sending another; this one was not sent.",
+            max_pending).format(count=max_pending)
+    if refusal is Refusal.NO_QUOTA:
+        return _("🚫 An admin has set your daily quota to 0, so your requests are not sent. "
+                 "Ask an admin if you think this is a mistake.")
+    return _("🚫 You have used all your requests for today, so this one was not sent. New "
+             "ones arrive at midnight {zone}, in {wait}.").format(
+                 zone=clock.zone_name(), wait=until(clock.next_reset(), clock))
 
 
 def until(moment: datetime, clock: QuotaClock) -> str:
-    minutes = max(1, int((moment - clock.now()).total_seconds() // 60))
-    return _("{hours} h {minutes} min").format(hours=minutes // 60, minutes=minutes % 60)
+    """How long until `moment`, in whole hours and minutes: "3 hours 5 minutes"."""
+    total = max(1, math.ceil((moment - clock.now()).total_seconds() / 60))
+    hours, minutes = divmod(total, 60)
+    parts = [ngettext("{count} hour", "{count} hours", hours).format(count=hours)] if hours else []
+    if minutes:
+        parts.append(ngettext("{count} minute", "{count} minutes", minutes).format(count=minutes))
+    return " ".join(parts)

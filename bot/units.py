@@ -11,6 +11,7 @@ import logging
 from contextlib import suppress
 
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import AccessDenied, ChatinfoClient, ChatinfoError, NotEnoughUnits
 from bot.notify import AdminNotifier
@@ -52,8 +53,9 @@ class UnitsTracker:
                 "capacity until it is topped up."))
         elif units < self._low_threshold and not self._low_alerted:
             self._low_alerted = True
-            await self._notifier.send(lambda: _(
-                "⚠️ The API unit balance is low: {units} units left.").format(units=units))
+            await self._notifier.send(lambda: ngettext(
+                "⚠️ The API unit balance is low: {units} unit left.",
+                "⚠️ The API unit balance is low: {units} units left.", units).format(units=units))
 
     async def denied(self) -> None:
         """The API refused the key (tariff not Prestige, or a wrong key)."""

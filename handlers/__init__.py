@@ -1,4 +1,4 @@
-"""aiogram routers, one module per feature; the fallback router goes last.
+"""aiogram routers, one module per feature; the privacy rule goes first, the fallback last.
 
 Routers are built per Dispatcher (an aiogram router can belong to only one).
 """
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import account, admin, answers, chat, fallback, modes, settings, start
+from handlers import account, admin, answers, chat, fallback, modes, private, settings, start
 
 
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
-    return [start.make_router(), modes.make_router(), settings.make_router(),
-            account.make_router(), admin.make_router(admin_ids), answers.make_router(),
-            chat.make_router(),
-            fallback.make_router()]
+    return [private.make_router(admin_ids), start.make_router(), modes.make_router(),
+            settings.make_router(), account.make_router(), admin.make_router(admin_ids),
+            answers.make_router(), chat.make_router(), fallback.make_router()]

@@ -1,4 +1,4 @@
-"""/me: the user's mode, what is left of today's quota, and when it resets."""
+"""/me: the user's mode, their daily quota and where it comes from, and when it resets."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
 from bot.modes import MODES_BY_NAME
 from bot.quota import QuotaClock
 from bot.submit import until
-from storage.quotas import QuotaRepo
+from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
 
 
@@ -19,15 +20,37 @@ async def show_me(message: Message, users: UserRepo, quotas: QuotaRepo,
     assert message.from_user is not None
     mode = MODES_BY_NAME[await users.mode(message.from_user.id)]
     usage = await quotas.usage(message.from_user.id, clock.today())
-    if usage.left is None:
-        left = _("Requests today: unlimited")
+    lines = [_("Mode: {emoji} {label}").format(emoji=mode.emoji, label=mode.label),
+             *quota_lines(usage)]
+    if usage.left is not None and usage.quota:
+        lines.append(_("The quota resets at midnight {zone}, in {wait}.").format(
+            zone=clock.zone_name(), wait=until(clock.next_reset(), clock)))
+    await message.answer("\n".join(lines))
+
+
+def quota_lines(usage: Usage) -> list[str]:
+    """The quota in force, where it comes from, and what is left of it today."""
+    if usage.quota is None:
+        return [_("Daily quota: unlimited, set for you by an admin.") if usage.personal
+                else _("Daily quota: unlimited.")]
+    if usage.quota == 0 and usage.personal:
+        lines = [_("Daily quota: 0. An admin has stopped your requests.")]
+    elif usage.personal:
+        lines = [ngettext("Daily quota: {count} request a day, set for you by an admin.",
+                          "Daily quota: {count} requests a day, set for you by an admin.",
+                          usage.quota).format(count=usage.quota)]
     else:
-        left = _("Requests left today: {left} of {total}").format(
-            left=usage.left, total=usage.quota + usage.granted)
-    resets = _("The quota resets at midnight ({zone}), in {wait}.").format(
-        zone=clock.zone.key, wait=until(clock.next_reset(), clock))
-    await message.answer("\n".join((
-        _("Mode: {emoji} {label}").format(emoji=mode.emoji, label=mode.label), left, resets)))
+        lines = [ngettext("Daily quota: {count} request a day.",
+                          "Daily quota: {count} requests a day.",
+                          usage.quota).format(count=usage.quota)]
+    if usage.granted:
+        lines.append(ngettext("An admin gave you {count} extra request for today.",
+                              "An admin gave you {count} extra requests for today.",
+                              usage.granted).format(count=usage.granted))
+    left = usage.left or 0
+    lines.append(ngettext("{count} request left today.", "{count} requests left today.",
+                          left).format(count=left))
+    return lines
 
 
 def make_router() -> Router:

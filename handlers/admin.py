@@ -1,49 +1,101 @@
 """The admin console. Only ADMIN_IDS reach it; anyone else falls through to the
-unknown-command reply, so nothing reveals that these commands exist."""
+unknown-command reply, so nothing reveals that these commands exist.
+
+User commands take any numeric id, also of someone who has never written: bans and
+quotas in advance are how admins deal with a known spammer.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from datetime import datetime
 
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
-from bot.chatinfo import ChatinfoError
+from bot.chatinfo import AccessDenied, ChatinfoError
+from bot.config import Settings
 from bot.quota import QuotaClock
 from bot.units import UnitsTracker
 from storage.jobs import JobRepo
-from storage.quotas import QuotaRepo
+from storage.quotas import UNLIMITED, QuotaRepo, Usage
 from storage.stats import StatsRepo
 from storage.users import UserRepo
 
 RECENT_JOBS = 5
 PREVIEW_CHARS = 40
 MAX_DIGITS = 15  # Telegram ids have at most 52 bits; anything longer is a typo
+DAY = 86400.0
+AVERAGE_DAYS = 7
+QUOTA_WORDS = {"unlimited": UNLIMITED, "default": None}
 
 
 async def units(message: Message, tracker: UnitsTracker, stats: StatsRepo,
                 clock: QuotaClock) -> None:
+    lines = []
     try:
-        balance: int | None = await tracker.refresh()
-        live = ""
+        live = await tracker.refresh()
+        balance: int | None = live
+        lines.append(balance_line(live))
+    except AccessDenied as error:
+        balance = tracker.balance
+        lines.append(_("🛑 The API refused our key: {reason}.").format(
+            reason=refusal_reason(error.upstream_error)))
+        lines.append(_("Last known balance: {units}").format(units=_known(balance)))
     except ChatinfoError:
-        balance, live = tracker.balance, _(" (last known; the API did not answer)")
+        balance = tracker.balance
+        lines.append(_("💰 Balance: {units} (last known; the API did not answer)").format(
+            units=_known(balance)))
     today = await stats.units_spent_since(clock.day_start())
-    week = await stats.units_spent_since(clock.day_start(days_ago=6))
-    lines = [
-        _("💰 Balance: {units} units{live}").format(units=balance if balance is not None
-                                                    else "?", live=live),
-        _("Spent today: {today} · last 7 days: {week}").format(today=today, week=week),
-        _("Pending jobs: {pending}").format(pending=await stats.pending_jobs()),
-    ]
-    if not week:
-        lines.append(_("No units were spent in the last 7 days."))
-    elif balance is not None:
-        lines.append(_("At the 7-day average of {rate:.1f} a day, that lasts about {days:.0f} "
-                       "days.").format(rate=week / 7, days=balance / (week / 7)))
+    week = await stats.units_spent_since(clock.day_start(days_ago=AVERAGE_DAYS - 1))
+    lines += [_("Spent today: {today} · last 7 days: {week}").format(today=today, week=week),
+              _("Requests in progress: {pending}").format(pending=await stats.pending_jobs())]
+    lines += forecast(week, balance, await stats.first_spent_at())
     await message.answer("\n".join(lines))
+
+
+def balance_line(balance: int) -> str:
+    return ngettext("💰 Balance: {units} unit", "💰 Balance: {units} units",
+                    balance).format(units=balance)
+
+
+def _known(balance: int | None) -> str:
+    return str(balance) if balance is not None else _("unknown")
+
+
+def refusal_reason(upstream_error: str | None) -> str:
+    """The server's (Russian) reason for refusing the key, in the admin's language."""
+    tariff = re.search(r"Ваш тариф:\s*([^.]+)", upstream_error or "")
+    if tariff:
+        return _("the API needs the Prestige tariff and ours is “{tariff}”").format(
+            tariff=tariff.group(1).strip())
+    if "Престиж" in (upstream_error or ""):
+        return _("the API needs the Prestige tariff")
+    return _("the key is wrong or was revoked")
+
+
+def forecast(week: int, balance: int | None, since: float | None) -> list[str]:
+    """The daily average over the days that have data (1 to 7), and, once there is a
+    whole day of data, how long the balance lasts at that rate."""
+    if not week or since is None:
+        return [_("No units were spent in the last 7 days.")]
+    age = time.time() - since
+    days = min(AVERAGE_DAYS, max(1, math.ceil(age / DAY)))
+    rate = week / days
+    lines = [ngettext("Average: {rate:.1f} a day over the last {days} day.",
+                      "Average: {rate:.1f} a day over the last {days} days.",
+                      days).format(rate=rate, days=days)]
+    if balance is not None and age >= DAY:
+        left = math.floor(balance / rate)
+        lines.append(ngettext("At that rate the balance lasts about {days} more day.",
+                              "At that rate the balance lasts about {days} more days.",
+                              left).format(days=left))
+    return lines
 
 
 async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -> None:
@@ -65,92 +117,121 @@ async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -
 
 async def set_quota(message: Message, command: CommandObject, users: UserRepo,
                     quotas: QuotaRepo) -> None:
-    args = await _user_and_number(message, command, users, _("Usage: /quota <user_id> <n>"))
-    if args is not None:
-        await quotas.set_quota(*args)
-        await message.answer(_("User {user}: daily quota set to {n}.").format(
-            user=args[0], n=args[1]))
+    parts = (command.args or "").split()
+    user_id = _id(parts[0]) if len(parts) == 2 else None
+    word = parts[1].lower() if len(parts) == 2 else ""
+    quota = QUOTA_WORDS[word] if word in QUOTA_WORDS else _id(word)
+    if user_id is None or (quota is None and word != "default"):
+        await message.answer(_("Usage: /quota <user_id> <n | unlimited | default>"))
+        return
+    await users.ensure(user_id)
+    await quotas.set_quota(user_id, quota)
+    if quota is None:
+        text = _("User {user} now has the default daily quota (DAILY_QUOTA).")
+    elif quota == UNLIMITED:
+        text = _("User {user} now has an unlimited daily quota.")
+    elif quota == 0:
+        text = _("User {user} is cut off: 0 requests a day.")
+    else:
+        text = ngettext("User {user} may now send {count} request a day.",
+                        "User {user} may now send {count} requests a day.", quota)
+    await message.answer(text.format(user=user_id, count=quota))
 
 
 async def grant(message: Message, command: CommandObject, users: UserRepo, quotas: QuotaRepo,
                 clock: QuotaClock) -> None:
-    args = await _user_and_number(message, command, users, _("Usage: /grant <user_id> <n>"))
-    if args is not None:
-        await quotas.grant(args[0], clock.today(), args[1])
-        await message.answer(_("User {user}: {n} extra requests for today.").format(
-            user=args[0], n=args[1]))
+    parts = (command.args or "").split()
+    user_id, extra = (_id(parts[0]), _id(parts[1])) if len(parts) == 2 else (None, None)
+    if user_id is None or not extra:
+        await message.answer(_("Usage: /grant <user_id> <n>, with n at least 1"))
+        return
+    await users.ensure(user_id)
+    await quotas.grant(user_id, clock.today(), extra)
+    await message.answer(ngettext("User {user}: {count} extra request for today.",
+                                  "User {user}: {count} extra requests for today.",
+                                  extra).format(user=user_id, count=extra))
 
 
-async def ban(message: Message, command: CommandObject, users: UserRepo) -> None:
-    user_id = await _user(message, command, users, _("Usage: /ban <user_id>"))
-    if user_id is not None:
-        await users.set_banned(user_id, True)
-        await message.answer(_("User {user} is banned.").format(user=user_id))
+async def ban(message: Message, command: CommandObject, users: UserRepo,
+              settings: Settings) -> None:
+    user_id = await _one_id(message, command, _("Usage: /ban <user_id>"))
+    if user_id is None:
+        return
+    if user_id in settings.admin_ids:
+        await message.answer(_("User {user} is an admin, and admins cannot be banned. Remove "
+                               "them from ADMIN_IDS first.").format(user=user_id))
+        return
+    await users.ensure(user_id)
+    if not await users.set_banned(user_id, True):
+        text = _("User {user} was already banned.")
+    elif await users.has_written(user_id):
+        text = _("User {user} is banned.")
+    else:
+        text = _("User {user} is banned. They have not written yet; the ban holds from their "
+                 "first message.")
+    await message.answer(text.format(user=user_id))
 
 
 async def unban(message: Message, command: CommandObject, users: UserRepo) -> None:
-    user_id = await _user(message, command, users, _("Usage: /unban <user_id>"))
+    user_id = await _one_id(message, command, _("Usage: /unban <user_id>"))
     if user_id is not None:
-        await users.set_banned(user_id, False)
-        await message.answer(_("User {user} is no longer banned.").format(user=user_id))
+        unbanned = await users.set_banned(user_id, False)
+        await message.answer((_("User {user} is no longer banned.") if unbanned
+                              else _("User {user} was not banned.")).format(user=user_id))
 
 
 async def user_card(message: Message, command: CommandObject, users: UserRepo, jobs: JobRepo,
                     quotas: QuotaRepo, clock: QuotaClock) -> None:
-    user_id = await _user(message, command, users, _("Usage: /user <user_id>"))
+    user_id = await _one_id(message, command, _("Usage: /user <user_id>"))
     if user_id is None:
         return
-    usage = await quotas.usage(user_id, clock.today())
+    if not await users.exists(user_id):
+        await message.answer(_("No user {user} has talked to the bot.").format(user=user_id))
+        return
+    locale, language_code = await users.languages(user_id)
     lines = [
-        _("👤 User {user} · mode: {mode} · language: {locale} · banned: {banned}").format(
-            user=user_id, mode=await users.mode(user_id),
-            locale=await users.locale(user_id) or "—",
+        _("👤 User {user}").format(user=user_id) if await users.has_written(user_id)
+        else _("👤 User {user} (has not written yet)").format(user=user_id),
+        _("Mode: {mode} · language: {locale} · banned: {banned}").format(
+            mode=await users.mode(user_id), locale=locale or language_code or "—",
             banned=_("yes") if await users.is_banned(user_id) else _("no")),
-        _("Quota: {quota} · used today: {used} · extra today: {granted}").format(
-            quota=usage.quota or "∞", used=usage.used, granted=usage.granted),
-        _("Last requests:"),
+        quota_line(await quotas.usage(user_id, clock.today())),
     ]
-    for job in await jobs.recent(user_id, RECENT_JOBS):
+    recent = await jobs.recent(user_id, RECENT_JOBS)
+    if recent:
+        lines.append(_("Last requests:"))
+    for job in recent:
         when = datetime.fromtimestamp(job.created_at, clock.zone).strftime("%Y-%m-%d %H:%M")
-        preview = job.content[:PREVIEW_CHARS].replace("\n", " ")
+        preview = (job.question or job.content)[:PREVIEW_CHARS].replace("\n", " ")
         lines.append(f"#{job.id} {when} {job.mode} · {job.state} · {preview}")
     await message.answer("\n".join(lines))
 
 
-async def _user(message: Message, command: CommandObject, users: UserRepo,
-                usage: str) -> int | None:
-    """The user id in the arguments if it names a known user; otherwise say how to call."""
-    numbers = _numbers(command, 1)
-    if numbers is None:
-        await message.answer(usage)
-        return None
-    return await _known(message, numbers[0], users)
+def quota_line(usage: Usage) -> str:
+    """The quota in force and where it comes from, as an admin needs to see it."""
+    if usage.quota is None:
+        quota = (_("unlimited (set with /quota)") if usage.personal
+                 else _("unlimited (DAILY_QUOTA=0)"))
+    elif usage.personal:
+        quota = _("{quota} a day (set with /quota)").format(quota=usage.quota)
+    else:
+        quota = _("{quota} a day (DAILY_QUOTA)").format(quota=usage.quota)
+    return _("Quota: {quota} · used today: {used} · extra today: {granted}").format(
+        quota=quota, used=usage.used, granted=usage.granted)
 
 
-async def _user_and_number(message: Message, command: CommandObject, users: UserRepo,
-                           usage: str) -> tuple[int, int] | None:
-    numbers = _numbers(command, 2)
-    if numbers is None:
-        await message.answer(usage)
-        return None
-    user_id = await _known(message, numbers[0], users)
-    return None if user_id is None else (user_id, numbers[1])
-
-
-def _numbers(command: CommandObject, count: int) -> list[int] | None:
-    """Exactly `count` plain decimal arguments that fit SQLite, or None."""
+async def _one_id(message: Message, command: CommandObject, usage: str) -> int | None:
+    """The one user id in the arguments; otherwise say how to call the command."""
     parts = (command.args or "").split()
-    if len(parts) != count or not all(p.isascii() and p.isdigit() and len(p) <= MAX_DIGITS
-                                      for p in parts):
-        return None
-    return [int(part) for part in parts]
+    user_id = _id(parts[0]) if len(parts) == 1 else None
+    if user_id is None:
+        await message.answer(usage)
+    return user_id
 
 
-async def _known(message: Message, user_id: int, users: UserRepo) -> int | None:
-    if await users.exists(user_id):
-        return user_id
-    await message.answer(_("No user {user} has talked to the bot.").format(user=user_id))
-    return None
+def _id(text: str) -> int | None:
+    """A plain decimal number that fits SQLite, or None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS else None
 
 
 def make_router(admin_ids: frozenset[int]) -> Router:

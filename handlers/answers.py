@@ -6,10 +6,12 @@ from contextlib import suppress
 from datetime import datetime, tzinfo
 
 from aiogram import Router
+from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
 from bot.delivery import Delivery
@@ -23,7 +25,7 @@ from bot.keyboards import (
 from bot.modes import MODES_BY_NAME
 from bot.render import render
 from bot.runner import JobRunner
-from bot.submit import Submitter, refusal_text
+from bot.submit import Submitter
 from storage.jobs import Job, JobRepo, JobState
 
 HISTORY_SIZE = 10
@@ -45,9 +47,10 @@ async def act_on_answer(query: CallbackQuery, callback_data: AnswerCallback, job
     reply_to = query.message.message_id if query.message else None
     refusal = await submitter.resubmit(user_id=job.user_id, chat_id=job.chat_id,
                                        reply_to=reply_to, mode=mode, content=content,
-                                       locale=locale)
+                                       locale=locale, question=job.question or job.content,
+                                       action=callback_data.action)
     if refusal is not None:
-        await query.answer(refusal_text(refusal, submitter.clock), show_alert=True)
+        await query.answer(submitter.refusal_text(refusal), show_alert=True)
     else:
         await query.answer(_("Sending…"))
 
@@ -60,10 +63,11 @@ async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRep
         return
     refusal = await submitter.resubmit(user_id=old.user_id, chat_id=old.chat_id,
                                        reply_to=old.reply_to, mode=old.mode,
-                                       content=old.content, locale=locale)
+                                       content=old.content, locale=locale,
+                                       question=old.question, action=old.action)
     if refusal is not None:
         await jobs.unclaim_retry(old)
-        await query.answer(refusal_text(refusal, submitter.clock), show_alert=True)
+        await query.answer(submitter.refusal_text(refusal), show_alert=True)
         return
     await query.answer(_("Sending again…"))
     if isinstance(query.message, Message):  # the old button has done its job
@@ -87,27 +91,47 @@ async def history(message: Message, jobs: JobRepo, submitter: Submitter) -> None
 def history_line(job: Job, zone: tzinfo) -> str:
     when = datetime.fromtimestamp(job.created_at, zone).strftime("%d.%m %H:%M")
     mode = MODES_BY_NAME.get(job.mode)
-    preview = job.content[:PREVIEW_CHARS].replace("\n", " ")
     return (f"#{job.id} {STATE_MARKS.get(job.state, '⏳')} {when} "
-            f"{mode.emoji if mode else ''} {preview}")
+            f"{mode.emoji if mode else ''} {preview(job)}")
+
+
+def preview(job: Job) -> str:
+    """The user's own question, one line: never an earlier answer it was sent with."""
+    question = " ".join((job.question or job.content).split())
+    if len(question) > PREVIEW_CHARS:
+        question = question[:PREVIEW_CHARS - 1].rstrip() + "…"
+    labels: dict[str, str] = {AnswerAction.CONTINUE: _("Continue: {question}"),
+                              AnswerAction.SHORTER: _("Shorter: {question}"),
+                              AnswerAction.REGENERATE: _("Again: {question}")}
+    label = labels.get(job.action or "")
+    return label.format(question=question) if label else question
 
 
 async def show_again(query: CallbackQuery, callback_data: HistoryCallback, jobs: JobRepo,
                      delivery: Delivery) -> None:
+    """The answer, in the chat where the button was pressed, to its owner only: in a group,
+    only the group's own answers (a private one is never posted where others read)."""
     job = await own_job(query, callback_data.job_id, jobs)
-    if job is None or job.result is None:
+    if job is None or job.result is None or query.message is None:
+        return
+    chat = query.message.chat
+    if chat.type != ChatType.PRIVATE and chat.id != job.chat_id:
+        await query.answer(_("I show this answer only in our private chat."), show_alert=True)
         return
     await query.answer()
+    reply_to = job.placeholder_id if chat.id == job.chat_id else None
     for part in render(job.result):
-        await delivery.send(job, part)
+        await delivery.post(chat.id, part, reply_to=reply_to)
 
 
 async def cancel(message: Message, runner: JobRunner) -> None:
     assert message.from_user is not None
     stopped = await runner.cancel(message.from_user.id)
     if stopped:
-        await message.answer(_("Stopped waiting for {count} request(s). Requests already "
-                               "sent were counted.").format(count=stopped))
+        await message.answer(ngettext(
+            "Stopped waiting for {count} request. Requests already sent upstream were counted.",
+            "Stopped waiting for {count} requests. Requests already sent upstream were counted.",
+            stopped).format(count=stopped))
     else:
         await message.answer(_("You have no requests in progress."))
 

@@ -8,6 +8,7 @@ from aiogram import Bot, F, Router
 from aiogram.enums import ChatType
 from aiogram.types import Document, Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
 from bot.filters import AddressedToBot
@@ -29,12 +30,15 @@ async def ask(message: Message, request: str, bot: Bot, users: UserRepo,
         notices.append(_("The message you replied to was left out: your text alone fills "
                          "the {limit}-character limit.").format(limit=MAX_CONTENT_CHARS))
     elif kept is not None:
-        notices.append(_("The message you replied to was shortened to its first {kept} "
-                         "characters to fit the {limit}-character limit.").format(
-                             kept=kept, limit=MAX_CONTENT_CHARS))
+        notices.append(ngettext(
+            "The message you replied to was shortened to its first {kept} character to fit "
+            "the {limit}-character limit.",
+            "The message you replied to was shortened to its first {kept} characters to fit "
+            "the {limit}-character limit.", kept).format(kept=kept, limit=MAX_CONTENT_CHARS))
     await submitter.submit(message, content=content, locale=locale,
                            mode=await users.mode(message.from_user.id),
-                           notices=[n for n in notices if n])
+                           notices=[n for n in notices if n],
+                           question=request if context else None)
 
 
 async def replied_answer(message: Message, bot: Bot) -> str | None:
@@ -70,11 +74,15 @@ async def read_file(message: Message, request: str, bot: Bot, users: UserRepo,
     content = f"{request}{CONTEXT_SEPARATOR}{text}" if request else text
     notices = []
     if len(content) > MAX_CONTENT_CHARS:
-        notices.append(_("The file and caption have {length} characters; only the first "
-                         "{limit} will be processed.").format(length=len(content),
-                                                               limit=MAX_CONTENT_CHARS))
+        notices.append(ngettext(
+            "The file and caption have {length} character; only the first {limit} will be "
+            "processed.",
+            "The file and caption have {length} characters; only the first {limit} will be "
+            "processed.", len(content)).format(length=len(content), limit=MAX_CONTENT_CHARS))
+    name = message.document.file_name or ""
     await submitter.submit(message, content=content, locale=locale, notices=notices,
-                           mode=await users.mode(message.from_user.id))
+                           mode=await users.mode(message.from_user.id),
+                           question=f"📎 {name} {request}".strip())
 
 
 def is_text_file(document: Document) -> bool:

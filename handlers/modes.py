@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
@@ -19,17 +19,24 @@ async def show_modes(message: Message, users: UserRepo) -> None:
     await message.answer(current_mode_text(mode), reply_markup=modes_keyboard(mode))
 
 
-async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: UserRepo) -> None:
+async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: UserRepo,
+                      bot: Bot) -> None:
+    """Store the mode and mark it on the keyboard that was pressed, however old it is."""
     await users.set_mode(query.from_user.id, callback_data.name)
     mode = MODES_BY_NAME[callback_data.name]
     await query.answer(_("Mode: {label}").format(label=mode.label))
-    if query.message is not None and isinstance(query.message, Message):
-        try:
-            await query.message.edit_text(current_mode_text(mode.name),
-                                          reply_markup=modes_keyboard(mode.name))
-        except TelegramBadRequest as error:
-            if "not modified" not in error.message:  # the same mode tapped twice
-                raise
+    pressed = query.message
+    try:
+        if isinstance(pressed, Message):
+            await pressed.edit_text(current_mode_text(mode.name),
+                                    reply_markup=modes_keyboard(mode.name))
+        elif pressed is not None:  # too old for Telegram to show us, yet its keyboard is ours
+            await bot.edit_message_reply_markup(chat_id=pressed.chat.id,
+                                                message_id=pressed.message_id,
+                                                reply_markup=modes_keyboard(mode.name))
+    except TelegramBadRequest as error:
+        if "not modified" not in error.message:  # the same mode tapped twice
+            raise
 
 
 async def unknown_mode(query: CallbackQuery) -> None:

@@ -1,13 +1,20 @@
-"""/start and /help: the greeting and the mode keyboard."""
+"""/start greets and shows the mode keyboard; /help tells everything the user can do."""
 
 from __future__ import annotations
 
-from aiogram import Router
+from aiogram import Bot, Router
+from aiogram.enums import ChatType
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import ngettext
 
+from bot.chatinfo import MAX_CONTENT_CHARS
+from bot.commands import COMMANDS
+from bot.config import Settings
 from bot.keyboards import modes_keyboard
+from bot.quota import QuotaClock
+from storage.quotas import QuotaRepo
 from storage.users import UserRepo
 
 
@@ -22,13 +29,55 @@ def greeting_text() -> str:
         "👋 Hi! I answer with GPT-4o through chatinfo.ru.\n\n"
         "Choose a mode below, then send me your text. I reply at once with ⏳ and turn "
         "that message into the answer when it is ready.\n\n"
-        "I understand text messages of up to 5000 characters.\n"
-        "/mode — change the mode"
-    )
+        "I understand text messages of up to {limit} characters.\n"
+        "/help — everything I can do"
+    ).format(limit=MAX_CONTENT_CHARS)
+
+
+async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaClock,
+                    settings: Settings) -> None:
+    assert message.from_user is not None
+    # A quota an admin set for this user is theirs to know, not the group's.
+    daily = (quotas.default if message.chat.type != ChatType.PRIVATE
+             else (await quotas.usage(message.from_user.id, clock.today())).quota)
+    if daily is None:
+        quota = _("You may send as many requests a day as you like.")
+    else:
+        quota = ngettext("You may send {count} request a day; the count starts again at "
+                         "midnight {zone}. /me shows what is left.",
+                         "You may send {count} requests a day; the count starts again at "
+                         "midnight {zone}. /me shows what is left.",
+                         daily).format(count=daily, zone=clock.zone_name())
+    username = (await bot.me()).username or ""
+    sections = [
+        _("I answer with GPT-4o through chatinfo.ru. Send me a text and I reply at once with "
+          "⏳, then turn that message into the answer."),
+        "\n".join((_("<b>Commands</b>"), *command_lines(admin=False))),
+        _("<b>Following up</b>\nReply to one of my answers to ask about it: the answer goes "
+          "along as context. Under each answer: 🔄 ask again, ➡️ continue, ✂️ shorter."),
+        _("<b>Limits</b>\nUp to {limit} characters a request; longer text is cut, and I say "
+          "so. You can also send a .txt or .md file (up to 1 MB): its caption is the "
+          "instruction. {quota}").format(limit=MAX_CONTENT_CHARS, quota=quota),
+        _("<b>In groups</b>\nMention me (@{bot}) or reply to my message; everyone in the "
+          "group sees the answer, and only you can press its buttons. /me, /history and "
+          "/cancel answer only in our private chat.").format(bot=username),
+    ]
+    if message.from_user.id in settings.admin_ids:
+        sections.append("\n".join((_("<b>Admin commands</b>"), *command_lines(admin=True))))
+    await message.answer("\n\n".join(sections), parse_mode="HTML")
+
+
+def command_lines(*, admin: bool) -> list[str]:
+    return [" ".join(filter(None, (f"/{c.name}", _html(c.args), "—", str(c.description))))
+            for c in COMMANDS if c.admin == admin]
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def make_router() -> Router:
     router = Router(name="start")
     router.message.register(greet, CommandStart())
-    router.message.register(greet, Command("help"))
+    router.message.register(show_help, Command("help"))
     return router

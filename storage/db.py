@@ -74,6 +74,15 @@ MIGRATIONS: tuple[str, ...] = (
     -- it, later by up to a poll gap); what the poll scheduler learns from.
     ALTER TABLE jobs ADD COLUMN solved_after REAL;
     """,
+    """
+    -- A user's own daily quota: NULL follows DAILY_QUOTA, -1 is unlimited and 0 now cuts
+    -- the user off (it meant unlimited before).
+    UPDATE users SET daily_quota = -1 WHERE daily_quota = 0;
+    -- What /history shows of a job: the user's own words (NULL: the content), and the
+    -- answer button that made it (c: continue, s: shorter, r: again; NULL: typed).
+    ALTER TABLE jobs ADD COLUMN question TEXT;
+    ALTER TABLE jobs ADD COLUMN action TEXT;
+    """,
 )
 
 

@@ -51,6 +51,8 @@ class Job:
     error: str | None
     upstream_at: float | None
     told: bool
+    question: str | None  # the user's own words, where the content holds more
+    action: str | None  # the answer button that made the job, if one did
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -73,13 +75,16 @@ class JobRepo:
         content: str,
         quota_day: str | None = None,
         reply_to: int | None = None,
+        question: str | None = None,
+        action: str | None = None,
     ) -> int | None:
         """The new job's id, or None if this message already has a job."""
         now = time.time()
         cursor = await self._db.execute(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
-                                 state, quota_day, reply_to, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 state, quota_day, reply_to, question, action, created_at,
+                                 updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
             (
                 user_id,
@@ -91,6 +96,8 @@ class JobRepo:
                 JobState.NEW,
                 quota_day,
                 reply_to,
+                question,
+                action,
                 now,
                 now,
             ),

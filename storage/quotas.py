@@ -8,50 +8,58 @@ import aiosqlite
 
 from storage.db import fetch_one
 
+UNLIMITED = -1  # users.daily_quota for a user an admin set to unlimited
+
 
 @dataclass(frozen=True)
 class Usage:
-    quota: int  # 0: unlimited
+    quota: int | None  # requests a day; None: unlimited
     used: int
     granted: int
+    personal: bool  # set for this user with /quota; False: the DAILY_QUOTA default
 
     @property
     def left(self) -> int | None:
         """Requests left today, or None when unlimited."""
-        return None if self.quota == 0 else max(0, self.quota + self.granted - self.used)
+        return None if self.quota is None else max(0, self.quota + self.granted - self.used)
 
 
 class QuotaRepo:
-    def __init__(self, db: aiosqlite.Connection, default_quota: int) -> None:
+    def __init__(self, db: aiosqlite.Connection, default_quota: int | None) -> None:
+        """`default_quota`: requests a day for users without their own; None: unlimited."""
         self._db = db
-        self._default = default_quota
+        self.default = default_quota
 
     async def usage(self, user_id: int, day: str) -> Usage:
         row = await fetch_one(
             self._db,
-            """SELECT coalesce(u.daily_quota, ?) AS quota,
-                      coalesce(s.used, 0) AS used, coalesce(s.granted, 0) AS granted
+            """SELECT u.daily_quota AS quota, coalesce(s.used, 0) AS used,
+                      coalesce(s.granted, 0) AS granted
                FROM users u LEFT JOIN usage s ON s.user_id = u.id AND s.day = ?
                WHERE u.id = ?""",
-            (self._default, day, user_id),
+            (day, user_id),
         )
-        if row is None:
-            return Usage(self._default, 0, 0)
-        return Usage(int(row["quota"]), int(row["used"]), int(row["granted"]))
+        if row is None or row["quota"] is None:
+            used, granted = (int(row["used"]), int(row["granted"])) if row else (0, 0)
+            return Usage(self.default, used, granted, personal=False)
+        quota = int(row["quota"])
+        return Usage(None if quota == UNLIMITED else quota, int(row["used"]),
+                     int(row["granted"]), personal=True)
 
     async def reserve(self, user_id: int, day: str) -> bool:
         """Count one request against the day's quota if any is left; whether it was.
 
-        Not committed here: it is committed with the job it admits.
+        Not committed here: it is committed with the job it admits. The caller holds the
+        admission lock, so nothing else counts between the check and the write.
         """
-        usage = await self.usage(user_id, day)
-        cursor = await self._db.execute(
-            """INSERT INTO usage (user_id, day, used) VALUES (:user, :day, 1)
-               ON CONFLICT (user_id, day) DO UPDATE SET used = used + 1
-               WHERE :quota = 0 OR usage.used < :quota + usage.granted""",
-            {"user": user_id, "day": day, "quota": usage.quota},
+        if (await self.usage(user_id, day)).left == 0:
+            return False
+        await self._db.execute(
+            """INSERT INTO usage (user_id, day, used) VALUES (?, ?, 1)
+               ON CONFLICT (user_id, day) DO UPDATE SET used = used + 1""",
+            (user_id, day),
         )
-        return cursor.rowcount == 1
+        return True
 
     async def give_back(self, user_id: int, day: str) -> None:
         await self._db.execute(
@@ -60,7 +68,8 @@ class QuotaRepo:
         )
         await self._db.commit()
 
-    async def set_quota(self, user_id: int, quota: int) -> None:
+    async def set_quota(self, user_id: int, quota: int | None) -> None:
+        """`quota`: requests a day, UNLIMITED, or None to follow DAILY_QUOTA again."""
         await self._db.execute("UPDATE users SET daily_quota = ? WHERE id = ?", (quota, user_id))
         await self._db.commit()
 

@@ -31,6 +31,12 @@ class StatsRepo:
             "SELECT count(*) FROM jobs WHERE upstream_id IS NOT NULL AND created_at >= ?", (since,)
         )
 
+    async def first_spent_at(self) -> float | None:
+        """When the first unit this database knows of was spent: how far back data goes."""
+        row = await fetch_one(self._db,
+                              "SELECT min(created_at) FROM jobs WHERE upstream_id IS NOT NULL")
+        return float(row[0]) if row and row[0] is not None else None
+
     async def pending_jobs(self) -> int:
         marks = ",".join("?" * len(UNFINISHED))
         return await self._scalar(f"SELECT count(*) FROM jobs WHERE state IN ({marks})", UNFINISHED)
@@ -62,7 +68,7 @@ class StatsRepo:
             )
         ]
         return Activity(
-            users=await self._scalar("SELECT count(*) FROM users", ()),
+            users=await self._scalar("SELECT count(*) FROM users WHERE first_seen > 0", ()),
             active_today=await self._scalar(active, (today,)),
             active_week=await self._scalar(active, (week,)),
             requests_by_mode=by_mode,

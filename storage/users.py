@@ -28,7 +28,9 @@ class UserRepo:
             self._db,
             """INSERT INTO users (id, language_code, first_seen, last_seen) VALUES (?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
-                   language_code = excluded.language_code, last_seen = excluded.last_seen
+                   language_code = excluded.language_code, last_seen = excluded.last_seen,
+                   first_seen = CASE users.first_seen WHEN 0 THEN excluded.first_seen
+                                ELSE users.first_seen END
                RETURNING locale, banned""",
             (user_id, language_code, now, now),
         )
@@ -56,9 +58,33 @@ class UserRepo:
     async def exists(self, user_id: int) -> bool:
         return await fetch_one(self._db, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is not None
 
-    async def set_banned(self, user_id: int, banned: bool) -> None:
-        await self._db.execute("UPDATE users SET banned = ? WHERE id = ?", (banned, user_id))
+    async def languages(self, user_id: int) -> tuple[str | None, str | None]:
+        """(the language chosen with /language, the one Telegram last reported)."""
+        row = await fetch_one(self._db, "SELECT locale, language_code FROM users WHERE id = ?",
+                              (user_id,))
+        return (row["locale"], row["language_code"]) if row else (None, None)
+
+    async def has_written(self, user_id: int) -> bool:
+        """Whether the user ever talked to the bot (an admin may know them before that)."""
+        row = await fetch_one(self._db, "SELECT first_seen FROM users WHERE id = ?", (user_id,))
+        return bool(row and row["first_seen"])
+
+    async def ensure(self, user_id: int) -> None:
+        """A row for a user who may never have written, so admins can ban them in advance.
+
+        first_seen 0 marks them as not seen; their first message sets it.
+        """
+        await self._db.execute(
+            "INSERT OR IGNORE INTO users (id, first_seen, last_seen) VALUES (?, 0, 0)",
+            (user_id,))
         await self._db.commit()
+
+    async def set_banned(self, user_id: int, banned: bool) -> bool:
+        """Whether that changed anything (False: the user already was so)."""
+        cursor = await self._db.execute(
+            "UPDATE users SET banned = ? WHERE id = ? AND banned != ?", (banned, user_id, banned))
+        await self._db.commit()
+        return cursor.rowcount == 1
 
     async def is_banned(self, user_id: int) -> bool:
         row = await fetch_one(self._db, "SELECT banned FROM users WHERE id = ?", (user_id,))

@@ -23,7 +23,7 @@ The figures, precisely:
   the user's chat as the fake Bot API holds it at the end.
 - users told of a failure: accepted requests not delivered whose placeholder (or, if the
   user deleted it, a new message in the chat) shows one of the bot's failure texts;
-  "unknowable" are those told that the connection broke while create_request was sent,
+  "unknowable" are those told that something went wrong while create_request was sent,
   so the bot could not know whether it counted.
 - units spent: create_request calls the fake accepted (each made a request and took a
   unit), including those whose reply the bot never saw.

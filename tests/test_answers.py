@@ -214,9 +214,10 @@ async def test_cancel_stops_waiting_and_says_the_units_were_spent(app: App) -> N
     await app.feed(message_update(15, "/cancel"))
     await app.settle()
 
-    assert app.sent(EditMessageText)[-1].text == "✖️ Cancelled."
+    assert app.sent(EditMessageText)[-1].text == (
+        "✖️ Cancelled. The request had already been sent, so it was counted.")
     assert app.sent(SendMessage)[-1].text == (
-        "Stopped waiting for 1 request(s). Requests already sent were counted.")
+        "Stopped waiting for 1 request. Requests already sent upstream were counted.")
     job = await app.jobs.get(1)
     assert job is not None and job.state is JobState.FAILED and job.error == "cancelled"
     await app.feed(message_update(15, "/cancel"))

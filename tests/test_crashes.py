@@ -35,7 +35,7 @@ USER = 4242
 QUESTION = "why is the sky blue"
 LONG_QUESTION = "tell me everything"
 PLACEHOLDER = "⏳ Working on it…"
-UNKNOWN_OUTCOME = "⚠️ The connection broke while your request was being sent"
+UNKNOWN_OUTCOME = "⚠️ Something went wrong while your request was being sent"
 DEADLINE = 40.0  # generous: five scenarios share two cores
 SOLVE_TIME = {crashpoints.WHILE_POLLING: 2.0}  # still solving at the first poll
 QUICK_SOLVE = 0.2
@@ -150,7 +150,7 @@ def told_unknown(telegram: FakeTelegramAPI) -> Call | None:
 
 
 async def tap_retry(telegram: FakeTelegramAPI) -> None:
-    """Press the retry button the bot put under its "connection broke" message."""
+    """Press the retry button the bot put under its "something went wrong" message."""
     told = told_unknown(telegram)
     assert told is not None
     [[button]] = told.params["reply_markup"]["inline_keyboard"]

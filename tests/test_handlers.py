@@ -126,7 +126,8 @@ async def test_no_units_ends_the_job_with_a_clear_message(app: App) -> None:
     await app.settle()
 
     [edit] = app.sent(EditMessageText)
-    assert edit.text == "😔 The service has run out of capacity for now. Please try again later."
+    assert edit.text == ("😔 The bot has run out of capacity for now. Your request was not sent, "
+                         "so nothing was counted. Please try again later.")
     assert edit.reply_markup is None
     [job] = [await app.jobs.get(1)]
     assert job is not None and job.state is JobState.FAILED
@@ -138,7 +139,8 @@ async def test_tariff_refusal_is_told_in_the_users_language_never_raw(app: App) 
     await app.settle()
 
     [edit] = app.sent(EditMessageText)
-    assert edit.text == "😔 Сервис временно недоступен. Попробуйте позже."
+    assert edit.text == ("😔 Сервис сейчас недоступен, админы уже знают. Запрос не отправлен и не "
+                         "засчитан. Попробуйте позже.")
     assert "Престиж" not in edit.text
 
 
@@ -148,7 +150,7 @@ async def test_rate_limited_request_spends_nothing_and_offers_a_retry(app: App) 
     await app.settle()
 
     [edit] = app.sent(EditMessageText)
-    assert edit.text.startswith("⚠️ The AI service is busy and your request was not sent")
+    assert edit.text.startswith("⚠️ The AI service is busy right now. Your request was not sent")
     assert buttons(edit.reply_markup) == [("🔄 Send again", "retry:1")]
     assert app.chatinfo.units == 1000
 

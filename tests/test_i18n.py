@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
 
 
+def forms(string: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """A catalog entry's translations: one, or one per plural form."""
+    return (string or "",) if isinstance(string, str | None) else tuple(string)
+
+
 def ids_in_code() -> set[str]:
     keywords = {**DEFAULT_KEYWORDS, "__": None}
     found = set()
@@ -47,15 +53,39 @@ def test_every_message_is_translated_with_the_same_placeholders(locale: str) -> 
     messages = [m for m in catalog(locale) if m.id]
     assert messages
     for message in messages:
-        assert isinstance(message.id, str) and isinstance(message.string, str)
-        assert message.string.strip(), f"{locale}: no translation for {message.id!r}"
-        assert not message.fuzzy, f"{locale}: fuzzy translation for {message.id!r}"
-        assert fields(message.string) == fields(message.id), f"{locale}: {message.id!r}"
+        ids = (message.id,) if isinstance(message.id, str) else tuple(message.id)
+        assert not message.fuzzy, f"{locale}: fuzzy translation for {ids[0]!r}"
+        for translation in forms(message.string):
+            assert translation.strip(), f"{locale}: no translation for {ids[0]!r}"
+            assert fields(translation) == fields(ids[-1]), f"{locale}: {ids[0]!r}"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_plural_entries_have_every_form_the_language_has(locale: str) -> None:
+    po = catalog(locale)
+    assert po.plural_forms == {"en": "nplurals=2; plural=(n != 1);",
+                               "ru": RUSSIAN_PLURALS}[locale]
+    plurals = [m for m in po if m.id and not isinstance(m.id, str)]
+    assert plurals, "counts go through ngettext"
+    for message in plurals:
+        assert len(forms(message.string)) == po.num_plurals, f"{locale}: {message.id[0]!r}"
+
+
+def test_counts_in_sentences_go_through_ngettext() -> None:
+    """A message whose count comes before a noun ("{count} requests") has plural forms."""
+    counted = re.compile(r"\{(count|units|days|ahead|length|kept|left|pending)\b[^}]*\} [a-z]")
+    singular_only = {m.id for m in catalog("en") if isinstance(m.id, str) and m.id}
+    offenders = sorted(i for i in singular_only if counted.search(i))
+    assert offenders == [], "use ngettext for these"
+
+
+RUSSIAN_PLURALS = ("nplurals=3; plural=(n%10==1 && n%100!=11 ? 0 : n%10>=2 && n%10<=4 && "
+                   "(n%100<10 || n%100>=20) ? 1 : 2);")
 
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_catalogs_hold_exactly_the_strings_in_the_code(locale: str) -> None:
-    in_catalog = {m.id for m in catalog(locale) if m.id}
+    in_catalog = {m.id if isinstance(m.id, str) else m.id[0] for m in catalog(locale) if m.id}
     in_code = ids_in_code()
     assert in_code - in_catalog == set(), "run pybabel extract/update (README, Translations)"
     assert in_catalog - in_code == set(), "the catalog holds strings the code no longer uses"

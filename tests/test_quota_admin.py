@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 
@@ -14,6 +15,7 @@ from tests.fakes.telegram_api import callback_update, message_update
 
 ADMIN = 900
 UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."
+QUOTA_USAGE = "Usage: /quota <user_id> <n | unlimited | default>"
 
 
 def texts(app: App, to: int | None = None) -> list[str]:
@@ -33,7 +35,7 @@ async def test_fifty_concurrent_messages_spend_exactly_the_quota(make_app: AppFa
     await app.settle()
 
     assert app.chatinfo.calls["create_request"] == 10
-    refusals = [t for t in texts(app) if t.startswith("You have used all your requests")]
+    refusals = [t for t in texts(app) if t.startswith("🚫 You have used all your requests")]
     assert len(refusals) == 40
     assert await usage_used(app, 1) == 10
 
@@ -47,9 +49,9 @@ async def test_over_quota_reply_says_when_it_resets_and_sends_nothing(make_app: 
 
     assert app.chatinfo.calls["create_request"] == 1
     reply = texts(app)[-1]
-    assert reply.startswith("You have used all your requests for today. New ones arrive at "
-                            "midnight (Europe/Moscow), in ")
-    assert reply.endswith(" min.")
+    assert reply.startswith("🚫 You have used all your requests for today, so this one was not "
+                            "sent. New ones arrive at midnight Moscow time, in ")
+    assert re.search(r", in (\d+ hours? )?\d+ minutes?\.$", reply), reply
 
 
 async def test_pending_limit_refuses_and_spends_nothing(make_app: AppFactory) -> None:
@@ -59,7 +61,7 @@ async def test_pending_limit_refuses_and_spends_nothing(make_app: AppFactory) ->
         await app.feed(message_update(3, f"q{n}"))
     await app.chatinfo.wait_for(lambda: app.chatinfo.calls["create_request"] == 2)
 
-    assert texts(app)[-1].startswith("⏳ Your earlier requests are still being answered.")
+    assert texts(app)[-1].startswith("✋ You already have 2 requests in progress.")
     assert await usage_used(app, 3) == 2
 
 
@@ -81,10 +83,11 @@ async def test_me_shows_mode_requests_left_and_reset(app: App) -> None:
     await app.settle()
     await app.feed(message_update(5, "/me"))
 
-    mode, left, resets = texts(app)[-1].split("\n")
+    mode, quota, left, resets = texts(app)[-1].split("\n")
     assert mode == "Mode: 💬 Chat"
-    assert left == "Requests left today: 29 of 30"
-    assert resets.startswith("The quota resets at midnight (Europe/Moscow), in ")
+    assert quota == "Daily quota: 30 requests a day."
+    assert left == "29 requests left today."
+    assert resets.startswith("The quota resets at midnight Moscow time, in ")
 
 
 async def test_whitelist_refuses_others_politely_but_not_admins(make_app: AppFactory) -> None:
@@ -136,8 +139,8 @@ async def test_quota_and_grant_change_what_a_user_may_send(make_app: AppFactory)
     await app.feed(message_update(10, "three"))
     await app.settle()
 
-    assert texts(app, to=ADMIN) == ["User 10: daily quota set to 1.",
-                                    "User 10: 1 extra requests for today."]
+    assert texts(app, to=ADMIN) == ["User 10 may now send 1 request a day.",
+                                    "User 10: 1 extra request for today."]
     assert [r.content for r in app.chatinfo.requests] == ["one", "three"]
 
 
@@ -148,9 +151,10 @@ async def test_bad_admin_arguments_get_a_usage_line(make_app: AppFactory) -> Non
         await app.feed(message_update(ADMIN, command))
 
     assert texts(app) == [
-        "Usage: /quota <user_id> <n>", "Usage: /quota <user_id> <n>", "Usage: /ban <user_id>",
-        "Usage: /grant <user_id> <n>", "Usage: /user <user_id>", "Usage: /quota <user_id> <n>",
-        "No user 12345 has talked to the bot.", "Usage: /user <user_id>",
+        QUOTA_USAGE, QUOTA_USAGE, "Usage: /ban <user_id>",
+        "Usage: /grant <user_id> <n>, with n at least 1", "Usage: /user <user_id>", QUOTA_USAGE,
+        "User 12345 is banned. They have not written yet; the ban holds from their first "
+        "message.", "Usage: /user <user_id>",
     ]
 
 
@@ -169,8 +173,8 @@ async def test_units_stats_and_user_card(make_app: AppFactory) -> None:
     balance, spent, pending, burn = texts(app, to=ADMIN)[-1].split("\n")
     assert balance == "💰 Balance: 498 units"
     assert spent == "Spent today: 2 · last 7 days: 2"
-    assert pending == "Pending jobs: 0"
-    assert burn == "At the 7-day average of 0.3 a day, that lasts about 1743 days."
+    assert pending == "Requests in progress: 0"
+    assert burn == "Average: 2.0 a day over the last 1 day."  # a day of data: no forecast yet
 
     await app.feed(message_update(ADMIN, "/stats"))
     users, requests, failures, median = texts(app, to=ADMIN)[-1].split("\n")
@@ -181,9 +185,10 @@ async def test_units_stats_and_user_card(make_app: AppFactory) -> None:
 
     await app.feed(message_update(ADMIN, "/user 11"))
     card = texts(app, to=ADMIN)[-1].split("\n")
-    assert card[0] == "👤 User 11 · mode: poems · language: — · banned: no"
-    assert card[1] == "Quota: 30 · used today: 1 · extra today: 0"
-    assert card[3].endswith("poems · delivered · a poem")
+    assert card[0] == "👤 User 11"
+    assert card[1] == "Mode: poems · language: en · banned: no"
+    assert card[2] == "Quota: 30 a day (DAILY_QUOTA) · used today: 1 · extra today: 0"
+    assert card[4].endswith("poems · delivered · a poem")
 
 
 async def test_low_balance_alerts_admins_once_per_crossing(make_app: AppFactory) -> None:
@@ -206,7 +211,8 @@ async def test_empty_balance_refuses_without_calling_and_alerts_once(make_app: A
         await app.settle()
 
     assert app.chatinfo.calls["create_request"] == 1
-    refusal = "😔 The service has run out of capacity for now. Please try again later."
+    refusal = ("😔 The bot has run out of capacity for now. Your request was not sent, so "
+               "nothing was counted. Please try again later.")
     assert texts(app, to=14)[-2:] == [refusal, refusal]
     assert [t for t in texts(app, to=ADMIN)] == [
         "🛑 The API unit balance is exhausted. Users are told the service is out of capacity "
@@ -229,7 +235,8 @@ async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_ap
         await app.settle()
 
     assert [e.text for e in app.sent(EditMessageText)] == [
-        "😔 The service is temporarily unavailable. Please try again later."] * 2
+        "😔 The service is unavailable right now; the admins have been told. Your request "
+        "was not sent, so nothing was counted. Please try again later."] * 2
     assert texts(app, to=ADMIN) == [
         "🛑 The API refuses our key: the tariff is not Prestige or the key is wrong. Users are "
         "told the service is unavailable."]

@@ -60,7 +60,7 @@ async def test_job_caught_mid_create_is_not_resent_but_offered_a_retry(app: App)
     assert app.chatinfo.calls["create_request"] == 0
     [edit] = app.sent(EditMessageText)
     assert edit.message_id == PLACEHOLDER
-    assert edit.text.startswith("⚠️ The connection broke")
+    assert edit.text.startswith("⚠️ Something went wrong")
     assert await state_of(app, job_id) is JobState.UNKNOWN
 
     retry = RetryCallback(job_id=job_id).pack()

@@ -204,7 +204,7 @@ async def test_a_failure_told_during_an_outage_reaches_the_user_afterwards(app: 
 
     assert await state(app, job_id) == (JobState.UNKNOWN, "unknown_outcome")
     told = [m.text or "" for m in session(app).delivered(EditMessageText)]
-    assert len(told) == 1 and told[0].startswith("⚠️ The connection broke")
+    assert len(told) == 1 and told[0].startswith("⚠️ Something went wrong")
     job = await app.jobs.get(job_id)
     assert job is not None and job.told
 
@@ -216,7 +216,7 @@ async def test_an_ending_never_shown_before_a_crash_is_shown_at_the_next_start(a
     assert await app.runner.resume() == 1
     await settled(app)
     [told] = [m.text or "" for m in session(app).delivered(EditMessageText)]
-    assert told.startswith("⚠️ The connection broke")
+    assert told.startswith("⚠️ Something went wrong")
     job = await app.jobs.get(job_id)
     assert job is not None and job.told and app.chatinfo.calls["create_request"] == 0
 

@@ -36,9 +36,9 @@ MESSAGES, USERS = 30, 15
 
 ANSWER_PREFIX = "answer to "
 TEXTS = {
-    Failure.UNKNOWN_OUTCOME: "⚠️ The connection broke while your request was being sent",
-    Failure.BUSY: "⚠️ The AI service is busy and your request was not sent",
-    Failure.LOST: "⚠️ The AI service lost this request.",
+    Failure.UNKNOWN_OUTCOME: "⚠️ Something went wrong while your request was being sent",
+    Failure.BUSY: "⚠️ The AI service is busy right now. Your request was not sent",
+    Failure.LOST: "⚠️ The AI service lost this request after it was sent",
     Failure.TIMEOUT: "⌛ No answer came in time.",
 }
 
@@ -233,8 +233,8 @@ async def test_unknown_id_five_times_running_is_lost_and_told(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("error", "failure", "said"), [
-    ({"error": NOT_PRESTIGE}, Failure.ACCESS_DENIED, "😔 The service is temporarily unavailable"),
-    ({"error": NO_UNITS, "units": 0}, Failure.NO_UNITS, "😔 The service has run out of capacity"),
+    ({"error": NOT_PRESTIGE}, Failure.ACCESS_DENIED, "😔 The service is unavailable right now"),
+    ({"error": NO_UNITS, "units": 0}, Failure.NO_UNITS, "😔 The bot has run out of capacity"),
 ])
 async def test_a_403_while_polling_ends_the_job_and_tells_the_user(
         tmp_path: Path, error: dict[str, object], failure: Failure, said: str) -> None:

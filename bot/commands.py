@@ -1,0 +1,73 @@
+"""Every command the bot has, written once: the menus, /help and the privacy rule read it.
+
+A command marked `private` shows the user's own data (or the operator's), so in a group
+the bot answers it with a link to the private chat instead; the link's /start payload
+runs the command there (`start_payload` and `command_from_payload`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiogram.utils.i18n import lazy_gettext as __
+from babel.support import LazyProxy
+
+
+@dataclass(frozen=True)
+class BotCommandInfo:
+    name: str
+    description: LazyProxy  # one line, for the command menu and /help
+    args: str = ""  # how to call it, e.g. "<id> <n>"
+    admin: bool = False
+    private: bool = False
+
+
+COMMANDS: tuple[BotCommandInfo, ...] = (
+    BotCommandInfo("start", __("Start and choose a mode")),
+    BotCommandInfo("help", __("What I can do")),
+    BotCommandInfo("mode", __("Change the mode")),
+    BotCommandInfo("language", __("Change the language")),
+    BotCommandInfo("me", __("My mode and requests left today"), private=True),
+    BotCommandInfo("history", __("My last requests and their answers"), private=True),
+    BotCommandInfo("cancel", __("Stop waiting for my requests"), private=True),
+    BotCommandInfo("units", __("Balance, spending, days left"), admin=True, private=True),
+    BotCommandInfo("stats", __("Users, requests, failures"), admin=True, private=True),
+    BotCommandInfo("user", __("A user's card"), "<id>", admin=True, private=True),
+    BotCommandInfo("quota", __("A user's daily quota"), "<id> <n | unlimited | default>",
+                   admin=True, private=True),
+    BotCommandInfo("grant", __("Extra requests for today"), "<id> <n>", admin=True,
+                   private=True),
+    BotCommandInfo("ban", __("Ban a user, also before they write"), "<id>", admin=True,
+                   private=True),
+    BotCommandInfo("unban", __("Lift a ban"), "<id>", admin=True, private=True),
+)
+COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
+
+
+def names(*, admin: bool, private: bool | None = None) -> tuple[str, ...]:
+    """Names of the user (or admin) commands, optionally only the private ones."""
+    return tuple(c.name for c in COMMANDS
+                 if c.admin == admin and (private is None or c.private == private))
+
+
+# What Telegram allows in a /start payload: 1-64 of A-Z a-z 0-9 _ -
+_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def start_payload(command: str, args: str | None) -> str:
+    """The /start payload that runs `/command args` in the private chat.
+
+    Arguments go along when they fit a payload (ids, words); otherwise only the command.
+    """
+    words = (args or "").split()
+    payload = "-".join((command, *words))
+    return payload if words and _PAYLOAD.fullmatch(payload) else command
+
+
+def command_from_payload(payload: str) -> str | None:
+    """The command text a /start payload stands for, if it names a private command."""
+    name, *args = payload.split("-")
+    if name not in COMMANDS_BY_NAME or not COMMANDS_BY_NAME[name].private:
+        return None
+    return " ".join((f"/{name}", *args))
