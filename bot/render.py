@@ -80,8 +80,12 @@ def _ranges(
             yield start, len(text)
             return
         # A gap at `end` still fits: the part ends where the whitespace begins.
-        window = gaps[bisect_right(gap_starts, start) : bisect_right(gap_starts, end)]
-        if not window:  # one word longer than a message: the only place a word is cut
+        after = bisect_right(gap_starts, end)
+        window = gaps[bisect_right(gap_starts, start) : after]
+        word_end = gap_starts[after] if after < len(gaps) else len(text)
+        if not window or offsets[word_end] - offsets[window[-1][1]] > limit:
+            # One word longer than a message: the only place a word is cut, and then at the
+            # limit, since a cut before it would only add a part.
             cut = resume = max(end, start + 1)
         else:
             # The last boundary of the best kind, unless it would leave a stub of a part

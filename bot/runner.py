@@ -269,7 +269,7 @@ class JobRunner:
             await self._units.observe(0)
             await self._tell(job, Failure.NO_UNITS, str(error))
         except AccessDenied as error:
-            await self._units.denied()
+            await self._units.denied(error.upstream_error)
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         except RateLimited as error:
             await self._tell(job, Failure.BUSY, str(error))
@@ -309,7 +309,7 @@ class JobRunner:
                 await self._tell(job, Failure.NO_UNITS, str(outcome))
             case ChatinfoError():
                 if isinstance(outcome, AccessDenied):
-                    await self._units.denied()
+                    await self._units.denied(outcome.upstream_error)
                 await self._tell(job, Failure.ACCESS_DENIED,
                                  f"{outcome}: {outcome.upstream_error}")
             case _:

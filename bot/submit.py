@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from datetime import datetime
 
 from aiogram.exceptions import TelegramAPIError
@@ -31,13 +32,19 @@ class Submitter:
         self._runner = runner
         self.clock = clock
 
-    async def submit(self, message: Message, *, content: str, mode: str, locale: str,
-                     notices: list[str], question: str | None = None) -> None:
+    async def submit(self, message: Message, *, request: str, content: str, mode: str,
+                     locale: str, notices: list[str], question: str | None = None) -> None:
         """Admit `content` as a job answering `message`, or say why not.
 
-        `question`: what the user asked in their own words, where `content` holds more.
+        `request`: what the user added (a follow-up's text, a file's caption and text); a
+        blank one is not sent. `question`: their own words for /history, where `content`
+        holds more.
         """
         assert message.from_user is not None
+        if is_blank(request):
+            await message.reply(_("✋ There is nothing to send: write your request as text, up "
+                                  "to {limit} characters.").format(limit=MAX_CONTENT_CHARS))
+            return
         outcome = await self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
@@ -79,6 +86,14 @@ class Submitter:
             return outcome or Refusal.TOO_MANY_PENDING
         self._runner.start(outcome)
         return None
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a model could answer: only whitespace, zero-width and control characters.
+
+    (The bot's own @mention is taken out before, by the AddressedToBot filter.)
+    """
+    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text)
 
 
 def storable(text: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from contextlib import suppress
 
 from aiogram.utils.i18n import gettext as _
@@ -57,20 +58,21 @@ class UnitsTracker:
                 "⚠️ The API unit balance is low: {units} unit left.",
                 "⚠️ The API unit balance is low: {units} units left.", units).format(units=units))
 
-    async def denied(self) -> None:
+    async def denied(self, upstream_error: str | None) -> None:
         """The API refused the key (tariff not Prestige, or a wrong key)."""
         if not self._denied_alerted:
             self._denied_alerted = True
             await self._notifier.send(lambda: _(
-                "🛑 The API refuses our key: the tariff is not Prestige or the key is wrong. "
-                "Users are told the service is unavailable."))
+                "🛑 The API refused our key: {reason}. Users are told the service is "
+                "unavailable until this is fixed.").format(
+                    reason=refusal_reason(upstream_error)))
 
     async def refresh(self) -> int:
         """A fresh balance from the API (raises ChatinfoError)."""
         try:
             units = await self._client.units()
-        except AccessDenied:
-            await self.denied()
+        except AccessDenied as error:
+            await self.denied(error.upstream_error)
             raise
         except NotEnoughUnits:
             units = 0
@@ -93,3 +95,14 @@ class UnitsTracker:
             except ChatinfoError as error:
                 log.warning("could not refresh the unit balance: %s", error)
             await asyncio.sleep(REFRESH_WHEN_EMPTY if self.exhausted else REFRESH_EVERY)
+
+
+def refusal_reason(upstream_error: str | None) -> str:
+    """The server's (Russian) reason for refusing the key, in the admin's language."""
+    tariff = re.search(r"Ваш тариф:\s*([^.]+)", upstream_error or "")
+    if tariff:
+        return _("the API needs the Prestige tariff and ours is “{tariff}”").format(
+            tariff=tariff.group(1).strip())
+    if "Престиж" in (upstream_error or ""):
+        return _("the API needs the Prestige tariff")
+    return _("the key is wrong or was revoked")

@@ -8,7 +8,6 @@ quotas in advance are how admins deal with a known spammer.
 from __future__ import annotations
 
 import math
-import re
 import time
 from datetime import datetime
 
@@ -21,7 +20,7 @@ from aiogram.utils.i18n import ngettext
 from bot.chatinfo import AccessDenied, ChatinfoError
 from bot.config import Settings
 from bot.quota import QuotaClock
-from bot.units import UnitsTracker
+from bot.units import UnitsTracker, refusal_reason
 from storage.jobs import JobRepo
 from storage.quotas import UNLIMITED, QuotaRepo, Usage
 from storage.stats import StatsRepo
@@ -66,17 +65,6 @@ def balance_line(balance: int) -> str:
 
 def _known(balance: int | None) -> str:
     return str(balance) if balance is not None else _("unknown")
-
-
-def refusal_reason(upstream_error: str | None) -> str:
-    """The server's (Russian) reason for refusing the key, in the admin's language."""
-    tariff = re.search(r"Ваш тариф:\s*([^.]+)", upstream_error or "")
-    if tariff:
-        return _("the API needs the Prestige tariff and ours is “{tariff}”").format(
-            tariff=tariff.group(1).strip())
-    if "Престиж" in (upstream_error or ""):
-        return _("the API needs the Prestige tariff")
-    return _("the key is wrong or was revoked")
 
 
 def forecast(week: int, balance: int | None, since: float | None) -> list[str]:

@@ -35,7 +35,7 @@ async def ask(message: Message, request: str, bot: Bot, users: UserRepo,
             "the {limit}-character limit.",
             "The message you replied to was shortened to its first {kept} characters to fit "
             "the {limit}-character limit.", kept).format(kept=kept, limit=MAX_CONTENT_CHARS))
-    await submitter.submit(message, content=content, locale=locale,
+    await submitter.submit(message, request=request, content=content, locale=locale,
                            mode=await users.mode(message.from_user.id),
                            notices=[n for n in notices if n],
                            question=request if context else None)
@@ -80,8 +80,8 @@ async def read_file(message: Message, request: str, bot: Bot, users: UserRepo,
             "The file and caption have {length} characters; only the first {limit} will be "
             "processed.", len(content)).format(length=len(content), limit=MAX_CONTENT_CHARS))
     name = message.document.file_name or ""
-    await submitter.submit(message, content=content, locale=locale, notices=notices,
-                           mode=await users.mode(message.from_user.id),
+    await submitter.submit(message, request=request + text, content=content, locale=locale,
+                           notices=notices, mode=await users.mode(message.from_user.id),
                            question=f"📎 {name} {request}".strip())
 
 

@@ -157,6 +157,14 @@ async def test_long_document_is_cut_and_the_user_told(app: App) -> None:
     assert app.chatinfo.requests[0].content == "й" * 5000
 
 
+async def test_a_caption_less_file_that_decodes_to_nothing_is_not_sent(app: App) -> None:
+    app.session.files["doc3"] = "\ufeff \r\n\u200b\n".encode()
+    await app.feed(document_update(9, "doc3", "empty.txt", 12))
+
+    assert app.sent(SendMessage)[0].text.startswith("✋ There is nothing to send")
+    assert app.chatinfo.calls["create_request"] == 0
+
+
 async def test_other_files_are_refused_clearly(app: App) -> None:
     await app.feed(document_update(10, "pic", "photo.jpg", 1000))
     await app.feed(document_update(10, "big", "huge.txt", 2 * 1024 * 1024))

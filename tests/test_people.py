@@ -527,3 +527,28 @@ def test_readme_commands_table_matches_the_command_registry() -> None:
             command = COMMANDS_BY_NAME[name]
             assert who.strip() == ("admins" if command.admin else "everyone"), name
             assert ("🔒" in command_cell) == command.private, name
+
+
+@pytest.mark.parametrize("text", ["   ", "\u200b\u200b", "\u2060\n\t\u200d", f"@{BOT_USERNAME}"])
+async def test_a_blank_request_is_not_sent(app: App, text: str) -> None:
+    await app.feed(in_group(18, text) if text.startswith("@") else message_update(18, text))
+
+    [reply] = app.sent(SendMessage)
+    assert reply.text == ("✋ There is nothing to send: write your request as text, up to 5000 "
+                          "characters.")
+    assert app.chatinfo.calls["create_request"] == 0
+    assert await app.jobs.recent(18, 1) == []
+
+
+async def test_a_reply_that_adds_nothing_is_not_sent(app: App) -> None:
+    await app.feed(message_update(19, "a question"))
+    await app.settle()
+    [job] = await app.jobs.recent(19, 1)
+    blank_reply = message_update(19, " \u200b ")
+    blank_reply["message"]["reply_to_message"] = {
+        "message_id": job.placeholder_id, "date": 0, "chat": {"id": 19, "type": "private"},
+        "from": {"id": 42, "is_bot": True, "first_name": "Bot"}, "text": "[chat] a question"}
+    await app.feed(blank_reply)
+
+    assert app.sent(SendMessage)[-1].text.startswith("✋ There is nothing to send")
+    assert app.chatinfo.calls["create_request"] == 1

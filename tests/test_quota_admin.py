@@ -238,6 +238,6 @@ async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_ap
         "😔 The service is unavailable right now; the admins have been told. Your request "
         "was not sent, so nothing was counted. Please try again later."] * 2
     assert texts(app, to=ADMIN) == [
-        "🛑 The API refuses our key: the tariff is not Prestige or the key is wrong. Users are "
-        "told the service is unavailable."]
+        "🛑 The API refused our key: the API needs the Prestige tariff and ours is “Бесплатный”. "
+        "Users are told the service is unavailable until this is fixed."]
     assert await usage_used(app, 15) == 0

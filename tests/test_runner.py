@@ -228,5 +228,6 @@ async def test_a_key_refused_while_polling_alerts_the_admins(make_app: AppFactor
     await app.settle()
     assert await state_of(app, job_id) is JobState.FAILED
     alerts = [m.text for m in app.sent(SendMessage) if m.chat_id == 900]
-    assert alerts == ["🛑 The API refuses our key: the tariff is not Prestige or the key is "
-                      "wrong. Users are told the service is unavailable."]
+    assert alerts == [
+        "🛑 The API refused our key: the API needs the Prestige tariff and ours is “Бесплатный”. "
+        "Users are told the service is unavailable until this is fixed."]
