@@ -76,6 +76,7 @@ class Refusal(StrEnum):
     TOO_MANY_PENDING = "too_many_pending"
     OVER_QUOTA = "over_quota"
     NO_QUOTA = "no_quota"  # an admin set the user's daily quota to 0
+    ALREADY_ASKED = "already_asked"  # the same button's request is still unanswered
 
 
 class Admission:
@@ -92,13 +93,16 @@ class Admission:
 
     async def admit(self, *, user_id: int, chat_id: int, source_message_id: int | None,
                     locale: str, mode: str, content: str, reply_to: int | None = None,
-                    question: str | None = None,
-                    action: str | None = None) -> int | Refusal | None:
+                    question: str | None = None, action: str | None = None,
+                    parent_id: int | None = None) -> int | Refusal | None:
         """The new job's id, the reason it was refused, or None if it already exists."""
         async with self._lock:
             if source_message_id is not None and await self._jobs.exists_for_message(
                     chat_id, source_message_id):
                 return None  # Telegram delivered this message again
+            if parent_id is not None and action is not None and (
+                    await self._jobs.has_unfinished_child(parent_id, action)):
+                return Refusal.ALREADY_ASKED  # a double tap: one unit, not two
             if self._units.exhausted:
                 return Refusal.NO_UNITS
             if await self._jobs.pending_count(user_id) >= self.max_pending:
@@ -112,7 +116,7 @@ class Admission:
                 return await self._jobs.add(
                     user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
                     locale=locale, mode=mode, content=content, quota_day=day,
-                    reply_to=reply_to, question=question, action=action)
+                    reply_to=reply_to, question=question, action=action, parent_id=parent_id)
             except Exception:
                 await self._quotas.give_back(user_id, day)  # no job, so nothing to count
                 raise

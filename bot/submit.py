@@ -75,13 +75,13 @@ class Submitter:
         return refusal_text(refusal, self.clock, self._admission.max_pending)
 
     async def resubmit(self, *, user_id: int, chat_id: int, reply_to: int | None, mode: str,
-                       content: str, locale: str, question: str | None,
-                       action: str | None) -> Refusal | None:
+                       content: str, locale: str, question: str | None, action: str | None,
+                       parent_id: int | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
         outcome = await self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
             mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
-            question=question, action=action)
+            question=question, action=action, parent_id=parent_id)
         if not isinstance(outcome, int):
             return outcome or Refusal.TOO_MANY_PENDING
         self._runner.start(outcome)
@@ -121,6 +121,8 @@ def refusal_text(refusal: Refusal, clock: QuotaClock, max_pending: int) -> str:
             "✋ You already have {count} requests in progress. Please wait for one of the "
             "answers before sending another; this one was not sent.",
             max_pending).format(count=max_pending)
+    if refusal is Refusal.ALREADY_ASKED:
+        return _("Already on its way: the answer to this button has not come yet.")
     if refusal is Refusal.NO_QUOTA:
         return _("🚫 An admin has set your daily quota to 0, so your requests are not sent. "
                  "Ask an admin if you think this is a mistake.")

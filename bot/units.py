@@ -20,7 +20,9 @@ from bot.notify import AdminNotifier
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY = 300.0
-REFRESH_WHEN_EMPTY = 60.0  # notice a top-up soon
+# While the balance is empty, users are turned away: notice a top-up within seconds. The
+# endpoint allows 500 calls a minute; this is 2.
+REFRESH_WHEN_EMPTY = 30.0
 
 
 class UnitsTracker:
@@ -34,6 +36,7 @@ class UnitsTracker:
         self._empty_alerted = False
         self._denied_alerted = False
         self._refresher: asyncio.Task[None] | None = None
+        self._emptied = asyncio.Event()  # wakes the refresher to watch for a top-up
 
     @property
     def exhausted(self) -> bool:
@@ -41,12 +44,18 @@ class UnitsTracker:
 
     async def observe(self, units: int) -> None:
         """Record a balance the API reported; alert once per crossing."""
+        if units == 0 and self.balance != 0:
+            self._emptied.set()
         self.balance = units
         self._denied_alerted = False  # the key works again
         if units >= self._low_threshold:
             self._low_alerted = False
-        if units > 0:
+        if units > 0 and self._empty_alerted:
             self._empty_alerted = False
+            await self._notifier.send(lambda: ngettext(
+                "✅ The API units are back: {units} unit. Users are served again.",
+                "✅ The API units are back: {units} units. Users are served again.",
+                units).format(units=units))
         if units == 0 and not self._empty_alerted:
             self._empty_alerted = self._low_alerted = True  # one alert says both
             await self._notifier.send(lambda: _(
@@ -94,7 +103,11 @@ class UnitsTracker:
                 await self.refresh()
             except ChatinfoError as error:
                 log.warning("could not refresh the unit balance: %s", error)
-            await asyncio.sleep(REFRESH_WHEN_EMPTY if self.exhausted else REFRESH_EVERY)
+            self._emptied.clear()
+            with suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH_WHEN_EMPTY if self.exhausted
+                                           else REFRESH_EVERY):
+                    await self._emptied.wait()  # the balance ran out meanwhile
 
 
 def refusal_reason(upstream_error: str | None) -> str:

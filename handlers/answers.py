@@ -48,7 +48,7 @@ async def act_on_answer(query: CallbackQuery, callback_data: AnswerCallback, job
     refusal = await submitter.resubmit(user_id=job.user_id, chat_id=job.chat_id,
                                        reply_to=reply_to, mode=mode, content=content,
                                        locale=locale, question=job.question or job.content,
-                                       action=callback_data.action)
+                                       action=callback_data.action, parent_id=job.id)
     if refusal is not None:
         await query.answer(submitter.refusal_text(refusal), show_alert=True)
     else:
@@ -59,12 +59,18 @@ async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRep
                 submitter: Submitter, locale: str) -> None:
     old = await jobs.claim_retry(callback_data.job_id, query.from_user.id)
     if old is None:
-        await query.answer(_("This button is no longer valid."), show_alert=True)
+        job = await jobs.get(callback_data.job_id)
+        if job is not None and job.user_id == query.from_user.id and (
+                job.state is JobState.RETRIED):  # a second tap: one unit, not two
+            await query.answer(_("Already sent again; the answer is on its way."))
+        else:
+            await query.answer(_("This button is no longer valid."), show_alert=True)
         return
     refusal = await submitter.resubmit(user_id=old.user_id, chat_id=old.chat_id,
                                        reply_to=old.reply_to, mode=old.mode,
                                        content=old.content, locale=locale,
-                                       question=old.question, action=old.action)
+                                       question=old.question, action=old.action,
+                                       parent_id=old.parent_id)
     if refusal is not None:
         await jobs.unclaim_retry(old)
         await query.answer(submitter.refusal_text(refusal), show_alert=True)

@@ -82,6 +82,9 @@ MIGRATIONS: tuple[str, ...] = (
     -- answer button that made it (c: continue, s: shorter, r: again; NULL: typed).
     ALTER TABLE jobs ADD COLUMN question TEXT;
     ALTER TABLE jobs ADD COLUMN action TEXT;
+    -- The answer whose button made the job: one such request per (answer, action) at a time.
+    ALTER TABLE jobs ADD COLUMN parent_id INTEGER;
+    CREATE INDEX jobs_by_parent ON jobs (parent_id, action) WHERE parent_id IS NOT NULL;
     """,
 )
 

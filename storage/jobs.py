@@ -53,6 +53,7 @@ class Job:
     told: bool
     question: str | None  # the user's own words, where the content holds more
     action: str | None  # the answer button that made the job, if one did
+    parent_id: int | None  # the answer whose button it was
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -77,14 +78,15 @@ class JobRepo:
         reply_to: int | None = None,
         question: str | None = None,
         action: str | None = None,
+        parent_id: int | None = None,
     ) -> int | None:
         """The new job's id, or None if this message already has a job."""
         now = time.time()
         cursor = await self._db.execute(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
-                                 state, quota_day, reply_to, question, action, created_at,
-                                 updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 state, quota_day, reply_to, question, action, parent_id,
+                                 created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
             (
                 user_id,
@@ -98,6 +100,7 @@ class JobRepo:
                 reply_to,
                 question,
                 action,
+                parent_id,
                 now,
                 now,
             ),
@@ -130,6 +133,16 @@ class JobRepo:
             )
             is not None
         )
+
+    async def has_unfinished_child(self, parent_id: int, action: str) -> bool:
+        """Whether a request made with this answer's `action` button is still unanswered."""
+        marks = ",".join("?" * len(UNFINISHED))
+        return await fetch_one(
+            self._db,
+            f"""SELECT 1 FROM jobs WHERE parent_id = ? AND action = ?
+                AND state IN ({marks}) LIMIT 1""",
+            (parent_id, action, *UNFINISHED),
+        ) is not None
 
     async def pending_count(self, user_id: int) -> int:
         marks = ",".join("?" * len(UNFINISHED))

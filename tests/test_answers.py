@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -10,6 +11,7 @@ from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
 
 from bot.render import TELEGRAM_LIMIT, render, utf16_length
+from bot.sandbox import Fault
 from storage.jobs import JobState
 from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_ID, BOT_USERNAME
@@ -263,3 +265,40 @@ async def test_a_failed_notice_still_lets_the_job_run_once(app: App) -> None:
     job = await app.jobs.get(1)
     assert job is not None and job.state is JobState.DELIVERED
     assert job.result == "[chat] " + "x" * 5000
+
+
+async def test_a_double_tap_on_an_answer_button_spends_one_unit(app: App) -> None:
+    await app.feed(message_update(30, "a question"))
+    await app.settle()
+    [job] = await app.jobs.recent(30, 1)
+    app.chatinfo.solve_time = 1.0
+    tap = callback_update(30, f"ans:r:{job.id}", message_id=job.placeholder_id or 0)
+    await asyncio.gather(app.feed(tap), app.feed({**tap}))
+    await app.feed(callback_update(30, f"ans:c:{job.id}", message_id=job.placeholder_id or 0))
+
+    toasts = [a.text for a in app.sent(AnswerCallbackQuery)]
+    assert sorted(toasts) == sorted(["Sending…", "Sending…",
+                                     "Already on its way: the answer to this button has not "
+                                     "come yet."])
+    await app.settle()
+    assert app.chatinfo.calls["create_request"] == 3  # the question, 🔄 once, and ➡️
+
+    await app.feed(callback_update(30, f"ans:r:{job.id}", message_id=job.placeholder_id or 0))
+    await app.settle()  # the first 🔄 was answered: pressing again is a new, meant request
+    assert app.chatinfo.calls["create_request"] == 4
+
+
+async def test_a_double_tap_on_send_again_sends_once(app: App) -> None:
+    app.chatinfo.inject("create_request", Fault.http(500))  # spent or not: unknowable
+    await app.feed(message_update(31, "try me"))
+    await app.settle()
+    [job] = await app.jobs.recent(31, 1)
+    assert job.state is JobState.UNKNOWN
+    tap = callback_update(31, f"retry:{job.id}", message_id=job.placeholder_id or 0)
+    await asyncio.gather(app.feed(tap), app.feed({**tap}))
+    await app.settle()
+
+    toasts = sorted(a.text for a in app.sent(AnswerCallbackQuery))
+    assert toasts == ["Already sent again; the answer is on its way.", "Sending again…"]
+    assert app.chatinfo.calls["create_request"] == 2  # the failed one, and one retry
+    assert [r.content for r in app.chatinfo.requests] == ["try me"]  # the 500 made nothing

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 
+import bot.units
 from bot.quota import QuotaClock
 from bot.units import UnitsTracker
 from storage.quotas import QuotaRepo
 from tests.conftest import App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update
+from tests.harness import wait_until
 
 ADMIN = 900
 UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."
@@ -241,3 +244,29 @@ async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_ap
         "🛑 The API refused our key: the API needs the Prestige tariff and ours is “Бесплатный”. "
         "Users are told the service is unavailable until this is fixed."]
     assert await usage_used(app, 15) == 0
+
+
+async def test_a_top_up_is_seen_within_the_empty_refresh_and_admins_told(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot.units, "REFRESH_WHEN_EMPTY", 0.2)
+    monkeypatch.setattr(bot.units, "REFRESH_EVERY", 3600.0)
+    app = await make_app(admin_ids=str(ADMIN))
+    tracker: UnitsTracker = app.dp["tracker"]
+    app.chatinfo.units = 1
+    tracker.start()
+    try:
+        await wait_until(lambda: tracker.balance == 1, timeout=5, what="the first refresh")
+        await app.feed(message_update(16, "the last unit"))  # the balance runs out here
+        await app.settle()
+        await app.feed(message_update(16, "refused"))
+        app.chatinfo.units = 40  # the operator tops up; nobody calls /units
+        await wait_until(lambda: tracker.balance == 40, timeout=5, what="the top-up noticed")
+        await app.feed(message_update(16, "served again"))
+        await app.settle()
+    finally:
+        await tracker.stop()
+
+    assert [r.content for r in app.chatinfo.requests] == ["the last unit", "served again"]
+    assert texts(app, to=ADMIN)[-1] == (
+        "✅ The API units are back: 40 units. Users are served again.")
+    assert len([t for t in texts(app, to=ADMIN) if "exhausted" in t]) == 1
