@@ -1,7 +1,8 @@
 """Who may use the bot: the whitelist (if any) and bans. Admins always may.
 
-A refusal must not make the bot noisy in groups: what is not addressed to the bot gets
-no reply from anyone, and a refused user hears it at most once an hour per group.
+A refusal must not make the bot noisy: in a group, what is not addressed to the bot gets
+no reply from anyone, and a refused user hears it at most once an hour there; a flood in
+the private chat gets one refusal a minute, so it cannot use up the bot's sending budget.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from storage.users import Profile
 log = logging.getLogger(__name__)
 
 GROUP_REFUSAL_EVERY = 3600.0  # seconds between two refusals to one user in one group
+PRIVATE_REFUSAL_EVERY = 60.0  # and in their private chat
 
 
 class AccessMiddleware(BaseMiddleware):
@@ -30,7 +32,7 @@ class AccessMiddleware(BaseMiddleware):
     def __init__(self, admin_ids: frozenset[int], allowed_ids: frozenset[int]) -> None:
         self._admin_ids = admin_ids
         self._allowed_ids = allowed_ids
-        self._refused_at: dict[tuple[int, int], float] = {}  # (chat, user) -> when, in groups
+        self._refused_at: dict[tuple[int, int], float] = {}  # (chat, user) -> when
 
     async def __call__(
         self,
@@ -58,15 +60,16 @@ class AccessMiddleware(BaseMiddleware):
             await event.reply(text)
 
     async def _may_refuse_in(self, message: Message, bot: Bot) -> bool:
-        if message.chat.type == ChatType.PRIVATE:
-            return True
+        private = message.chat.type == ChatType.PRIVATE
         if message.from_user is None or not addressed_to(message, await bot.me()):
             return False
         now = time.monotonic()
         self._forget_before(now - GROUP_REFUSAL_EVERY)
         key = (message.chat.id, message.from_user.id)
-        if key in self._refused_at:
+        every = PRIVATE_REFUSAL_EVERY if private else GROUP_REFUSAL_EVERY
+        if now - self._refused_at.get(key, -every) < every:
             return False
+        self._refused_at.pop(key, None)  # re-inserted last: the dict stays in time order
         self._refused_at[key] = now
         return True
 

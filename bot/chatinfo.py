@@ -156,8 +156,9 @@ class ChatinfoClient:
                     slot_taken: bool = False) -> Any:
         """One logical call: bounded retries, each attempt inside the rate limit.
 
-        Retries happen only where the call surely did not count (not sent, or 429),
-        plus any failure of the free, idempotent endpoints.
+        Retries happen only where the call surely did not count (not sent), plus any
+        failure of the free, idempotent endpoints; a 429 on create_request is the caller's
+        to wait out.
         """
         for attempt in range(1, self._attempts + 1):
             try:
@@ -165,7 +166,10 @@ class ChatinfoClient:
                     await self.limiters[endpoint].acquire()
                 return await self._attempt(endpoint, payload, sent_is_safe=idempotent)
             except (RateLimited, UpstreamUnavailable) as error:
-                retry = isinstance(error, RateLimited) or idempotent or not error.maybe_spent
+                # A create's 429 goes back to the create queue, which waits out the
+                # server's window; a quick retry here would only meet another 429.
+                retry = idempotent or (isinstance(error, UpstreamUnavailable)
+                                       and not error.maybe_spent)
                 if not retry or attempt == self._attempts:
                     raise
                 log.warning("chatinfo %s attempt %d failed (%s)", endpoint, attempt, error)

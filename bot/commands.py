@@ -1,8 +1,10 @@
 """Every command the bot has, written once: the menus, /help and the privacy rule read it.
 
 A command marked `private` shows the user's own data (or the operator's), so in a group
-the bot answers it with a link to the private chat instead; the link's /start payload
-runs the command there (`start_payload` and `command_from_payload`).
+the bot answers it with a link to the private chat instead. For a command that only shows
+something (`read_only`), the link's /start payload runs it there (`start_payload` and
+`command_from_payload`); one that changes something is never run by a tap on a link,
+which anyone can post.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class BotCommandInfo:
     args: str = ""  # how to call it, e.g. "<id> <n>"
     admin: bool = False
     private: bool = False
+    read_only: bool = True  # changes nothing: safe to run from a link
 
 
 COMMANDS: tuple[BotCommandInfo, ...] = (
@@ -30,17 +33,19 @@ COMMANDS: tuple[BotCommandInfo, ...] = (
     BotCommandInfo("language", __("Change the language")),
     BotCommandInfo("me", __("My mode and requests left today"), private=True),
     BotCommandInfo("history", __("My last requests and their answers"), private=True),
-    BotCommandInfo("cancel", __("Stop waiting for my requests"), private=True),
+    BotCommandInfo("cancel", __("Stop waiting for my requests"), private=True,
+                   read_only=False),
     BotCommandInfo("units", __("Balance, spending, days left"), admin=True, private=True),
     BotCommandInfo("stats", __("Users, requests, failures"), admin=True, private=True),
     BotCommandInfo("user", __("A user's card"), "<id>", admin=True, private=True),
     BotCommandInfo("quota", __("A user's daily quota"), "<id> <n | unlimited | default>",
-                   admin=True, private=True),
+                   admin=True, private=True, read_only=False),
     BotCommandInfo("grant", __("Extra requests for today"), "<id> <n>", admin=True,
-                   private=True),
+                   private=True, read_only=False),
     BotCommandInfo("ban", __("Ban a user, also before they write"), "<id>", admin=True,
-                   private=True),
-    BotCommandInfo("unban", __("Lift a ban"), "<id>", admin=True, private=True),
+                   private=True, read_only=False),
+    BotCommandInfo("unban", __("Lift a ban"), "<id>", admin=True, private=True,
+                   read_only=False),
 )
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 
@@ -55,19 +60,20 @@ def names(*, admin: bool, private: bool | None = None) -> tuple[str, ...]:
 _PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def start_payload(command: str, args: str | None) -> str:
-    """The /start payload that runs `/command args` in the private chat.
-
-    Arguments go along when they fit a payload (ids, words); otherwise only the command.
-    """
+def start_payload(command: str, args: str | None) -> str | None:
+    """The /start payload that runs `/command args` in the private chat, if it may be run
+    from a link. Arguments go along when they fit a payload (ids, words)."""
+    if not COMMANDS_BY_NAME[command].read_only:
+        return None
     words = (args or "").split()
     payload = "-".join((command, *words))
     return payload if words and _PAYLOAD.fullmatch(payload) else command
 
 
 def command_from_payload(payload: str) -> str | None:
-    """The command text a /start payload stands for, if it names a private command."""
+    """The command text a /start payload stands for, if it names a private, read-only one."""
     name, *args = payload.split("-")
-    if name not in COMMANDS_BY_NAME or not COMMANDS_BY_NAME[name].private:
+    command = COMMANDS_BY_NAME.get(name)
+    if command is None or not command.private or not command.read_only:
         return None
     return " ".join((f"/{name}", *args))

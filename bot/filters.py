@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from aiogram import Bot
@@ -22,15 +23,25 @@ def addressed_to(message: Message, me: User) -> bool:
     if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
         return True
     if text.startswith("/"):
-        name, _at, target = text.split(maxsplit=1)[0][1:].partition("@")
-        if target:
+        if target := command_target(text):
             return target.lower() == (me.username or "").lower()
-        return name.lower() in COMMANDS_BY_NAME
-    return bool(me.username) and _mention(me).search(text) is not None
+        return command_name(text).lower() in COMMANDS_BY_NAME
+    return bool(me.username) and _mention(me.username or "").search(text) is not None
 
 
-def _mention(me: User) -> re.Pattern[str]:
-    return re.compile(rf"@{re.escape(me.username or '')}\b", re.IGNORECASE)
+def command_name(text: str) -> str:
+    """"help" of "/help@some_bot args"."""
+    return text.split(maxsplit=1)[0][1:].partition("@")[0] if text.strip() else ""
+
+
+def command_target(text: str) -> str:
+    """"some_bot" of "/help@some_bot args"; "" when the command names no bot."""
+    return text.split(maxsplit=1)[0].partition("@")[2] if text.strip() else ""
+
+
+@functools.cache
+def _mention(username: str) -> re.Pattern[str]:
+    return re.compile(rf"@{re.escape(username)}\b", re.IGNORECASE)
 
 
 class AddressedToBot(Filter):
@@ -46,4 +57,4 @@ class AddressedToBot(Filter):
         me = await bot.me()
         if not addressed_to(message, me):
             return False
-        return {"request": _mention(me).sub("", text).strip() if me.username else text}
+        return {"request": _mention(me.username).sub("", text).strip() if me.username else text}

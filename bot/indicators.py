@@ -43,8 +43,8 @@ class _Watched(NamedTuple):
 
 class WaitingIndicators:
     def __init__(self, bot: Bot, delivery: Delivery, progress_every: float,
-                 progress_text: Callable[[str, float], str]) -> None:
-        """`progress_text(locale, seconds)` is the placeholder's text after that wait."""
+                 progress_text: Callable[[int, str, float], str]) -> None:
+        """`progress_text(job id, locale, seconds)`: the placeholder's text after that wait."""
         self._bot = bot
         self._delivery = delivery
         self._progress_every = progress_every
@@ -123,7 +123,7 @@ class WaitingIndicators:
             heapq.heappush(self._due, (now + self._progress_every, job_id))
             edit = asyncio.create_task(self._delivery.progress(
                 watched.chat_id, watched.placeholder_id,
-                self._progress_text(watched.locale, now - watched.created_at)))
+                self._progress_text(job_id, watched.locale, now - watched.created_at)))
             self._editing = (job_id, edit)
             try:
                 await asyncio.shield(edit)

@@ -39,6 +39,12 @@ class SlidingWindowLimiter:
             return 0.0
         return max(0.0, self._stamps[0] + self.period - self._clock())
 
+    def window_clears_at(self) -> float:
+        """When the oldest call of the current window leaves it (now, if none is in it)."""
+        now = self._clock()
+        inside = [stamp for stamp in self._stamps if stamp > now - self.period]
+        return inside[0] + self.period if inside else now
+
     def in_use(self) -> int:
         """Calls made within the current window."""
         cutoff = self._clock() - self.period

@@ -110,8 +110,7 @@ class Admission:
             day = self._clock.today()
             if not await self._quotas.reserve(user_id, day):
                 usage = await self._quotas.usage(user_id, day)
-                cut_off = usage.quota == 0 and not usage.granted
-                return Refusal.NO_QUOTA if cut_off else Refusal.OVER_QUOTA
+                return Refusal.NO_QUOTA if usage.quota == 0 else Refusal.OVER_QUOTA
             try:
                 return await self._jobs.add(
                     user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -53,6 +54,7 @@ from bot.scheduler import (
     wait_event,
 )
 from bot.units import UnitsTracker
+from bot.wording import duration_text
 from storage.jobs import Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
 
@@ -87,7 +89,7 @@ class JobRunner:
         self._policy = policy or RunnerPolicy()
         self.delivery = Delivery(bot)
         self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
-                                             self._waiting_text)
+                                             self._progress_text)
         self._solve_times = SolveTimes(self._policy.prior)
         self.scheduler = PollScheduler(
             lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
@@ -98,7 +100,7 @@ class JobRunner:
         # A job is in one of these while it is unfinished: a task carries it, or it is
         # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._creating: dict[int, asyncio.Future[None]] = {}
+        self._creating: dict[int, asyncio.Future[bool]] = {}
         self._job_left = asyncio.Event()
 
     @property
@@ -245,25 +247,40 @@ class JobRunner:
             await self._deliver(job)
 
     async def _create(self, job: Job) -> Job:
-        await self._show_queue_position(job)
-        await self.queue.turn(job.user_id)
-        # Shielded: once create_request is sent, its id must be stored even during a
-        # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
-        step = asyncio.ensure_future(self._create_step(job))
-        self._creating[job.id] = step
-        step.add_done_callback(lambda _: self._creating.pop(job.id, None))
-        await asyncio.shield(step)
-        return await self._reload(job)
+        """Send create_request when the queue says so; a 429 spent nothing, so the job waits
+        in the queue again (visibly) until MAX_WAIT_SECONDS."""
+        while True:
+            await self._show_queue_position(job)
+            await self.queue.turn(job.user_id, job.id)
+            # Shielded: once create_request is sent, its id must be stored even during a
+            # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
+            step = asyncio.ensure_future(self._create_step(job))
+            self._creating[job.id] = step
+            step.add_done_callback(partial(self._creating.pop, job.id))
+            rate_limited = await asyncio.shield(step)
+            job = await self._reload(job)
+            if not rate_limited:
+                return job
+            if time.time() >= job.created_at + self._policy.max_wait:
+                await self._tell(job, Failure.BUSY, "rate limited until the maximum wait")
+                return await self._reload(job)
 
-    async def _create_step(self, job: Job) -> None:
+    async def _create_step(self, job: Job) -> bool:
+        """One create_request; whether it met a 429 (the job is queued again)."""
         crashpoints.reach(crashpoints.BEFORE_CREATE)
         await self._jobs.mark_creating(job.id)
+        rate_limited = False
         try:
             created = await self._client.create_request(job.content, job.mode, slot_taken=True)
             crashpoints.reach(crashpoints.AFTER_CREATE)
+        except RateLimited:
+            rate_limited = True
+            await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
+            log.info("job %s waits: create_request got 429", job.id,
+                     extra=job_event(job, "rate_limited"))
         except UpstreamUnavailable as error:
-            failure = (Failure.UNKNOWN_OUTCOME if error.maybe_spent
-                       else Failure.BUSY if error.connected else Failure.UNREACHABLE)
+            # Not idempotent: a create that reached the server may have spent a unit.
+            failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.UNREACHABLE
             await self._tell(job, failure, str(error))
         except NotEnoughUnits as error:
             await self._units.observe(0)
@@ -271,8 +288,6 @@ class JobRunner:
         except AccessDenied as error:
             await self._units.denied(error.upstream_error)
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
-        except RateLimited as error:
-            await self._tell(job, Failure.BUSY, str(error))
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
@@ -281,6 +296,9 @@ class JobRunner:
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
                 await self._units.observe(created.units)
+        finally:
+            self.queue.sent(rate_limited=rate_limited)
+        return rate_limited
 
     def _park(self, job: Job) -> None:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""
@@ -370,19 +388,21 @@ class JobRunner:
 
     async def _show_queue_position(self, job: Job) -> None:
         ahead = self.queue.ahead_of_new(job.user_id)
-        wait = self._client.limiters[CREATE].delay()
-        if not ahead and not wait:
-            return
-        rate = self._client.limiters[CREATE].limit / self._client.limiters[CREATE].period
+        seconds = self.queue.eta(ahead)
+        if not ahead and seconds < 1 and not self.queue.held:
+            return  # sent at once: "working on it" is the truth
         with self._locale(job.locale):
-            text = ngettext("⏳ In the queue: {ahead} request ahead, about {seconds} s.",
-                            "⏳ In the queue: {ahead} requests ahead, about {seconds} s.",
-                            ahead).format(ahead=ahead, seconds=max(1, round(wait + ahead / rate)))
+            text = queue_text(ahead, seconds, held=self.queue.held)
         await self.delivery.progress(job.chat_id, job.placeholder_id, text)
 
-    def _waiting_text(self, locale: str, seconds: float) -> str:
+    def _progress_text(self, job_id: int, locale: str, seconds: float) -> str:
+        """The placeholder while the job waits: its place in the queue until it is sent."""
+        ahead = self.queue.ahead(job_id)
+        wait = self.queue.eta(ahead or 0)
         with self._locale(locale):
-            return waiting_text(seconds)
+            if ahead is None or (not ahead and wait < 1 and not self.queue.held):
+                return waiting_text(seconds)  # sent, or about to be
+            return queue_text(ahead, wait, held=self.queue.held)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)
@@ -397,6 +417,22 @@ class JobRunner:
 
 def placeholder_text() -> str:
     return _("⏳ Working on it…")
+
+
+def queue_text(ahead: int, seconds: float, *, held: bool) -> str:
+    wait = duration_text(seconds)
+    if held:
+        return ngettext(
+            "⏳ The AI service asked us to slow down, so your request waits in the queue; "
+            "nothing is spent yet. {ahead} request ahead, about {wait}.",
+            "⏳ The AI service asked us to slow down, so your request waits in the queue; "
+            "nothing is spent yet. {ahead} requests ahead, about {wait}.",
+            ahead).format(ahead=ahead, wait=wait)
+    if not ahead:
+        return _("⏳ Next in the queue, about {wait}.").format(wait=wait)
+    return ngettext("⏳ In the queue: {ahead} request ahead, about {wait}.",
+                    "⏳ In the queue: {ahead} requests ahead, about {wait}.",
+                    ahead).format(ahead=ahead, wait=wait)
 
 
 def waiting_text(seconds: float) -> str:

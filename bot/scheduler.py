@@ -360,13 +360,23 @@ class PollScheduler:
 
 
 class FairQueue:
-    """create_request slots, handed out round-robin between users as the budget allows."""
+    """create_request slots, handed out round-robin between users as the budget allows.
+
+    After a 429 (which spent nothing) the queue honours the server's window: it grants
+    nothing until the oldest call of the last window has left it, then lets one call
+    through as a probe and waits for its outcome (`sent`) before granting more.
+    """
+
+    PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
 
     def __init__(self, limiter: SlidingWindowLimiter) -> None:
         self._limiter = limiter
-        self._waiting: OrderedDict[int, deque[asyncio.Future[None]]] = OrderedDict()
+        # user -> their waiting (job id, ticket)s, users in round-robin order
+        self._waiting: OrderedDict[int, deque[tuple[int, asyncio.Future[None]]]] = OrderedDict()
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._hold_until = 0.0  # monotonic; no grant before it
+        self._probe: asyncio.Event | None = None  # set when the probe's outcome is known
 
     @property
     def running(self) -> bool:
@@ -382,6 +392,28 @@ class FairQueue:
         return mine + sum(min(len(queue), mine + 1)
                           for uid, queue in self._waiting.items() if uid != user_id)
 
+    def ahead(self, job_id: int) -> int | None:
+        """How many queued requests go before this job's (None: it is not waiting)."""
+        users = list(self._waiting.items())
+        for place, (_user, queue) in enumerate(users):
+            round_ = next((n for n, (key, _) in enumerate(queue) if key == job_id), None)
+            if round_ is None:
+                continue
+            # Every earlier round of everyone, then this round's turns of the users before.
+            return sum(min(len(q), round_) for _, q in users) + sum(
+                1 for _, q in users[:place] if len(q) > round_)
+        return None
+
+    @property
+    def held(self) -> bool:
+        """Whether a 429 holds the queue now."""
+        return self._hold_until > time.monotonic()
+
+    def eta(self, ahead: int) -> float:
+        """Seconds until the request with `ahead` others before it is sent, at the budget."""
+        held = max(0.0, self._hold_until - time.monotonic(), self._limiter.delay())
+        return held + ahead * self._limiter.period / self._limiter.limit
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._serve(), name="create-queue")
 
@@ -390,24 +422,38 @@ class FairQueue:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
-    async def turn(self, user_id: int) -> None:
-        """Wait until this user's request may be sent; the budget slot is taken for it."""
+    async def turn(self, user_id: int, job_id: int = 0) -> None:
+        """Wait until this user's request may be sent; the budget slot is taken for it.
+
+        The caller then reports how the call went with `sent`.
+        """
         ticket = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(user_id, deque()).append(ticket)
+        self._waiting.setdefault(user_id, deque()).append((job_id, ticket))
         self._changed.set()
         try:
             await ticket
         except asyncio.CancelledError:
             if ticket.done() and not ticket.cancelled():
                 self._limiter.release_last()  # granted, but the call will not be made
+                self.sent(rate_limited=False)
             else:
                 self._forget(user_id, ticket)
             raise
 
+    def sent(self, *, rate_limited: bool) -> None:
+        """How the granted call went: a 429 holds the queue for the server's window."""
+        if rate_limited:
+            self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
+            log.warning("create_request got 429: holding new requests for %.0f s",
+                        self._hold_until - time.monotonic())
+        if self._probe is not None:
+            self._probe.set()  # after a 429 the loop holds again before the next probe
+
     def _forget(self, user_id: int, ticket: asyncio.Future[None]) -> None:
         queue = self._waiting.get(user_id)
-        if queue is not None and ticket in queue:
-            queue.remove(ticket)
+        entry = next((item for item in queue or () if item[1] is ticket), None)
+        if queue is not None and entry is not None:
+            queue.remove(entry)
             if not queue:
                 del self._waiting[user_id]
 
@@ -417,17 +463,30 @@ class FairQueue:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            if (held := self._hold_until - time.monotonic()) > 0:
+                await asyncio.sleep(held)
+                probing = True
+            else:
+                probing = False
             await self._limiter.acquire()
             ticket = self._next_ticket()
             if ticket is None:
                 self._limiter.release_last()  # everyone waiting went away meanwhile
+                continue
+            if probing:  # one call, and no other until the server has answered it
+                self._probe = asyncio.Event()
+                ticket.set_result(None)
+                with suppress(TimeoutError):  # a caller that never reports cannot stall us
+                    async with asyncio.timeout(self.PROBE_TIMEOUT):
+                        await self._probe.wait()
+                self._probe = None
                 continue
             ticket.set_result(None)
 
     def _next_ticket(self) -> asyncio.Future[None] | None:
         while self._waiting:
             user_id, queue = self._waiting.popitem(last=False)
-            ticket = queue.popleft()
+            _job_id, ticket = queue.popleft()
             if queue:
                 self._waiting[user_id] = queue  # to the back of the round
             if not ticket.done():

@@ -6,11 +6,9 @@ Shared by typed messages, documents, and the buttons that ask again.
 from __future__ import annotations
 
 import logging
-import math
 import unicodedata
 from datetime import datetime
 
-from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
@@ -19,6 +17,7 @@ from bot.chatinfo import MAX_CONTENT_CHARS
 from bot.failures import Failure, failure_text
 from bot.quota import Admission, QuotaClock, Refusal
 from bot.runner import JobRunner, placeholder_text
+from bot.wording import duration_text
 from storage.jobs import JobRepo
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,9 @@ class Submitter:
                 await message.reply(notice)
             placeholder = await message.reply(placeholder_text())
             await self._jobs.set_placeholder(outcome, placeholder.message_id)
-        except TelegramAPIError as error:
-            # The runner sends the placeholder itself, with retries and the job's rules.
+        except Exception as error:
+            # The job is admitted: whatever failed here, it goes on (the runner sends the
+            # placeholder itself if need be), so the user must not be told to try again.
             log.warning("replies for job %s failed: %s", outcome, type(error).__name__)
         finally:
             self._runner.start(outcome)  # whatever failed above, the admitted job goes on
@@ -132,10 +132,5 @@ def refusal_text(refusal: Refusal, clock: QuotaClock, max_pending: int) -> str:
 
 
 def until(moment: datetime, clock: QuotaClock) -> str:
-    """How long until `moment`, in whole hours and minutes: "3 hours 5 minutes"."""
-    total = max(1, math.ceil((moment - clock.now()).total_seconds() / 60))
-    hours, minutes = divmod(total, 60)
-    parts = [ngettext("{count} hour", "{count} hours", hours).format(count=hours)] if hours else []
-    if minutes:
-        parts.append(ngettext("{count} minute", "{count} minutes", minutes).format(count=minutes))
-    return " ".join(parts)
+    """How long until `moment`, in whole minutes: "3 hours 5 minutes"."""
+    return duration_text(max(60.0, (moment - clock.now()).total_seconds()))

@@ -31,17 +31,17 @@ async def show_me(message: Message, users: UserRepo, quotas: QuotaRepo,
 def quota_lines(usage: Usage) -> list[str]:
     """The quota in force, where it comes from, and what is left of it today."""
     if usage.quota is None:
-        return [_("Daily quota: unlimited, set for you by an admin.") if usage.personal
-                else _("Daily quota: unlimited.")]
-    if usage.quota == 0 and usage.personal:
-        lines = [_("Daily quota: 0. An admin has stopped your requests.")]
+        return [_("Your quota: unlimited, set for you by an admin.") if usage.personal
+                else _("Your quota: unlimited, the same for everyone.")]
+    if usage.quota == 0:
+        lines = [_("Your quota: 0. An admin has stopped your requests.")]
     elif usage.personal:
-        lines = [ngettext("Daily quota: {count} request a day, set for you by an admin.",
-                          "Daily quota: {count} requests a day, set for you by an admin.",
+        lines = [ngettext("Your quota: {count} request a day, set for you by an admin.",
+                          "Your quota: {count} requests a day, set for you by an admin.",
                           usage.quota).format(count=usage.quota)]
     else:
-        lines = [ngettext("Daily quota: {count} request a day.",
-                          "Daily quota: {count} requests a day.",
+        lines = [ngettext("Your quota: {count} request a day, the same for everyone.",
+                          "Your quota: {count} requests a day, the same for everyone.",
                           usage.quota).format(count=usage.quota)]
     if usage.granted:
         lines.append(ngettext("An admin gave you {count} extra request for today.",

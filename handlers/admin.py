@@ -8,16 +8,16 @@ quotas in advance are how admins deal with a known spammer.
 from __future__ import annotations
 
 import math
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
+from babel.numbers import format_decimal
 
-from bot.chatinfo import AccessDenied, ChatinfoError
+from bot.chatinfo import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
 from bot.config import Settings
 from bot.quota import QuotaClock
 from bot.units import UnitsTracker, refusal_reason
@@ -31,30 +31,23 @@ PREVIEW_CHARS = 40
 MAX_DIGITS = 15  # Telegram ids have at most 52 bits; anything longer is a typo
 DAY = 86400.0
 AVERAGE_DAYS = 7
-QUOTA_WORDS = {"unlimited": UNLIMITED, "default": None}
 
 
 async def units(message: Message, tracker: UnitsTracker, stats: StatsRepo,
-                clock: QuotaClock) -> None:
+                clock: QuotaClock, locale: str) -> None:
     lines = []
     try:
         live = await tracker.refresh()
         balance: int | None = live
         lines.append(balance_line(live))
-    except AccessDenied as error:
+    except ChatinfoError as error:
         balance = tracker.balance
-        lines.append(_("🛑 The API refused our key: {reason}.").format(
-            reason=refusal_reason(error.upstream_error)))
-        lines.append(_("Last known balance: {units}").format(units=_known(balance)))
-    except ChatinfoError:
-        balance = tracker.balance
-        lines.append(_("💰 Balance: {units} (last known; the API did not answer)").format(
-            units=_known(balance)))
+        lines += unanswered_lines(error, balance)
     today = await stats.units_spent_since(clock.day_start())
     week = await stats.units_spent_since(clock.day_start(days_ago=AVERAGE_DAYS - 1))
     lines += [_("Spent today: {today} · last 7 days: {week}").format(today=today, week=week),
               _("Requests in progress: {pending}").format(pending=await stats.pending_jobs())]
-    lines += forecast(week, balance, await stats.first_spent_at())
+    lines += forecast(week, balance, await stats.first_spent_at(), clock, locale)
     await message.answer("\n".join(lines))
 
 
@@ -63,22 +56,39 @@ def balance_line(balance: int) -> str:
                     balance).format(units=balance)
 
 
-def _known(balance: int | None) -> str:
-    return str(balance) if balance is not None else _("unknown")
+def unanswered_lines(error: ChatinfoError, balance: int | None) -> list[str]:
+    """Why there is no live balance, and the last one known."""
+    known = str(balance) if balance is not None else _("unknown")
+    if isinstance(error, AccessDenied):
+        return [_("🛑 The API refused our key: {reason}.").format(
+                    reason=refusal_reason(error.upstream_error)),
+                _("Last known balance: {units}").format(units=known)]
+    if isinstance(error, RateLimited):
+        reason = _("the API is busy (429)")
+    elif isinstance(error, UpstreamUnavailable):
+        reason = _("the API did not answer")
+    else:
+        reason = _("the API's answer had no balance")
+    return [_("💰 Balance: {units} (last known; {reason})").format(units=known, reason=reason)]
 
 
-def forecast(week: int, balance: int | None, since: float | None) -> list[str]:
-    """The daily average over the days that have data (1 to 7), and, once there is a
-    whole day of data, how long the balance lasts at that rate."""
-    if not week or since is None:
+def forecast(week: int, balance: int | None, first_spent: float | None, clock: QuotaClock,
+             locale: str) -> list[str]:
+    """The daily average over the local days that have data (today and up to 6 before),
+    and, once there is a whole day of data, how long the balance lasts at that rate."""
+    if not week or first_spent is None:
         return [_("No units were spent in the last 7 days.")]
-    age = time.time() - since
-    days = min(AVERAGE_DAYS, max(1, math.ceil(age / DAY)))
+    today = clock.now().date()
+    first_day = max(datetime.fromtimestamp(first_spent, clock.zone).date(),
+                    today - timedelta(days=AVERAGE_DAYS - 1))
+    days = (today - first_day).days + 1
     rate = week / days
-    lines = [ngettext("Average: {rate:.1f} a day over the last {days} day.",
-                      "Average: {rate:.1f} a day over the last {days} days.",
-                      days).format(rate=rate, days=days)]
-    if balance is not None and age >= DAY:
+    shown_rate = format_decimal(round(rate, 1), locale=locale)
+    lines = [_("Average so far today: {rate} a day.").format(rate=shown_rate) if days == 1
+             else ngettext("Average: {rate} a day over the last {days} day.",
+                           "Average: {rate} a day over the last {days} days.",
+                           days).format(rate=shown_rate, days=days)]
+    if balance is not None and clock.now().timestamp() - first_spent >= DAY:
         left = math.floor(balance / rate)
         lines.append(ngettext("At that rate the balance lasts about {days} more day.",
                               "At that rate the balance lasts about {days} more days.",
@@ -86,7 +96,8 @@ def forecast(week: int, balance: int | None, since: float | None) -> list[str]:
     return lines
 
 
-async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -> None:
+async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock,
+                        locale: str) -> None:
     activity = await stats.activity(clock.day_start(), clock.day_start(days_ago=6))
     by_mode = ", ".join(f"{mode}: {n}" for mode, n in activity.requests_by_mode.items())
     failures = ", ".join(f"{kind}: {n}" for kind, n in activity.failures_by_kind.items())
@@ -98,7 +109,9 @@ async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -
         + (f" ({by_mode})" if by_mode else ""),
         _("⚠️ Failures in 7 days: {failures}").format(failures=failures or "0"),
         _("⏱ Median time to answer: {seconds}").format(
-            seconds=_("{seconds:.1f} s").format(seconds=median) if median is not None
+            seconds=_("{seconds} s").format(seconds=format_decimal(round(median, 1),
+                                                                   locale=locale))
+            if median is not None
             else "—"),
     )))
 
@@ -106,12 +119,13 @@ async def stats_command(message: Message, stats: StatsRepo, clock: QuotaClock) -
 async def set_quota(message: Message, command: CommandObject, users: UserRepo,
                     quotas: QuotaRepo) -> None:
     parts = (command.args or "").split()
-    user_id = _id(parts[0]) if len(parts) == 2 else None
-    word = parts[1].lower() if len(parts) == 2 else ""
-    quota = QUOTA_WORDS[word] if word in QUOTA_WORDS else _id(word)
-    if user_id is None or (quota is None and word != "default"):
+    user_id = _number(parts[0]) if len(parts) == 2 else None
+    try:
+        quota = parse_quota(parts[1] if user_id is not None else "")
+    except ValueError:
         await message.answer(_("Usage: /quota <user_id> <n | unlimited | default>"))
         return
+    assert user_id is not None
     await users.ensure(user_id)
     await quotas.set_quota(user_id, quota)
     if quota is None:
@@ -129,7 +143,7 @@ async def set_quota(message: Message, command: CommandObject, users: UserRepo,
 async def grant(message: Message, command: CommandObject, users: UserRepo, quotas: QuotaRepo,
                 clock: QuotaClock) -> None:
     parts = (command.args or "").split()
-    user_id, extra = (_id(parts[0]), _id(parts[1])) if len(parts) == 2 else (None, None)
+    user_id, extra = (_number(parts[0]), _number(parts[1])) if len(parts) == 2 else (None, None)
     if user_id is None or not extra:
         await message.answer(_("Usage: /grant <user_id> <n>, with n at least 1"))
         return
@@ -211,13 +225,24 @@ def quota_line(usage: Usage) -> str:
 async def _one_id(message: Message, command: CommandObject, usage: str) -> int | None:
     """The one user id in the arguments; otherwise say how to call the command."""
     parts = (command.args or "").split()
-    user_id = _id(parts[0]) if len(parts) == 1 else None
+    user_id = _number(parts[0]) if len(parts) == 1 else None
     if user_id is None:
         await message.answer(usage)
     return user_id
 
 
-def _id(text: str) -> int | None:
+def parse_quota(word: str) -> int | None:
+    """Requests a day, UNLIMITED, or None for "back to DAILY_QUOTA"; ValueError if none."""
+    if word.lower() == "default":
+        return None
+    if word.lower() == "unlimited":
+        return UNLIMITED
+    if (number := _number(word)) is None:
+        raise ValueError(word)
+    return number
+
+
+def _number(text: str) -> int | None:
     """A plain decimal number that fits SQLite, or None."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS else None
 

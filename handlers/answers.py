@@ -23,7 +23,7 @@ from bot.keyboards import (
     history_keyboard,
 )
 from bot.modes import MODES_BY_NAME
-from bot.render import render
+from bot.render import Part, render
 from bot.runner import JobRunner
 from bot.submit import Submitter
 from storage.jobs import Job, JobRepo, JobState
@@ -57,11 +57,12 @@ async def act_on_answer(query: CallbackQuery, callback_data: AnswerCallback, job
 
 async def retry(query: CallbackQuery, callback_data: RetryCallback, jobs: JobRepo,
                 submitter: Submitter, locale: str) -> None:
+    if await own_job(query, callback_data.job_id, jobs) is None:
+        return
     old = await jobs.claim_retry(callback_data.job_id, query.from_user.id)
     if old is None:
         job = await jobs.get(callback_data.job_id)
-        if job is not None and job.user_id == query.from_user.id and (
-                job.state is JobState.RETRIED):  # a second tap: one unit, not two
+        if job is not None and job.state is JobState.RETRIED:  # a second tap: one unit
             await query.answer(_("Already sent again; the answer is on its way."))
         else:
             await query.answer(_("This button is no longer valid."), show_alert=True)
@@ -103,7 +104,9 @@ def history_line(job: Job, zone: tzinfo) -> str:
 
 def preview(job: Job) -> str:
     """The user's own question, one line: never an earlier answer it was sent with."""
-    question = " ".join((job.question or job.content).split())
+    # Jobs from before questions were stored show their content as it reads, not Markdown.
+    words = job.question or next(iter(render(job.content[:PREVIEW_CHARS * 4])), Part("")).text
+    question = " ".join(words.split())
     if len(question) > PREVIEW_CHARS:
         question = question[:PREVIEW_CHARS - 1].rstrip() + "…"
     labels: dict[str, str] = {AnswerAction.CONTINUE: _("Continue: {question}"),
@@ -135,8 +138,10 @@ async def cancel(message: Message, runner: JobRunner) -> None:
     stopped = await runner.cancel(message.from_user.id)
     if stopped:
         await message.answer(ngettext(
-            "Stopped waiting for {count} request. Requests already sent upstream were counted.",
-            "Stopped waiting for {count} requests. Requests already sent upstream were counted.",
+            "Stopped waiting for {count} request. Requests already sent to the AI service "
+            "were counted.",
+            "Stopped waiting for {count} requests. Requests already sent to the AI service "
+            "were counted.",
             stopped).format(count=stopped))
     else:
         await message.answer(_("You have no requests in progress."))

@@ -12,31 +12,32 @@ from aiogram.enums import ChatType
 from aiogram.types import CallbackQuery, ErrorEvent, Message
 from aiogram.utils.i18n import gettext as _
 
+from bot.filters import addressed_to, command_target
+
 log = logging.getLogger(__name__)
+
+
 async def unknown_command(message: Message, bot: Bot) -> None:
-    if not await is_for_us(message, bot):
-        return  # in a group, a command for another bot (or for nobody in particular)
+    # In a group, only a command naming the bot: a bare unknown one is for another bot.
+    if message.chat.type != ChatType.PRIVATE and not command_target(message.text or ""):
+        return
+    if not addressed_to(message, await bot.me()):
+        return  # a command for another bot
     await message.reply(_("I don't know this command. Send /help to see what I can do."))
-
-
-async def is_for_us(message: Message, bot: Bot) -> bool:
-    if message.chat.type == ChatType.PRIVATE:
-        return True
-    _command, _at, target = (message.text or "").split(maxsplit=1)[0].partition("@")
-    me = await bot.me()
-    return bool(target) and target.lower() == (me.username or "").lower()
 
 
 async def unknown_button(query: CallbackQuery) -> None:
     await query.answer(_("This button is no longer valid."), show_alert=True)
 
 
-async def on_error(event: ErrorEvent) -> None:
+async def on_error(event: ErrorEvent, bot: Bot) -> None:
     log.error("update %s failed", event.update.update_id, exc_info=event.exception)
     text = _("😔 Something went wrong. Please try again.")
     update = event.update
     try:
         if update.message is not None:
+            if not addressed_to(update.message, await bot.me()):
+                return  # a group message that was not for the bot gets no reply at all
             await update.message.reply(text)
         elif update.callback_query is not None:
             await update.callback_query.answer(text, show_alert=True)

@@ -30,10 +30,10 @@ async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: 
         if isinstance(pressed, Message):
             await pressed.edit_text(current_mode_text(mode.name),
                                     reply_markup=modes_keyboard(mode.name))
-        elif pressed is not None:  # too old for Telegram to show us, yet its keyboard is ours
-            await bot.edit_message_reply_markup(chat_id=pressed.chat.id,
-                                                message_id=pressed.message_id,
-                                                reply_markup=modes_keyboard(mode.name))
+        elif pressed is not None:  # too old for Telegram to show us, yet it is ours to edit
+            await bot.edit_message_text(current_mode_text(mode.name), chat_id=pressed.chat.id,
+                                        message_id=pressed.message_id,
+                                        reply_markup=modes_keyboard(mode.name))
     except TelegramBadRequest as error:
         if "not modified" not in error.message:  # the same mode tapped twice
             raise

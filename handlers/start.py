@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import html
+
 from aiogram import Bot, Router
 from aiogram.enums import ChatType
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
-from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
-from bot.commands import COMMANDS
+from bot.commands import COMMANDS, names
 from bot.config import Settings
 from bot.keyboards import modes_keyboard
 from bot.quota import QuotaClock
-from storage.quotas import QuotaRepo
+from handlers.account import quota_lines
+from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
 
 
@@ -37,18 +39,14 @@ def greeting_text() -> str:
 async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaClock,
                     settings: Settings) -> None:
     assert message.from_user is not None
+    private = message.chat.type == ChatType.PRIVATE
     # A quota an admin set for this user is theirs to know, not the group's.
-    daily = (quotas.default if message.chat.type != ChatType.PRIVATE
-             else (await quotas.usage(message.from_user.id, clock.today())).quota)
-    if daily is None:
-        quota = _("You may send as many requests a day as you like.")
-    else:
-        quota = ngettext("You may send {count} request a day; the count starts again at "
-                         "midnight {zone}. /me shows what is left.",
-                         "You may send {count} requests a day; the count starts again at "
-                         "midnight {zone}. /me shows what is left.",
-                         daily).format(count=daily, zone=clock.zone_name())
-    username = (await bot.me()).username or ""
+    usage = (await quotas.usage(message.from_user.id, clock.today()) if private
+             else Usage(quotas.default, 0, 0, personal=False))
+    quota = quota_lines(usage)[0]
+    if usage.quota:
+        quota += " " + _("The count starts again at midnight {zone}; /me shows what is "
+                         "left.").format(zone=clock.zone_name())
     sections = [
         _("I answer with GPT-4o through chatinfo.ru. Send me a text and I reply at once with "
           "⏳, then turn that message into the answer."),
@@ -57,23 +55,22 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
           "along as context. Under each answer: 🔄 ask again, ➡️ continue, ✂️ shorter."),
         _("<b>Limits</b>\nUp to {limit} characters a request; longer text is cut, and I say "
           "so. You can also send a .txt or .md file (up to 1 MB): its caption is the "
-          "instruction. {quota}").format(limit=MAX_CONTENT_CHARS, quota=quota),
+          "instruction.").format(limit=MAX_CONTENT_CHARS) + "\n" + html.escape(quota),
         _("<b>In groups</b>\nMention me (@{bot}) or reply to my message; everyone in the "
-          "group sees the answer, and only you can press its buttons. /me, /history and "
-          "/cancel answer only in our private chat.").format(bot=username),
+          "group sees the answer, and only you can press its buttons. {commands} answer "
+          "only in our private chat.").format(
+              bot=(await bot.me()).username or "",
+              commands=", ".join(f"/{name}" for name in names(admin=False, private=True))),
     ]
-    if message.from_user.id in settings.admin_ids:
+    if private and message.from_user.id in settings.admin_ids:
         sections.append("\n".join((_("<b>Admin commands</b>"), *command_lines(admin=True))))
     await message.answer("\n\n".join(sections), parse_mode="HTML")
 
 
 def command_lines(*, admin: bool) -> list[str]:
-    return [" ".join(filter(None, (f"/{c.name}", _html(c.args), "—", str(c.description))))
+    return [" ".join(filter(None, (f"/{c.name}", html.escape(c.args), "—",
+                                   html.escape(str(c.description)))))
             for c in COMMANDS if c.admin == admin]
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def make_router() -> Router:

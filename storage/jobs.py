@@ -188,6 +188,10 @@ class JobRepo:
     async def mark_creating(self, job_id: int) -> None:
         await self._update(job_id, state=JobState.CREATING)
 
+    async def requeue(self, job_id: int) -> None:
+        """Back to NEW after a create_request that surely did not count (a 429)."""
+        await self._update(job_id, state=JobState.NEW)
+
     async def set_upstream(self, job_id: int, upstream_id: int, units: int | None) -> None:
         await self._update(
             job_id,

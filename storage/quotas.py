@@ -49,17 +49,21 @@ class QuotaRepo:
     async def reserve(self, user_id: int, day: str) -> bool:
         """Count one request against the day's quota if any is left; whether it was.
 
-        Not committed here: it is committed with the job it admits. The caller holds the
-        admission lock, so nothing else counts between the check and the write.
+        One statement, so two concurrent calls cannot both take the last request. Not
+        committed here: it is committed with the job it admits.
         """
-        if (await self.usage(user_id, day)).left == 0:
-            return False
-        await self._db.execute(
-            """INSERT INTO usage (user_id, day, used) VALUES (?, ?, 1)
-               ON CONFLICT (user_id, day) DO UPDATE SET used = used + 1""",
-            (user_id, day),
+        quota = (await self.usage(user_id, day)).quota
+        cursor = await self._db.execute(
+            # The first request of the day inserts the row; later ones (and grants, which
+            # make the row) go through the conflict's condition.
+            """INSERT INTO usage (user_id, day, used) SELECT :user, :day, 1
+               WHERE :quota IS NULL OR :quota > 0 OR EXISTS (
+                   SELECT 1 FROM usage WHERE user_id = :user AND day = :day)
+               ON CONFLICT (user_id, day) DO UPDATE SET used = used + 1
+               WHERE :quota IS NULL OR usage.used < :quota + usage.granted""",
+            {"user": user_id, "day": day, "quota": quota},
         )
-        return True
+        return cursor.rowcount == 1
 
     async def give_back(self, user_id: int, day: str) -> None:
         await self._db.execute(

@@ -26,6 +26,9 @@ from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot
 
 _update_ids = itertools.count(1)
+# The client's rate window in tests, as the server's 60 s would be: after a 429 the create
+# queue waits for the window to clear, which must not take a minute here.
+TEST_WINDOW = 2.0
 # Tests' answers come in a fraction of a second; so does the first poll.
 FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(min_gap=0.02, max_gap=0.05),
                           prior=(0.05, 0.1, 0.2))
@@ -82,7 +85,7 @@ async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppF
                     **overrides: Any) -> App:
         db = await open_database(tmp_path / "bot.sqlite3")
         client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01,
-                                **(client_options or {}))
+                                **{"window": TEST_WINDOW, **(client_options or {})})
         bot, session = mocked_bot()
         settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
                             database_path=tmp_path / "bot.sqlite3", **overrides)

@@ -31,7 +31,7 @@ from bot.sandbox import FakeChatinfo
 from storage.db import open_database
 from storage.jobs import JobRepo
 from storage.users import UserRepo
-from tests.conftest import FAST_POLLS, App
+from tests.conftest import FAST_POLLS, TEST_WINDOW, App
 from tests.fakes.mocked_bot import BOT_ID, M, RecordingSession
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -99,7 +99,7 @@ async def built_app(
     if history:
         await seed_solve_history(database)
     db = await open_database(database)
-    client = client or ChatinfoClient(chatinfo.base_url, key, backoff=0.01)
+    client = client or ChatinfoClient(chatinfo.base_url, key, backoff=0.01, window=TEST_WINDOW)
     session = session or WireSession()
     bot = Bot(token, session=session)
     options: dict[str, Any] = {"bot_token": token, "chatinfo_api_key": key,

@@ -227,7 +227,7 @@ async def test_cancel_stops_waiting_and_says_the_units_were_spent(app: App) -> N
     assert app.sent(EditMessageText)[-1].text == (
         "✖️ Cancelled. The request had already been sent, so it was counted.")
     assert app.sent(SendMessage)[-1].text == (
-        "Stopped waiting for 1 request. Requests already sent upstream were counted.")
+        "Stopped waiting for 1 request. Requests already sent to the AI service were counted.")
     job = await app.jobs.get(1)
     assert job is not None and job.state is JobState.FAILED and job.error == "cancelled"
     await app.feed(message_update(15, "/cancel"))

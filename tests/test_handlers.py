@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import replace
+
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
 
 from bot.modes import MODES
 from storage.jobs import JobState
 from storage.users import UserRepo
-from tests.conftest import App
+from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update, photo_update, sticker_update
 
 
@@ -144,12 +148,39 @@ async def test_tariff_refusal_is_told_in_the_users_language_never_raw(app: App) 
     assert "Престиж" not in edit.text
 
 
-async def test_rate_limited_request_spends_nothing_and_offers_a_retry(app: App) -> None:
-    app.chatinfo.limits["create_request"] = 0
+async def test_a_429_storm_keeps_the_request_queued_until_it_can_be_sent(
+        make_app: AppFactory) -> None:
+    window = 0.3  # the client's rate window, as the server's 60 s would be
+    app = await make_app(client_options={"window": window})
+    app.chatinfo.limits["create_request"] = 0  # another program uses up the key's budget
+    started = time.monotonic()
     await app.feed(message_update(13, "hello"))
+    await app.chatinfo.wait_for(lambda: app.chatinfo.statuses["create_request", 429] >= 4)
+    storm = time.monotonic() - started
+
+    [job] = await app.jobs.recent(13, 1)
+    assert job.state is JobState.NEW  # nothing was sent that counted
+    shown = [e.text for e in app.sent(EditMessageText)]
+    assert any(text.startswith("⏳ The AI service asked us to slow down") for text in shown)
+    assert not any(text.startswith("⚠️") for text in shown)  # the user is not told to retry
+    # One probe per window: the queue waits for the oldest call to leave it, then probes.
+    assert app.chatinfo.statuses["create_request", 429] <= storm / window + 2
+
+    app.chatinfo.limits["create_request"] = 1500  # the storm passes
+    await app.settle()
+    assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+    assert app.chatinfo.units == 999  # one unit for one answer
+
+
+async def test_a_429_storm_longer_than_the_maximum_wait_ends_the_job(
+        make_app: AppFactory) -> None:
+    app = await make_app(policy=replace(FAST_POLLS, max_wait=0.5),
+                         client_options={"window": 0.1})
+    app.chatinfo.limits["create_request"] = 0
+    await app.feed(message_update(14, "hello"))
     await app.settle()
 
-    [edit] = app.sent(EditMessageText)
+    [edit] = [e for e in app.sent(EditMessageText) if e.text.startswith("⚠️")]
     assert edit.text.startswith("⚠️ The AI service is busy right now. Your request was not sent")
     assert buttons(edit.reply_markup) == [("🔄 Send again", "retry:1")]
     assert app.chatinfo.units == 1000
@@ -162,3 +193,36 @@ async def test_failed_handler_is_logged_and_the_user_told(app: App) -> None:
     failed, apology = app.sent(SendMessage)
     assert failed.text.startswith("👋 Hi!")
     assert apology.text == "😔 Something went wrong. Please try again."
+
+
+WAITING_IN_QUEUE = ("⏳ In the queue", "⏳ Next in the queue")
+
+
+async def test_the_queue_tells_each_user_their_place_until_the_request_is_sent(
+        make_app: AppFactory) -> None:
+    app = await make_app(policy=replace(FAST_POLLS, progress_every=0.2),
+                         client_options={"create_per_min": 1, "window": 0.5})
+    await asyncio.gather(*(app.feed(message_update(user, f"question {user}"))
+                           for user in range(40, 46)))
+    await app.settle()
+
+    placeholders = {user: (await app.jobs.recent(user, 1))[0].placeholder_id
+                    for user in range(40, 46)}
+    shown = {user: [e.text for e in app.sent(EditMessageText)
+                    if (e.chat_id, e.message_id) == (user, placeholders[user])]
+             for user in range(40, 46)}
+    assert all(shown[user][-1] == f"[chat] question {user}" for user in shown)
+    # The last in line waited about 2.5 s, its place recomputed at each progress tick (0.5 s
+    # here); it was "working" only for the moment after its request was sent.
+    last = shown[max(shown, key=lambda user: len(shown[user]))]
+    queued = [t for t in last if t.startswith(WAITING_IN_QUEUE)]
+    working = [t for t in last if t.startswith("⏳ Working on it")]
+    assert len(queued) >= 3 and len(working) <= 3, last
+    places = [int(t.split(": ")[1].split()[0]) for t in queued if ": " in t]
+    assert places == sorted(places, reverse=True) and len(set(places)) > 1, queued
+    assert last.index(queued[-1]) < min((last.index(t) for t in working), default=len(last))
+    first_places = [next(e.text for e in app.sent(EditMessageText)
+                         if e.chat_id == user and e.text.startswith(WAITING_IN_QUEUE))
+                    for user in range(42, 46)]  # the first two wait under a second
+    assert len(set(first_places)) > 1, first_places  # not "0 ahead" for everyone
+    assert "1 request ahead" in " ".join(first_places)

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiogram.methods import (
     AnswerCallbackQuery,
-    EditMessageReplyMarkup,
     EditMessageText,
     SendMessage,
 )
@@ -21,8 +20,8 @@ from aiogram.types import InlineKeyboardMarkup
 
 from bot.commands import COMMANDS_BY_NAME
 from bot.i18n import make_i18n
-from bot.quota import QuotaClock
-from bot.submit import until
+from bot.quota import QuotaClock, Refusal
+from bot.submit import refusal_text, until
 from storage.jobs import JobRepo
 from tests.botprocess import REPO
 from tests.conftest import App, AppFactory
@@ -70,10 +69,12 @@ async def test_personal_commands_in_a_group_point_to_the_private_chat(make_app: 
     replies = app.sent(SendMessage)[before:]
     assert [r.chat_id for r in replies] == [GROUP] * 3
     assert [r.text for r in replies] == [
-        f"I answer /{name} only in our private chat, so nothing personal shows up here."
-        for name in ("history", "me", "cancel")]
+        "I answer /history only in our private chat, so nothing personal shows up here.",
+        "I answer /me only in our private chat, so nothing personal shows up here.",
+        "I take /cancel only in our private chat: please send it there."]
+    # /cancel changes something: its link only opens the chat, it never runs it.
     assert [link_of(r.reply_markup) for r in replies] == [
-        BOT_LINK + name for name in ("history", "me", "cancel")]
+        BOT_LINK + "history", BOT_LINK + "me", BOT_LINK.removesuffix("?start=")]
     assert not any("hunter2" in r.text or "quota" in r.text.lower() for r in replies)
 
 
@@ -83,19 +84,37 @@ async def test_admin_commands_in_a_group_show_nothing_there(make_app: AppFactory
     await app.settle()
     before = len(app.sent(SendMessage))
 
-    for command in ("/units", "/stats", "/user 1", "/quota 1 unlimited"):
+    for command in ("/units", "/stats", "/user 1", "/quota 1 unlimited", "/ban 1"):
         await app.feed(in_group(ADMIN, command))
     await app.feed(in_group(2, f"/units@{BOT_USERNAME}"))  # not an admin: looks unknown
     await app.feed(in_group(2, "/units"))  # a bare command of no concern to a non-admin
 
     replies = app.sent(SendMessage)[before:]
-    assert [link_of(r.reply_markup) for r in replies[:4]] == [
+    in_the_group = [r for r in replies if r.chat_id == GROUP]
+    assert [r.text for r in in_the_group] == [
+        "I don't know this command. Send /help to see what I can do."]  # the non-admin's
+    told = [r for r in replies if r.chat_id == ADMIN]  # the admin hears of it in private
+    assert told[0].text == ("You sent /units in a group. I answer admin commands only here, "
+                            "so the group sees nothing of them.")
+    assert [link_of(r.reply_markup) for r in told] == [
         BOT_LINK + "units", BOT_LINK + "stats", BOT_LINK + "user-1",
-        BOT_LINK + "quota-1-unlimited"]
-    assert replies[4].text == "I don't know this command. Send /help to see what I can do."
-    assert len(replies) == 5
+        BOT_LINK.removesuffix("?start="), BOT_LINK.removesuffix("?start=")]
     assert app.chatinfo.calls["units"] <= 1  # the start-up refresh at most; none for /units
-    assert not any("secret" in r.text or "Balance" in r.text for r in replies)
+    assert not await app.db.execute_fetchall("SELECT 1 FROM users WHERE banned = 1")
+
+
+async def test_a_link_never_runs_a_command_that_changes_something(make_app: AppFactory,
+                                                                   ) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(7, "hello"))
+    await app.settle()
+    for payload in ("ban-7", "quota-7-unlimited", "grant-7-999", "unban-7", "cancel"):
+        await app.feed(message_update(ADMIN, f"/start {payload}"))  # a link posted anywhere
+
+    assert all(t.startswith("👋 Hi!") for t in texts(app, to=ADMIN))  # only greeted
+    assert not await app.db.execute_fetchall(
+        "SELECT 1 FROM users WHERE banned = 1 OR daily_quota IS NOT NULL")
+    assert not await app.db.execute_fetchall("SELECT 1 FROM usage WHERE granted > 0")
 
 
 async def test_the_link_runs_the_command_in_the_private_chat(make_app: AppFactory) -> None:
@@ -156,9 +175,9 @@ async def test_banned_and_unlisted_users_are_quiet_in_groups(make_app: AppFactor
     assert texts(app, to=GROUP) == ["You cannot use this bot.", "Sorry, this bot is private."]
     assert app.chatinfo.calls["create_request"] == 0
 
-    await app.feed(message_update(2, "in private"))
-    await app.feed(message_update(2, "again"))
-    assert texts(app, to=2) == ["You cannot use this bot."] * 2  # their own chat: each time
+    for n in range(10):  # a flood in the private chat gets one refusal a minute
+        await app.feed(message_update(2, f"in private {n}"))
+    assert texts(app, to=2) == ["You cannot use this bot."]
 
 
 async def test_two_users_and_an_admin_in_one_group(make_app: AppFactory) -> None:
@@ -177,6 +196,7 @@ async def test_two_users_and_an_admin_in_one_group(make_app: AppFactory) -> None
         "This button belongs to someone else's request.")
     await app.feed(in_group(ADMIN, "/stats"))
     assert link_of(app.sent(SendMessage)[-1].reply_markup) == BOT_LINK + "stats"
+    assert app.sent(SendMessage)[-1].chat_id == ADMIN  # told in private, not in the group
     assert app.chatinfo.calls["create_request"] == 2
 
 
@@ -192,7 +212,7 @@ async def test_quota_zero_cuts_off_and_unlimited_and_default_are_spelled_out(
         "🚫 An admin has set your daily quota to 0, so your requests are not sent. Ask an "
         "admin if you think this is a mistake.")
     await app.feed(message_update(5, "/me"))
-    assert "Daily quota: 0. An admin has stopped your requests." in texts(app, to=5)[-1]
+    assert "Your quota: 0. An admin has stopped your requests." in texts(app, to=5)[-1]
 
     await app.feed(message_update(ADMIN, "/quota 5 unlimited"))
     await app.feed(message_update(ADMIN, "/user 5"))
@@ -200,15 +220,15 @@ async def test_quota_zero_cuts_off_and_unlimited_and_default_are_spelled_out(
         "Quota: unlimited (set with /quota) · used today: 0 · extra today: 0")
     await app.feed(message_update(5, "/me"))
     assert texts(app, to=5)[-1].split("\n")[1] == (
-        "Daily quota: unlimited, set for you by an admin.")
+        "Your quota: unlimited, set for you by an admin.")
 
     await app.feed(message_update(ADMIN, "/quota 5 default"))
     await app.feed(message_update(ADMIN, "/user 5"))
     assert texts(app, to=ADMIN)[-1].split("\n")[2] == (
         "Quota: 2 a day (DAILY_QUOTA) · used today: 0 · extra today: 0")
     await app.feed(message_update(5, "/me"))
-    assert texts(app, to=5)[-1].split("\n")[1:3] == ["Daily quota: 2 requests a day.",
-                                                     "2 requests left today."]
+    assert texts(app, to=5)[-1].split("\n")[1:3] == [
+        "Your quota: 2 requests a day, the same for everyone.", "2 requests left today."]
     confirmations = [t for t in texts(app, to=ADMIN) if t.startswith("User 5")]
     assert confirmations == ["User 5 is cut off: 0 requests a day.",
                              "User 5 now has an unlimited daily quota.",
@@ -221,7 +241,8 @@ async def test_daily_quota_zero_in_settings_still_means_unlimited(make_app: AppF
     await app.feed(message_update(6, "/me"))
     await app.feed(message_update(ADMIN, "/user 6"))
 
-    assert texts(app, to=6)[-1].split("\n")[1:] == ["Daily quota: unlimited."]
+    assert texts(app, to=6)[-1].split("\n")[1:] == [
+        "Your quota: unlimited, the same for everyone."]
     assert texts(app, to=ADMIN)[-1].split("\n")[2].startswith(
         "Quota: unlimited (DAILY_QUOTA=0)")
 
@@ -277,8 +298,8 @@ async def test_units_live_refused_and_unanswered(make_app: AppFactory) -> None:
         "💰 Balance: 7 (last known; the API did not answer)")
 
 
-async def spent(app: App, *, days_ago: float, count: int) -> None:
-    """`count` jobs that spent a unit `days_ago` days back."""
+async def spent(app: App, *, at: float, count: int) -> None:
+    """`count` jobs that spent a unit at Unix time `at`."""
     jobs = JobRepo(app.db)
     await app.db.execute(
         "INSERT OR IGNORE INTO users (id, first_seen, last_seen) VALUES (50, 1, 1)")
@@ -288,21 +309,23 @@ async def spent(app: App, *, days_ago: float, count: int) -> None:
         assert job_id is not None
         await jobs.set_upstream(job_id, 1, None)
         await app.db.execute("UPDATE jobs SET created_at = ? WHERE id = ?",
-                             (time.time() - days_ago * 86400, job_id))
+                             (at, job_id))
     await app.db.commit()
 
 
 async def test_units_averages_over_the_days_with_data(make_app: AppFactory) -> None:
     app = await make_app(admin_ids=str(ADMIN))
     app.chatinfo.units = 100
-    await spent(app, days_ago=0.01, count=4)
+    clock: QuotaClock = app.dp["clock"]
+    await spent(app, at=max(clock.day_start() + 1, time.time() - 60), count=4)
     await app.feed(message_update(ADMIN, "/units"))
-    assert texts(app, to=ADMIN)[-1].split("\n")[3:] == ["Average: 4.0 a day over the last 1 day."]
+    # Less than a day of data: an average, but no forecast yet.
+    assert texts(app, to=ADMIN)[-1].split("\n")[3:] == ["Average so far today: 4 a day."]
 
-    await spent(app, days_ago=2.5, count=2)  # data now goes 3 days back, all within 7
+    await spent(app, at=clock.day_start(days_ago=2) + 3600, count=2)  # 3 local days of data
     await app.feed(message_update(ADMIN, "/units"))
     assert texts(app, to=ADMIN)[-1].split("\n")[3:] == [
-        "Average: 2.0 a day over the last 3 days.",
+        "Average: 2 a day over the last 3 days.",
         "At that rate the balance lasts about 50 more days."]
 
 
@@ -334,7 +357,7 @@ async def test_help_lists_every_command_and_admins_see_theirs(make_app: AppFacto
         assert needle in user_help
     assert "/units" not in user_help and "Admin" not in user_help
     assert "/quota &lt;id&gt; &lt;n | unlimited | default&gt; — " in admin_help
-    assert "<b>Команды админа</b>" in admin_help and "отправить 21 запрос;" in admin_help
+    assert "<b>Команды админа</b>" in admin_help and "21 запрос в день, как и у всех." in admin_help
     assert "по московскому времени" in admin_help
     await app.feed(message_update(1, "/start"))
     assert texts(app, to=1)[-1].startswith("👋 Hi!")  # /start greets; /help is not /start
@@ -353,7 +376,7 @@ async def test_russian_counts_take_their_plural_form(make_app: AppFactory, count
     await app.feed(message_update(7, "/me", language_code="ru"))
 
     lines = texts(app, to=7)[-1].split("\n")
-    assert lines[1] == f"Дневной лимит: {russian} в день, его задал вам админ."
+    assert lines[1] == f"Ваш лимит: {russian} в день, его задал вам админ."
     left = {"запрос": "остался", "запроса": "осталось", "запросов": "осталось"}
     assert lines[2] == f"Сегодня {left[russian.split()[1]]} {russian}."
 
@@ -455,8 +478,9 @@ async def test_a_mode_pressed_on_a_keyboard_too_old_to_see_is_marked(app: App) -
                                            "message_id": 77, "date": 0}
     await app.feed(update)
 
-    [edit] = app.sent(EditMessageReplyMarkup)
+    [edit] = app.sent(EditMessageText)
     assert (edit.chat_id, edit.message_id) == (13, 77)
+    assert edit.text.startswith("Current mode: 🎭 Poems")
     keyboard = edit.reply_markup
     assert isinstance(keyboard, InlineKeyboardMarkup)
     marked = [b.text for row in keyboard.inline_keyboard for b in row if b.text.startswith("✅")]
@@ -552,3 +576,13 @@ async def test_a_reply_that_adds_nothing_is_not_sent(app: App) -> None:
 
     assert app.sent(SendMessage)[-1].text.startswith("✋ There is nothing to send")
     assert app.chatinfo.calls["create_request"] == 1
+
+
+@pytest.mark.parametrize("locale", ["en", "ru"])
+def test_every_refusal_fits_a_callback_alert(locale: str) -> None:
+    """Buttons show refusals as alerts, which Telegram cuts at 200 characters."""
+    clock = FixedClock("Asia/Yekaterinburg", datetime(2026, 12, 2, 0, 1))  # longest wait
+    i18n = make_i18n()
+    with i18n.context(), i18n.use_locale(locale):
+        texts = [refusal_text(refusal, clock, max_pending=22) for refusal in Refusal]
+    assert all(len(text) <= 200 for text in texts), max(texts, key=len)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import pytest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
@@ -12,7 +13,7 @@ import bot.units
 from bot.quota import QuotaClock
 from bot.units import UnitsTracker
 from storage.quotas import QuotaRepo
-from tests.conftest import App, AppFactory
+from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update
 from tests.harness import wait_until
 
@@ -69,8 +70,9 @@ async def test_pending_limit_refuses_and_spends_nothing(make_app: AppFactory) ->
 
 
 async def test_quota_is_given_back_when_no_unit_was_spent(make_app: AppFactory) -> None:
-    app = await make_app(daily_quota=1)
-    app.chatinfo.limits["create_request"] = 0  # every create gets a 429
+    app = await make_app(daily_quota=1, policy=replace(FAST_POLLS, max_wait=0.5),
+                         client_options={"window": 0.1})
+    app.chatinfo.limits["create_request"] = 0  # every create gets a 429 until it gives up
     await app.feed(message_update(4, "busy"))
     await app.settle()
     assert await usage_used(app, 4) == 0
@@ -88,7 +90,7 @@ async def test_me_shows_mode_requests_left_and_reset(app: App) -> None:
 
     mode, quota, left, resets = texts(app)[-1].split("\n")
     assert mode == "Mode: 💬 Chat"
-    assert quota == "Daily quota: 30 requests a day."
+    assert quota == "Your quota: 30 requests a day, the same for everyone."
     assert left == "29 requests left today."
     assert resets.startswith("The quota resets at midnight Moscow time, in ")
 
@@ -177,7 +179,7 @@ async def test_units_stats_and_user_card(make_app: AppFactory) -> None:
     assert balance == "💰 Balance: 498 units"
     assert spent == "Spent today: 2 · last 7 days: 2"
     assert pending == "Requests in progress: 0"
-    assert burn == "Average: 2.0 a day over the last 1 day."  # a day of data: no forecast yet
+    assert burn == "Average so far today: 2 a day."  # under a day of data: no forecast yet
 
     await app.feed(message_update(ADMIN, "/stats"))
     users, requests, failures, median = texts(app, to=ADMIN)[-1].split("\n")

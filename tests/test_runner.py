@@ -73,7 +73,7 @@ async def test_job_caught_mid_create_is_not_resent_but_offered_a_retry(app: App)
     [unbuttoned] = app.sent(EditMessageReplyMarkup)
     assert (unbuttoned.message_id, unbuttoned.reply_markup) == (PLACEHOLDER, None)
     assert [(a.text, a.show_alert) for a in app.sent(AnswerCallbackQuery)] == [
-        ("This button is no longer valid.", True),  # someone else's: nothing to say about it
+        ("This button belongs to someone else's request.", True),
         ("Sending again…", None),
         ("Already sent again; the answer is on its way.", None)]
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import storage.db
 from storage.db import MIGRATIONS, migrate, open_database
 from storage.jobs import JobRepo, JobState
+from storage.quotas import QuotaRepo
 
 
 async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
@@ -56,3 +59,23 @@ async def test_a_retry_can_be_claimed_once_and_only_by_its_owner(tmp_path: Path)
     assert stored is not None and stored.state is JobState.RETRIED
     assert await jobs.claim_retry(job_id, user_id=1) is None
     await db.close()
+
+
+async def test_migration_7_keeps_an_unlimited_quota_unlimited(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    """Before it, a user's quota of 0 meant unlimited; after it, 0 cuts the user off."""
+    path = tmp_path / "old.sqlite3"
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:6])
+    old = await open_database(path)
+    await old.executemany(
+        "INSERT INTO users (id, first_seen, last_seen, daily_quota) VALUES (?, 1, 1, ?)",
+        [(1, 0), (2, 5), (3, None)])
+    await old.commit()
+    await old.close()
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
+
+    db = await open_database(path)
+    quotas = QuotaRepo(db, 30)
+    usages = [await quotas.usage(user, "2026-12-02") for user in (1, 2, 3)]
+    await db.close()
+    assert [(u.quota, u.personal) for u in usages] == [(None, True), (5, True), (30, False)]

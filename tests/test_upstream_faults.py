@@ -23,7 +23,7 @@ from bot.failures import Failure
 from bot.runner import RunnerPolicy
 from bot.sandbox import NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault, Served, standard_faults
 from storage.jobs import Job, JobState
-from tests.conftest import FAST_POLLS, App
+from tests.conftest import FAST_POLLS, TEST_WINDOW, App
 from tests.fakes.telegram_api import message_update
 from tests.harness import KEY, SEED_USER, built_app, wait_until
 
@@ -195,12 +195,13 @@ def assert_polls_bounded(chatinfo: FakeChatinfo) -> None:
     (Fault.disconnect(), False, Failure.UNKNOWN_OUTCOME),
     (Fault.disconnect(after_effect=True), True, Failure.UNKNOWN_OUTCOME),
     (Fault.truncated(after_effect=True), True, Failure.UNKNOWN_OUTCOME),
-    (Fault.rate_limited(), False, None),  # retried, then answered
+    (Fault.rate_limited(), False, None),  # queued again, sent once the window clears
 ], ids=lambda value: value.kind if isinstance(value, Fault) else str(value))
 async def test_each_create_fault_once(tmp_path: Path, fault: Fault, spent: bool,
                                       expected: Failure | None) -> None:
     async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
-        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT)
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                window=TEST_WINDOW)
         async with built_app(tmp_path, chatinfo, client=client) as app:
             chatinfo.inject("create_request", fault)
             await app.feed(message_update(7, "the question"))
