@@ -17,6 +17,7 @@ from functools import partial
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    TelegramAPIError,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramRetryAfter,
@@ -101,6 +102,7 @@ class JobRunner:
         # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[bool]] = {}
+        self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
         self._job_left = asyncio.Event()
 
     @property
@@ -170,16 +172,21 @@ class JobRunner:
         await self.queue.stop()
         await self._indicators.stop()
 
-    async def cancel(self, user_id: int) -> int:
-        """Stop waiting for the user's unfinished jobs; how many were stopped.
+    async def cancel(self, user_id: int) -> tuple[int, int]:
+        """Stop waiting for the user's unfinished jobs: (how many were stopped before they
+        were sent, how many had been sent and have their answers kept).
 
-        Answered jobs are left to finish: their answer is paid for and on its way.
+        A sent request's unit is spent, so its answer is still fetched and kept for
+        /history, just not posted. Answered jobs are left to finish.
         """
         jobs = [job for job in await self._jobs.unfinished_for(user_id)
-                if job.state is not JobState.ANSWERED]
+                if job.state is not JobState.ANSWERED and not job.cancelled]
+        stopped = kept = 0
         for job in jobs:
-            self.scheduler.drop(job.id)
-            self._job_left.set()
+            if job.state is JobState.PENDING:
+                await self._keep_quietly(job)
+                kept += 1
+                continue
             task = self._tasks.get(job.id)
             if task is not None:
                 task.cancel()
@@ -188,9 +195,26 @@ class JobRunner:
             if creating is not None:  # a create in flight must store its id first
                 await asyncio.gather(creating, return_exceptions=True)
             current = await self._reload(job)
-            if current.state in (JobState.NEW, JobState.CREATING, JobState.PENDING):
+            if current.state is JobState.PENDING:  # its create got an id meanwhile
+                await self._keep_quietly(current)
+                self._park(current)  # its task is gone: the scheduler carries it on
+                kept += 1
+            elif current.state in (JobState.NEW, JobState.CREATING):
                 await self._tell(current, Failure.CANCELLED, "cancelled by the user")
-        return len(jobs)
+                stopped += 1
+        self._job_left.set()
+        return stopped, kept
+
+    async def _keep_quietly(self, job: Job) -> None:
+        """The user stopped waiting for a sent request: say so, and keep its answer."""
+        self._quiet.add(job.id)
+        await self._jobs.mark_cancelled(job.id)
+        await self._indicators.forget(job.id)
+        with self._locale(job.locale):
+            text = _("✖️ Stopped waiting. The request had already been sent, so it was "
+                     "counted; its answer will be kept in /history.")
+        with suppress(TelegramAPIError):  # best effort: the answer is what matters
+            await self.delivery.show(job, Part(text))
 
     async def _run(self, job_id: int, outcome: Outcome | None) -> None:
         pause = TELEGRAM_DOWN_FIRST_PAUSE
@@ -304,7 +328,8 @@ class JobRunner:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""
         assert job.upstream_id is not None
         self._start_workers()
-        self._indicators.watch(job)
+        if not (job.cancelled or job.id in self._quiet):
+            self._indicators.watch(job)
         sent_at = job.upstream_at or job.created_at
         self.scheduler.watch(
             job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
@@ -336,6 +361,12 @@ class JobRunner:
 
     async def _deliver(self, job: Job) -> None:
         assert job.result is not None
+        if job.cancelled:  # kept for /history; the user stopped waiting for it
+            await self._jobs.mark_delivered(job.id, 0)
+            self._quiet.discard(job.id)
+            log.info("job %s answered after /cancel: kept", job.id,
+                     extra=job_event(job, "kept"))
+            return
         with self._locale(job.locale):
             parts = render(job.result) or [Part(_("(empty answer)"))]
             keyboard = answer_keyboard(job.id)
@@ -367,6 +398,10 @@ class JobRunner:
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
         await self._indicators.forget(job.id)
+        if job.cancelled:  # the user stopped waiting for it and was told so then
+            await self._jobs.end(job.id, JobState.FAILED, failure, told=True)
+            self._quiet.discard(job.id)
+            return
         log.warning("job %s ended: %s (%s)", job.id, failure, detail,
                     extra=job_event(job, failure))
         state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED

@@ -45,8 +45,11 @@ async def units(message: Message, tracker: UnitsTracker, stats: StatsRepo,
         lines += unanswered_lines(error, balance)
     today = await stats.units_spent_since(clock.day_start())
     week = await stats.units_spent_since(clock.day_start(days_ago=AVERAGE_DAYS - 1))
-    lines += [_("Spent today: {today} · last 7 days: {week}").format(today=today, week=week),
-              _("Requests in progress: {pending}").format(pending=await stats.pending_jobs())]
+    lines.append(_("Spent today: {today} · last 7 days: {week}").format(today=today, week=week))
+    if unknown := await stats.outcome_unknown_since(clock.day_start(days_ago=AVERAGE_DAYS - 1)):
+        lines.append(_("Outcome unknown in 7 days (a unit may have been spent): {count}").format(
+            count=unknown))
+    lines.append(_("Requests in progress: {pending}").format(pending=await stats.pending_jobs()))
     lines += forecast(week, balance, await stats.first_spent_at(), clock, locale)
     await message.answer("\n".join(lines))
 

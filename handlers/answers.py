@@ -98,8 +98,12 @@ async def history(message: Message, jobs: JobRepo, submitter: Submitter) -> None
 def history_line(job: Job, zone: tzinfo) -> str:
     when = datetime.fromtimestamp(job.created_at, zone).strftime("%d.%m %H:%M")
     mode = MODES_BY_NAME.get(job.mode)
-    return (f"#{job.id} {STATE_MARKS.get(job.state, '⏳')} {when} "
-            f"{mode.emoji if mode else ''} {preview(job)}")
+    mark = "✖️" if job.cancelled else STATE_MARKS.get(job.state, "⏳")
+    line = f"#{job.id} {mark} {when} {mode.emoji if mode else ''} {preview(job)}"
+    if job.cancelled:
+        line += " · " + (_("cancelled, answer kept") if job.result is not None
+                         else _("cancelled"))
+    return line
 
 
 def preview(job: Job) -> str:
@@ -135,16 +139,20 @@ async def show_again(query: CallbackQuery, callback_data: HistoryCallback, jobs:
 
 async def cancel(message: Message, runner: JobRunner) -> None:
     assert message.from_user is not None
-    stopped = await runner.cancel(message.from_user.id)
+    stopped, kept = await runner.cancel(message.from_user.id)
+    lines = []
     if stopped:
-        await message.answer(ngettext(
-            "Stopped waiting for {count} request. Requests already sent to the AI service "
-            "were counted.",
-            "Stopped waiting for {count} requests. Requests already sent to the AI service "
-            "were counted.",
+        lines.append(ngettext(
+            "Stopped {count} request before it was sent, so it was not counted.",
+            "Stopped {count} requests before they were sent, so they were not counted.",
             stopped).format(count=stopped))
-    else:
-        await message.answer(_("You have no requests in progress."))
+    if kept:
+        lines.append(ngettext(
+            "{count} request had already been sent and was counted: its answer will be "
+            "kept in /history.",
+            "{count} requests had already been sent and were counted: their answers will "
+            "be kept in /history.", kept).format(count=kept))
+    await message.answer("\n".join(lines) or _("You have no requests in progress."))
 
 
 async def own_job(query: CallbackQuery, job_id: int, jobs: JobRepo) -> Job | None:

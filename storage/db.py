@@ -85,6 +85,9 @@ MIGRATIONS: tuple[str, ...] = (
     -- The answer whose button made the job: one such request per (answer, action) at a time.
     ALTER TABLE jobs ADD COLUMN parent_id INTEGER;
     CREATE INDEX jobs_by_parent ON jobs (parent_id, action) WHERE parent_id IS NOT NULL;
+    -- 1: the user stopped waiting after the request was sent; its paid answer is still
+    -- fetched and kept for /history, but not posted.
+    ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

@@ -54,11 +54,13 @@ class Job:
     question: str | None  # the user's own words, where the content holds more
     action: str | None  # the answer button that made the job, if one did
     parent_id: int | None  # the answer whose button it was
+    cancelled: bool  # the user stopped waiting after it was sent: the answer is kept quietly
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
         values = {field.name: row[field.name] for field in fields(cls)}
-        return cls(**{**values, "state": JobState(values["state"]), "told": bool(values["told"])})
+        return cls(**{**values, "state": JobState(values["state"]), "told": bool(values["told"]),
+                      "cancelled": bool(values["cancelled"])})
 
 
 class JobRepo:
@@ -217,6 +219,9 @@ class JobRepo:
     async def end(self, job_id: int, state: JobState, error: str, *, told: bool = False) -> None:
         """End the job without an answer; `told` once the user has seen why (or never will)."""
         await self._update(job_id, state=state, error=error, told=told)
+
+    async def mark_cancelled(self, job_id: int) -> None:
+        await self._update(job_id, cancelled=True)
 
     async def mark_told(self, job_id: int) -> None:
         await self._update(job_id, told=True)

@@ -31,6 +31,12 @@ class StatsRepo:
             "SELECT count(*) FROM jobs WHERE upstream_id IS NOT NULL AND created_at >= ?", (since,)
         )
 
+    async def outcome_unknown_since(self, since: float) -> int:
+        """create_request calls that may or may not have spent a unit (no id came back)."""
+        return await self._scalar(
+            "SELECT count(*) FROM jobs WHERE error = 'unknown_outcome' AND created_at >= ?",
+            (since,))
+
     async def first_spent_at(self) -> float | None:
         """When the first unit this database knows of was spent: how far back data goes."""
         row = await fetch_one(self._db,
@@ -54,7 +60,10 @@ class StatsRepo:
         failures = {
             str(row[0]): row[1]
             for row in await self._db.execute_fetchall(
-                "SELECT error, count(*) FROM jobs WHERE state IN ('failed', 'unknown') "
+                # Every failure a user was told of, also one they then sent again (its
+                # state is 'retried'); not a blocked bot, a /cancel, or a kept answer.
+                "SELECT error, count(*) FROM jobs WHERE error IS NOT NULL AND told = 1 "
+                "AND error NOT IN ('blocked', 'cancelled') AND cancelled = 0 "
                 "AND created_at >= ? GROUP BY error ORDER BY count(*) DESC, error",
                 (week,),
             )

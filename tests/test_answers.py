@@ -217,19 +217,37 @@ def listing_id(app: App) -> int:
     return 1000 + len(app.sent(SendMessage))
 
 
-async def test_cancel_stops_waiting_and_says_the_units_were_spent(app: App) -> None:
-    app.chatinfo.solve_time = 60.0
-    await app.feed(message_update(15, "slow one"))
-    await app.chatinfo.wait_for(lambda: app.chatinfo.calls["get_response"] >= 1)
+async def test_cancel_stops_what_was_not_sent_and_keeps_paid_answers(
+        make_app: AppFactory) -> None:
+    app = await make_app(client_options={"create_per_min": 1, "window": 30.0})
+    app.chatinfo.solve_time = 1.0
+    await app.feed(message_update(15, "sent one"))
+    await app.chatinfo.wait_for(lambda: app.chatinfo.calls["create_request"] == 1)
+    await app.feed(message_update(15, "queued one"))  # waits 30 s for the create budget
     await app.feed(message_update(15, "/cancel"))
-    await app.settle()
 
-    assert app.sent(EditMessageText)[-1].text == (
-        "✖️ Cancelled. The request had already been sent, so it was counted.")
     assert app.sent(SendMessage)[-1].text == (
-        "Stopped waiting for 1 request. Requests already sent to the AI service were counted.")
-    job = await app.jobs.get(1)
-    assert job is not None and job.state is JobState.FAILED and job.error == "cancelled"
+        "Stopped 1 request before it was sent, so it was not counted.\n"
+        "1 request had already been sent and was counted: its answer will be kept in "
+        "/history.")
+    await app.settle()
+    sent, queued = sorted(await app.jobs.recent(15, 2), key=lambda job: job.id)
+    assert (queued.state, queued.error) == (JobState.FAILED, "cancelled")
+    assert (sent.state, sent.cancelled, sent.result) == (
+        JobState.DELIVERED, True, "[chat] sent one")  # fetched and kept, not posted
+    edits = {e.message_id: e.text for e in app.sent(EditMessageText)}
+    assert edits[sent.placeholder_id] == (
+        "✖️ Stopped waiting. The request had already been sent, so it was counted; its "
+        "answer will be kept in /history.")
+    assert edits[queued.placeholder_id] == (
+        "✖️ Cancelled before it was sent, so nothing was counted.")
+    assert app.chatinfo.calls["create_request"] == 1 and app.chatinfo.units == 999
+
+    await app.feed(message_update(15, "/history"))
+    history = app.sent(SendMessage)[-1]
+    assert f"#{sent.id} ✖️" in history.text
+    assert history.text.split("\n")[2].endswith("sent one · cancelled, answer kept")
+    assert f"hist:{sent.id}" in str(history.reply_markup)
     await app.feed(message_update(15, "/cancel"))
     assert app.sent(SendMessage)[-1].text == "You have no requests in progress."
 

@@ -11,6 +11,7 @@ from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 
 import bot.units
 from bot.quota import QuotaClock
+from bot.sandbox import Fault
 from bot.units import UnitsTracker
 from storage.quotas import QuotaRepo
 from tests.conftest import FAST_POLLS, App, AppFactory
@@ -272,3 +273,21 @@ async def test_a_top_up_is_seen_within_the_empty_refresh_and_admins_told(
     assert texts(app, to=ADMIN)[-1] == (
         "✅ The API units are back: 40 units. Users are served again.")
     assert len([t for t in texts(app, to=ADMIN) if "exhausted" in t]) == 1
+
+
+async def test_a_failure_still_counts_after_send_again_and_unknown_outcomes_show(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    app.chatinfo.inject("create_request", Fault.http(500, after_effect=True))  # spent, id lost
+    await app.feed(message_update(17, "lost reply"))
+    await app.settle()
+    [job] = await app.jobs.recent(17, 1)
+    await app.feed(callback_update(17, f"retry:{job.id}", message_id=job.placeholder_id or 0))
+    await app.settle()
+    await app.feed(message_update(ADMIN, "/stats"))
+    await app.feed(message_update(ADMIN, "/units"))
+
+    stats, units = texts(app, to=ADMIN)[-2:]
+    assert "⚠️ Failures in 7 days: unknown_outcome: 1" in stats.split("\n")
+    assert "Outcome unknown in 7 days (a unit may have been spent): 1" in units.split("\n")
+    assert app.chatinfo.units == 998  # the lost reply's unit and the retry's

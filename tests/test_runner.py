@@ -93,6 +93,22 @@ async def test_pending_job_is_polled_not_created_again(app: App) -> None:
     assert await state_of(app, job_id) is JobState.DELIVERED
 
 
+async def test_a_cancelled_sent_job_is_still_fetched_after_a_restart_and_kept(app: App,
+                                                                              ) -> None:
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    created = await client.create_request("paid for", "chat")
+    await client.close()
+    job_id = await add_job(app, content="paid for")
+    await app.jobs.set_upstream(job_id, created.id, created.units)
+    await app.jobs.mark_cancelled(job_id)  # /cancel, then a restart
+
+    await app.runner.resume()
+    await app.settle()
+    job = await app.jobs.get(job_id)
+    assert job is not None and (job.state, job.result) == (JobState.DELIVERED, "[chat] paid for")
+    assert app.sent(EditMessageText) == []  # kept for /history, not posted
+
+
 async def test_answered_job_sends_only_the_parts_not_yet_delivered(app: App) -> None:
     long_answer = "\n\n".join(f"paragraph {n} " + "x" * 1500 for n in range(8))
     job_id = await add_job(app)
@@ -213,7 +229,7 @@ async def test_cancel_leaves_an_answer_on_its_way_alone(app: App) -> None:
     job_id = await add_job(app)
     await app.jobs.set_result(job_id, "paid for and on its way")
 
-    assert await app.runner.cancel(user_id=1) == 0
+    assert await app.runner.cancel(user_id=1) == (0, 0)
     assert await state_of(app, job_id) is JobState.ANSWERED
 
 
