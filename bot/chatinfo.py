@@ -66,10 +66,14 @@ class UpstreamUnavailable(ChatinfoError):
     another one.
     """
 
-    def __init__(self, message: str, *, maybe_spent: bool, connected: bool = True) -> None:
+    def __init__(self, message: str, *, maybe_spent: bool, connected: bool = True,
+                 answered: bool = False) -> None:
         super().__init__(message)
         self.maybe_spent = maybe_spent
         self.connected = connected  # False: the server could not be reached at all
+        # True: the server replied (a 5xx, a garbled body), so it is done with the call;
+        # without a reply (a timeout, a dropped connection) it may still be working on it.
+        self.answered = answered
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,8 @@ def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) ->
     if status == 429:  # its body is not valid JSON, by the spec: do not parse it
         raise RateLimited(f"{endpoint}: rate limited (429)")
     if status >= 500:
-        raise UpstreamUnavailable(f"{endpoint}: server error {status}", maybe_spent=maybe_spent)
+        raise UpstreamUnavailable(f"{endpoint}: server error {status}", maybe_spent=maybe_spent,
+                                  answered=True)
     try:
         body = response.json()
     except ValueError:
@@ -218,7 +223,7 @@ def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) ->
         return {"solving": True}  # the status alone says "still solving"
     if not isinstance(body, dict):
         raise UpstreamUnavailable(f"{endpoint}: unparsable body (HTTP {status})",
-                                  maybe_spent=maybe_spent)
+                                  maybe_spent=maybe_spent, answered=True)
     if status not in (200, 202):
         raise _rejected(endpoint, status, body)
     return body

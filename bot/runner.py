@@ -75,6 +75,7 @@ class RunnerPolicy:
     timing: PollTiming = field(default_factory=PollTiming)
     prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
     history: int = 2000  # answered jobs the solve-time model learns from at start
+    balance_check_grace: float = 2.0  # seconds after a failed create before asking units
 
 
 class JobRunner:
@@ -103,6 +104,16 @@ class JobRunner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[bool]] = {}
         self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
+        # Creates that failed with their outcome unknown, waiting for a balance check.
+        self._ambiguous: set[int] = set()
+        self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
+        self._reconciling = asyncio.Lock()
+        self._create_settled = asyncio.Event()  # a create step ended or awaits a check
+        # The balance read while no create was in flight, and the creates acknowledged
+        # since: together, what the balance must be if only those spent units. (A balance
+        # a create reports is no anchor: a concurrent create may be counted in it.)
+        self._anchor: int | None = None
+        self._acked_since_anchor = 0
         self._job_left = asyncio.Event()
 
     @property
@@ -144,6 +155,7 @@ class JobRunner:
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
         self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
+        await self._reconcile_mid_create()
         resumed, last_id = 0, 0
         # A page at a time: a backlog of thousands never sits in memory with its texts.
         while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
@@ -157,6 +169,39 @@ class JobRunner:
         if resumed:
             log.info("resuming %d unfinished jobs", resumed)
         return resumed
+
+    async def _quiet_balance(self) -> int | None:
+        """The balance, read while no create is in flight: the anchor of the next check."""
+        try:
+            actual = await self._client.units()
+        except ChatinfoError as error:
+            log.warning("could not read the balance (%s); failed creates count as spent",
+                        error)
+            self._anchor = None
+            return None
+        self._anchor, self._acked_since_anchor = actual, 0
+        await self._units.observe(actual)
+        return actual
+
+    async def _reconcile_mid_create(self) -> None:
+        """Read the balance while nothing is in flight (the anchor of later checks), and
+        settle the jobs a crash caught mid-create against it.
+
+        They are sent again if the balance equals the lowest one the creates before them
+        reported, which holds only if every acknowledged create had its answer before the
+        first of them was sent (else one of those reports may already count it);
+        otherwise their users are told, as for any unknown outcome.
+        """
+        stuck = await self._jobs.mid_create()
+        reference = (await self._jobs.balance_reported_before(min(stuck.values()))
+                     if stuck else None)
+        actual = await self._quiet_balance()
+        if not stuck or reference is None or actual != reference:
+            return
+        for job_id in stuck:
+            await self._jobs.requeue(job_id)
+            log.info("job %s found mid-create is sent again: the balance shows it spent "
+                     "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
 
     async def stop(self) -> None:
         """Cancel the waiting; let create_request calls in flight store their id first."""
@@ -281,31 +326,39 @@ class JobRunner:
             step = asyncio.ensure_future(self._create_step(job))
             self._creating[job.id] = step
             step.add_done_callback(partial(self._creating.pop, job.id))
-            rate_limited = await asyncio.shield(step)
+            step.add_done_callback(lambda _: self._create_settled.set())
+            again = await asyncio.shield(step)
             job = await self._reload(job)
-            if not rate_limited:
+            if not again:
                 return job
             if time.time() >= job.created_at + self._policy.max_wait:
                 await self._tell(job, Failure.BUSY, "rate limited until the maximum wait")
                 return await self._reload(job)
 
     async def _create_step(self, job: Job) -> bool:
-        """One create_request; whether it met a 429 (the job is queued again)."""
+        """One create_request; whether it surely spent nothing and the job is queued again
+        (a 429, or a failure the balance shows cost nothing)."""
         crashpoints.reach(crashpoints.BEFORE_CREATE)
         await self._jobs.mark_creating(job.id)
-        rate_limited = False
+        rate_limited = again = False
         try:
             created = await self._client.create_request(job.content, job.mode, slot_taken=True)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited:
-            rate_limited = True
+            rate_limited = again = True
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
         except UpstreamUnavailable as error:
             # Not idempotent: a create that reached the server may have spent a unit.
-            failure = Failure.UNKNOWN_OUTCOME if error.maybe_spent else Failure.UNREACHABLE
-            await self._tell(job, failure, str(error))
+            if not error.maybe_spent:
+                await self._tell(job, Failure.UNREACHABLE, str(error))
+            elif error.answered and (again := await self._spent_nothing(job)):
+                await self._jobs.requeue(job.id)
+                log.info("job %s sent again: the balance shows its failed create (%s) spent "
+                         "nothing", job.id, error, extra=job_event(job, "reconciled_unspent"))
+            else:
+                await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
         except NotEnoughUnits as error:
             await self._units.observe(0)
             await self._tell(job, Failure.NO_UNITS, str(error))
@@ -318,11 +371,51 @@ class JobRunner:
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
+            self._acked_since_anchor += 1
             if created.units is not None:
                 await self._units.observe(created.units)
         finally:
             self.queue.sent(rate_limited=rate_limited)
-        return rate_limited
+        return again
+
+    async def _spent_nothing(self, job: Job) -> bool:
+        """Whether the balance shows that the job's failed create spent nothing.
+
+        Creates are held and those in flight finish first, so only ours can have moved the
+        balance: unchanged means none of the failed creates spent a unit (sending them
+        again costs nothing new); anything else, a top-up or another program on the key
+        included, is taken as spent, never risking a second unit.
+        """
+        self._ambiguous.add(job.id)
+        self._create_settled.set()
+        async with self._reconciling:
+            if job.id not in self._verdicts:  # not decided with an earlier batch
+                await self._check_balance()
+            return self._verdicts.pop(job.id)
+
+    async def _check_balance(self) -> None:
+        """Decide every failed create waiting for a verdict, against one fresh balance."""
+        self.queue.pause()
+        try:
+            while any(job_id not in self._ambiguous for job_id in self._creating):
+                self._create_settled.clear()
+                await wait_event(self._create_settled, 1.0)
+            # A gateway's 502 can come back while the server behind it still works on the
+            # call; a debit that late would make "unchanged" a lie and a resend a second unit.
+            await asyncio.sleep(self._policy.balance_check_grace)
+            batch = set(self._ambiguous)
+            self._ambiguous.clear()
+            expected = (None if self._anchor is None
+                        else self._anchor - self._acked_since_anchor)
+            actual = await self._quiet_balance()
+            unspent = actual is not None and actual == expected
+            spent = expected is not None and actual == expected - len(batch)
+            log.info("balance check for %d failed create(s): expected %s, found %s: %s",
+                     len(batch), expected, actual,
+                     "nothing spent" if unspent else "spent" if spent else "taken as spent")
+            self._verdicts.update(dict.fromkeys(batch, unspent))
+        finally:
+            self.queue.resume()
 
     def _park(self, job: Job) -> None:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""

@@ -376,6 +376,8 @@ class FairQueue:
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._hold_until = 0.0  # monotonic; no grant before it
+        self._open = asyncio.Event()  # cleared while the balance is checked
+        self._open.set()
         self._probe: asyncio.Event | None = None  # set when the probe's outcome is known
 
     @property
@@ -440,6 +442,13 @@ class FairQueue:
                 self._forget(user_id, ticket)
             raise
 
+    def pause(self) -> None:
+        """Grant nothing until `resume`: the balance is being compared."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
     def sent(self, *, rate_limited: bool) -> None:
         """How the granted call went: a 429 holds the queue for the server's window."""
         if rate_limited:
@@ -463,6 +472,7 @@ class FairQueue:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            await self._open.wait()
             if (held := self._hold_until - time.monotonic()) > 0:
                 await asyncio.sleep(held)
                 probing = True

@@ -146,6 +146,24 @@ class JobRepo:
             (parent_id, action, *UNFINISHED),
         ) is not None
 
+    async def balance_reported_before(self, moment: float) -> int | None:
+        """The lowest balance the latest creates reported, if every create acknowledged so
+        far had its answer before `moment`; None otherwise, or if none reported one."""
+        row = await fetch_one(
+            self._db,
+            """SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE upstream_at >= :moment)
+                      THEN NULL
+                      ELSE (SELECT min(units_after) FROM (SELECT units_after FROM jobs
+                            WHERE units_after IS NOT NULL ORDER BY id DESC LIMIT 50)) END""",
+            {"moment": moment})
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def mid_create(self) -> dict[int, float]:
+        """Jobs whose create_request may have been sent: id -> when it was (about to be)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT id, updated_at FROM jobs WHERE state = ?", (JobState.CREATING,))
+        return {int(row[0]): float(row[1]) for row in rows}
+
     async def pending_count(self, user_id: int) -> int:
         marks = ",".join("?" * len(UNFINISHED))
         row = await fetch_one(

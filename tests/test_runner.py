@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiogram.methods import (
     AnswerCallbackQuery,
     EditMessageReplyMarkup,
@@ -76,6 +77,32 @@ async def test_job_caught_mid_create_is_not_resent_but_offered_a_retry(app: App)
         ("This button belongs to someone else's request.", True),
         ("Sending again…", None),
         ("Already sent again; the answer is on its way.", None)]
+
+
+@pytest.mark.parametrize("reached", [False, True])
+async def test_a_job_caught_mid_create_is_sent_again_if_the_balance_shows_it_spent_nothing(
+        app: App, reached: bool) -> None:
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    earlier = await client.create_request("earlier", "chat")  # reports the balance: 999
+    earlier_id = await add_job(app, content="earlier")
+    await app.jobs.set_upstream(earlier_id, earlier.id, earlier.units)
+    await app.jobs.set_result(earlier_id, "done")
+    await app.jobs.mark_delivered(earlier_id, 1)
+    if reached:  # the crash came after the server took it: a unit spent, the id lost
+        await client.create_request("hello", "chat")
+    await client.close()
+    job_id = await add_job(app, state=JobState.CREATING)
+
+    await app.runner.resume()
+    await app.settle()
+    if reached:
+        assert await state_of(app, job_id) is JobState.UNKNOWN
+        assert app.chatinfo.calls["create_request"] == 2  # not sent a third time
+    else:
+        assert await state_of(app, job_id) is JobState.DELIVERED
+        assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+        assert app.chatinfo.units == 998  # one unit per answer
+    assert app.chatinfo.calls["units"] == 1
 
 
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:

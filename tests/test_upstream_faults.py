@@ -47,6 +47,11 @@ def answer(mode: str, content: str) -> str:
     return ANSWER_PREFIX + content
 
 
+def answered(fault: Fault) -> bool:
+    """Whether the server replied to the call (a 5xx, a garbled body): done with it."""
+    return not fault.drop and fault.status is not None and fault.status != 429
+
+
 def may_have_spent(fault: Fault) -> bool:
     """Whether the bot, seeing this fault on create_request, cannot know if a unit went."""
     return fault.status is None or fault.status >= 500 or fault.status == 200
@@ -135,23 +140,27 @@ async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -
     await finish(app, MESSAGES, timeout=40)
 
     told: dict[str, list[int]] = {}
+    reconciled = 0  # failed creates the balance showed cost nothing, sent again
     for ending in await endings(app):
         job, content = ending.job, ending.job.content
         creates = chatinfo.served_for("create_request", content=content)
-        assert 1 <= len(creates) <= ATTEMPTS, f"{content}: {len(creates)} create calls"
+        assert creates, f"{content}: never sent"
         *retried, last = creates
-        # Only a 429 (the call surely did not count) may be followed by another attempt.
-        assert all(c.fault is not None and c.fault.status == 429 for c in retried), content
+        # Sent again only after a call that surely spent nothing: a 429, or a reply the
+        # balance showed cost nothing (never a call without a reply: it may still count).
+        assert all(c.fault is not None and not c.fault.after_effect
+                   and (c.fault.status == 429 or answered(c.fault)) for c in retried), (
+            content, [c.fault for c in creates])
         assert len(chatinfo.created_for(content)) <= 1, f"{content} created twice"
         assert ending.extra_messages == [], f"{content}: more messages than the answer"
         if last.fault is not None and may_have_spent(last.fault):
             expected, state = Failure.UNKNOWN_OUTCOME, JobState.UNKNOWN
-        elif last.fault is not None:  # a 429 on the last allowed attempt
-            assert len(creates) == ATTEMPTS, content
+        elif last.fault is not None:  # 429s until the maximum wait
             expected, state = Failure.BUSY, JobState.FAILED
         else:
             assert job.state is JobState.DELIVERED, f"{content}: {job.state} ({job.error})"
             assert ending.text == ANSWER_PREFIX + content
+            reconciled += sum(1 for c in retried if c.fault and c.fault.status != 429)
             continue
         assert (job.state, job.error) == (state, expected), content
         assert ending.text.startswith(TEXTS[expected]), content
@@ -169,6 +178,7 @@ async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -
     assert len({fault.kind for fault in faults}) >= 6
     assert 0.15 < len(faults) / len(chatinfo.served) < 0.35
     assert told.get(Failure.UNKNOWN_OUTCOME), "no ambiguous create failure was exercised"
+    assert reconciled, "no failed create was settled by the balance"
     delivered = sum(1 for e in await endings(app) if e.job.state is JobState.DELIVERED)
     assert delivered >= MESSAGES // 2
 
@@ -189,7 +199,7 @@ def assert_polls_bounded(chatinfo: FakeChatinfo) -> None:
 
 
 @pytest.mark.parametrize(("fault", "spent", "expected"), [
-    (Fault.http(500, "oops"), False, Failure.UNKNOWN_OUTCOME),
+    (Fault.http(500, "oops"), False, None),  # the balance shows it cost nothing: resent
     (Fault.http(502, after_effect=True), True, Failure.UNKNOWN_OUTCOME),
     (Fault.slow(SLOW_REPLY), True, Failure.UNKNOWN_OUTCOME),
     (Fault.disconnect(), False, Failure.UNKNOWN_OUTCOME),
@@ -210,7 +220,7 @@ async def test_each_create_fault_once(tmp_path: Path, fault: Fault, spent: bool,
 
             assert len(chatinfo.created_for("the question")) == (0 if expected and not spent
                                                                  else 1)
-            if expected is None:
+            if expected is None:  # sent again: it surely spent nothing
                 assert chatinfo.calls["create_request"] == 2
                 assert ending.text == ANSWER_PREFIX + "the question"
             else:
@@ -289,3 +299,73 @@ async def test_polls_failing_until_max_wait_end_with_the_timeout_message(
         assert [tuple(row) for row in used] == [(1,)]  # the spent unit is not given back
         polls = chatinfo.calls["get_response"]
         assert 0 < polls <= ATTEMPTS * (1 + MAX_WAIT / FAST_POLLS.timing.min_gap)
+
+
+async def test_a_failed_create_the_balance_shows_spent_nothing_is_sent_again(
+        tmp_path: Path) -> None:
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            units_before = chatinfo.calls["units"]
+            chatinfo.inject("create_request", Fault.http(500, "oops"))  # never processed
+            await app.feed(message_update(9, "second"))
+            await finish(app, 2, timeout=10)
+            endings_ = await endings(app)
+
+    assert [e.text for e in endings_] == [ANSWER_PREFIX + "first", ANSWER_PREFIX + "second"]
+    assert chatinfo.calls["create_request"] == 3 and chatinfo.units == 998  # one per answer
+    assert chatinfo.calls["units"] == units_before + 1  # the balance asked once, after it
+
+
+@pytest.mark.parametrize("fault", [Fault.http(502, after_effect=True),
+                                   Fault.truncated(after_effect=True)],
+                         ids=lambda fault: fault.kind)
+async def test_a_failed_create_the_balance_shows_spent_is_told_and_not_resent(
+        tmp_path: Path, fault: Fault) -> None:
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.inject("create_request", fault)  # processed: a unit spent, the id lost
+            await app.feed(message_update(9, "second"))
+            await finish(app, 2, timeout=10)
+            last = (await endings(app))[-1]
+
+    assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME]) and last.offers_retry
+    assert chatinfo.calls["create_request"] == 2 and chatinfo.units == 998
+
+
+async def test_a_top_up_during_a_failed_create_is_taken_as_spent(tmp_path: Path) -> None:
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.units += 500  # the operator tops up meanwhile: the balance cannot tell
+            chatinfo.inject("create_request", Fault.http(500, "oops"))
+            await app.feed(message_update(9, "second"))
+            await finish(app, 2, timeout=10)
+            last = (await endings(app))[-1]
+
+    assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME])
+    assert chatinfo.calls["create_request"] == 2  # never risk a second unit
+
+
+async def test_a_message_delivered_again_after_a_restart_is_answered_once(
+        tmp_path: Path) -> None:
+    update = message_update(9, "only once", message_id=4242)
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        async with built_app(tmp_path, chatinfo, history=False) as app:
+            await app.feed(update)
+            await finish(app, 1, timeout=10)
+        # The bot restarts before Telegram learns the update was handled, and sends it again.
+        async with built_app(tmp_path, chatinfo, history=False) as app:
+            await app.runner.resume()
+            await app.feed(update)
+            await app.settle()
+            assert app.sent(SendMessage) == []  # no second placeholder, no reply at all
+
+    assert chatinfo.calls["create_request"] == 1 and chatinfo.units == 999
