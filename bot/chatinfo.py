@@ -170,15 +170,25 @@ class ChatinfoClient:
                     await self.limiters[endpoint].acquire()
                 return await self._attempt(endpoint, payload, sent_is_safe=idempotent)
             except (RateLimited, UpstreamUnavailable) as error:
-                # A create's 429 goes back to the create queue, which waits out the
-                # server's window; a quick retry here would only meet another 429.
-                retry = idempotent or (isinstance(error, UpstreamUnavailable)
-                                       and not error.maybe_spent)
+                if isinstance(error, RateLimited):
+                    self._learn_limit(endpoint)
+                    # A create's 429 goes back to the create queue, which waits out the
+                    # server's window; a quick retry here would only meet another 429.
+                    retry = idempotent
+                else:
+                    retry = idempotent or not error.maybe_spent
                 if not retry or attempt == self._attempts:
                     raise
                 log.warning("chatinfo %s attempt %d failed (%s)", endpoint, attempt, error)
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _learn_limit(self, endpoint: str) -> None:
+        limiter = self.limiters[endpoint]
+        if limiter.rate_limited():
+            log.warning("chatinfo %s: 429s below our limit; now %d calls a window instead of "
+                        "%d, climbing back while no 429 comes", endpoint, limiter.limit,
+                        limiter.configured)
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], *, sent_is_safe: bool) -> Any:
         started = time.monotonic()

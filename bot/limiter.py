@@ -13,6 +13,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+LEARN_AFTER_429S = 3
+
 
 class SlidingWindowLimiter:
     def __init__(
@@ -25,7 +27,10 @@ class SlidingWindowLimiter:
     ) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
-        self.limit = limit
+        self.configured = limit  # what the settings (the API's documentation) allow
+        self.limit = limit  # what the server is found to allow: lowered by its 429s
+        self._strikes: list[float] = []  # 429s met below our own limit, in this window
+        self._last_429 = self._raised_at = float("-inf")
         self.period = period
         self._clock = clock
         self._sleep = sleep
@@ -37,7 +42,30 @@ class SlidingWindowLimiter:
         """Seconds until a call would be allowed (0 when one is allowed now)."""
         if len(self._stamps) < self.limit:
             return 0.0
-        return max(0.0, self._stamps[0] + self.period - self._clock())
+        return max(0.0, self._stamps[-self.limit] + self.period - self._clock())
+
+    def rate_limited(self) -> bool:
+        """The server said 429 to a call we allowed. Three times in a window means it
+        allows fewer calls than we thought: our limit drops to the calls of the window
+        it did not refuse (and climbs back slowly in `acquire`). Whether it dropped now."""
+        now = self._clock()
+        self._last_429 = now
+        self._strikes = [t for t in self._strikes if t > now - self.period] + [now]
+        if len(self._strikes) < LEARN_AFTER_429S:
+            return False
+        allowed = max(1, self.in_use() - len(self._strikes))
+        if allowed >= self.limit:
+            return False
+        self.limit = allowed
+        return True
+
+    def _climb(self) -> None:
+        """A whole window without a 429: try a tenth more, up to the configured limit."""
+        now = self._clock()
+        if (self.limit < self.configured and now - self._last_429 >= self.period
+                and now - self._raised_at >= self.period):
+            self.limit = min(self.configured, self.limit + max(1, self.limit // 10))
+            self._raised_at = now
 
     def window_clears_at(self) -> float:
         """When the oldest call of the current window leaves it (now, if none is in it)."""
@@ -51,6 +79,7 @@ class SlidingWindowLimiter:
         return sum(1 for stamp in self._stamps if stamp > cutoff)
 
     async def acquire(self) -> None:
+        self._climb()
         async with self._lock:
             while (wait := self.delay()) > 0:
                 await self._sleep(wait)

@@ -349,6 +349,7 @@ class JobRunner:
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
+            await self._units.check_limits()
         except UpstreamUnavailable as error:
             # Not idempotent: a create that reached the server may have spent a unit.
             if not error.maybe_spent:

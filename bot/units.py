@@ -35,6 +35,7 @@ class UnitsTracker:
         self._low_alerted = False
         self._empty_alerted = False
         self._denied_alerted = False
+        self._limited: set[str] = set()  # endpoints the admins were told run below their limit
         self._refresher: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()  # wakes the refresher to watch for a top-up
 
@@ -97,12 +98,30 @@ class UnitsTracker:
             with suppress(asyncio.CancelledError):
                 await self._refresher
 
+    async def check_limits(self) -> None:
+        """Tell the admins once when the key gets fewer calls than documented (another
+        program on it, or a lower limit), and forget it once the full rate is back."""
+        for endpoint, limiter in self._client.limiters.items():
+            if limiter.limit >= limiter.configured:
+                self._limited.discard(endpoint)
+            elif endpoint not in self._limited:
+                self._limited.add(endpoint)
+                await self._notifier.send(lambda e=endpoint, lim=limiter: ngettext(  # type: ignore[misc]
+                    "⚠️ The API answers 429 below its documented rate: {endpoint} now gets "
+                    "{limit} call a minute instead of {configured}. Is another program "
+                    "using the key?",
+                    "⚠️ The API answers 429 below its documented rate: {endpoint} now gets "
+                    "{limit} calls a minute instead of {configured}. Is another program "
+                    "using the key?", lim.limit).format(endpoint=e, limit=lim.limit,
+                                                        configured=lim.configured))
+
     async def _refresh_forever(self) -> None:
         while True:
             try:
                 await self.refresh()
             except ChatinfoError as error:
                 log.warning("could not refresh the unit balance: %s", error)
+            await self.check_limits()
             self._emptied.clear()
             with suppress(TimeoutError):
                 async with asyncio.timeout(REFRESH_WHEN_EMPTY if self.exhausted

@@ -222,3 +222,29 @@ async def test_a_cancelled_waiter_takes_no_slot() -> None:
     time.now = 10.0
     await asyncio.wait_for(limiter.acquire(), timeout=1.0)  # the lock was released
     assert limiter.in_use() == 1
+
+
+async def test_429s_below_our_limit_lower_it_and_quiet_windows_raise_it_back() -> None:
+    time = FakeTime()
+    limiter = time.limiter(limit=40)
+    for _ in range(10):
+        await limiter.acquire()
+    assert not limiter.rate_limited() and not limiter.rate_limited()  # two: could be chance
+    assert limiter.rate_limited()  # a third in the window: the server let about 7 through
+    assert (limiter.limit, limiter.configured) == (7, 40)
+    assert limiter.rate_limited() and limiter.limit == 6  # each later one refines it
+    assert limiter.delay() > 0  # this window's calls are all it may make
+
+    time.now += PERIOD  # a whole window without a 429
+    await limiter.acquire()
+    before = limiter.limit
+    time.now += PERIOD
+    await limiter.acquire()
+    assert limiter.limit == before + 1  # climbs by a tenth (at least one) a window
+    time.now += PERIOD / 2
+    await limiter.acquire()
+    assert limiter.limit == before + 1  # at most once a window
+    for _ in range(100):
+        time.now += PERIOD
+        await limiter.acquire()
+    assert limiter.limit == 40  # never above what the settings allow

@@ -369,3 +369,29 @@ async def test_a_message_delivered_again_after_a_restart_is_answered_once(
             assert app.sent(SendMessage) == []  # no second placeholder, no reply at all
 
     assert chatinfo.calls["create_request"] == 1 and chatinfo.units == 999
+
+
+async def test_a_key_limited_below_its_documented_rate_is_learned_and_admins_told(
+        tmp_path: Path) -> None:
+    window = 1.0
+    async with FakeChatinfo(solve_time=0.05, answer=answer, window=window,
+                            limits={CREATE: 3}) as chatinfo:  # the documented 1500 is not so
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=window * 1.1)
+        async with built_app(tmp_path, chatinfo, client=client, admin_ids="900") as app:
+            for n in range(12):
+                await app.feed(message_update(200 + n, f"limited {n}"))
+            await finish(app, 12, timeout=40)
+            limiter = client.limiters[CREATE]
+            alerts = [m.text for m in app.sent(SendMessage) if m.chat_id == 900]
+            texts = [e.text for e in await endings(app)]
+
+    assert all(text.startswith(ANSWER_PREFIX) for text in texts)  # none failed
+    assert chatinfo.units == 1000 - 12  # one unit per answer
+    assert limiter.limit < 10 < limiter.configured  # learned, climbing back slowly
+    # The first burst meets 429s (nine of twelve sent at once); after that the bot keeps
+    # near the server's real rate instead of meeting a 429 per request.
+    assert chatinfo.statuses[CREATE, 429] <= 9 + 6
+    [alert] = alerts
+    assert alert.startswith("⚠️ The API answers 429 below its documented rate: "
+                            "create_request now gets ")
+    assert alert.endswith(" calls a minute instead of 1500. Is another program using the key?")
