@@ -134,6 +134,10 @@ class ChatinfoClient:
         body = await self._call(CREATE, {"content": content, "mode": mode}, idempotent=False,
                                 slot_taken=slot_taken)
         request_id = body.get("id")
+        if body.get("success") is True and not isinstance(request_id, int):
+            # It says it worked, so a unit went; without a usable id the answer is lost.
+            raise UpstreamUnavailable(f"{CREATE}: success without a usable id",
+                                      maybe_spent=True, answered=True)
         if body.get("success") is not True or not isinstance(request_id, int):
             raise _rejected(CREATE, 200, body)
         return CreatedRequest(id=request_id, units=_int_or_none(body.get("units")))
@@ -218,8 +222,10 @@ def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) ->
     if status == 429:  # its body is not valid JSON, by the spec: do not parse it
         raise RateLimited(f"{endpoint}: rate limited (429)")
     if status >= 500:
+        # A gateway's 502/503/504 can come back while the server behind it still works on
+        # the call, so only the API's own 500 counts as an answer that ends it.
         raise UpstreamUnavailable(f"{endpoint}: server error {status}", maybe_spent=maybe_spent,
-                                  answered=True)
+                                  answered=status == 500)
     try:
         body = response.json()
     except ValueError:

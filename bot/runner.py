@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
 
 RESUME_PAGE = 500
+# Seconds after which the server surely finished a create we sent (the client gives up at
+# 20 s); only creates this old are settled by the balance at a start.
+MID_CREATE_SETTLED = 60.0
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -193,10 +196,13 @@ class JobRunner:
         otherwise their users are told, as for any unknown outcome.
         """
         stuck = await self._jobs.mid_create()
+        # A create abandoned at a shutdown (or a kill) may still be worked on by the server:
+        # the balance settles only calls older than any the server could still finish.
+        settled = bool(stuck) and max(stuck.values()) < time.time() - MID_CREATE_SETTLED
         reference = (await self._jobs.balance_reported_before(min(stuck.values()))
-                     if stuck else None)
+                     if settled else None)
         actual = await self._quiet_balance()
-        if not stuck or reference is None or actual != reference:
+        if not settled or reference is None or actual != reference:
             return
         for job_id in stuck:
             await self._jobs.requeue(job_id)
@@ -227,10 +233,11 @@ class JobRunner:
         jobs = [job for job in await self._jobs.unfinished_for(user_id)
                 if job.state is not JobState.ANSWERED and not job.cancelled]
         stopped = kept = 0
-        for job in jobs:
-            if job.state is JobState.PENDING:
-                await self._keep_quietly(job)
-                kept += 1
+        for listed in jobs:
+            job = await self._reload(listed)  # earlier ones awaited: it may have moved on
+            if job.state is JobState.PENDING and not job.cancelled:
+                if await self._keep_quietly(job):
+                    kept += 1
                 continue
             task = self._tasks.get(job.id)
             if task is not None:
@@ -241,25 +248,30 @@ class JobRunner:
                 await asyncio.gather(creating, return_exceptions=True)
             current = await self._reload(job)
             if current.state is JobState.PENDING:  # its create got an id meanwhile
-                await self._keep_quietly(current)
-                self._park(current)  # its task is gone: the scheduler carries it on
-                kept += 1
-            elif current.state in (JobState.NEW, JobState.CREATING):
+                if await self._keep_quietly(current):
+                    self._park(current)  # its task is gone: the scheduler carries it on
+                    kept += 1
+            elif current.state is JobState.NEW:
                 await self._tell(current, Failure.CANCELLED, "cancelled by the user")
                 stopped += 1
+            elif current.state is JobState.CREATING:  # its create may have counted
+                await self._tell(current, Failure.UNKNOWN_OUTCOME, "cancelled mid-create")
         self._job_left.set()
         return stopped, kept
 
-    async def _keep_quietly(self, job: Job) -> None:
-        """The user stopped waiting for a sent request: say so, and keep its answer."""
+    async def _keep_quietly(self, job: Job) -> bool:
+        """The user stopped waiting for a sent request: say so, and keep its answer.
+        False if it is no longer waiting (its answer came meanwhile)."""
+        if not await self._jobs.mark_cancelled(job.id):
+            return False
         self._quiet.add(job.id)
-        await self._jobs.mark_cancelled(job.id)
         await self._indicators.forget(job.id)
         with self._locale(job.locale):
             text = _("✖️ Stopped waiting. The request had already been sent, so it was "
                      "counted; its answer will be kept in /history.")
         with suppress(TelegramAPIError):  # best effort: the answer is what matters
             await self.delivery.show(job, Part(text))
+        return True
 
     async def _run(self, job_id: int, outcome: Outcome | None) -> None:
         pause = TELEGRAM_DOWN_FIRST_PAUSE
@@ -316,11 +328,19 @@ class JobRunner:
             await self._deliver(job)
 
     async def _create(self, job: Job) -> Job:
-        """Send create_request when the queue says so; a 429 spent nothing, so the job waits
-        in the queue again (visibly) until MAX_WAIT_SECONDS."""
+        """Send create_request when the queue says so. A 429 spent nothing, so the job waits
+        in the queue again (visibly), first among its user's; only MAX_WAIT_SECONDS ends it,
+        and never after a unit is spent."""
+        deadline = job.created_at + self._policy.max_wait
+        first = False
         while True:
             await self._show_queue_position(job)
-            await self.queue.turn(job.user_id, job.id)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.time())):
+                    await self.queue.turn(job.user_id, job.id, first=first)
+            except TimeoutError:
+                await self._tell(job, Failure.BUSY, "no create slot within the maximum wait")
+                return await self._reload(job)
             # Shielded: once create_request is sent, its id must be stored even during a
             # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
             step = asyncio.ensure_future(self._create_step(job))
@@ -331,21 +351,20 @@ class JobRunner:
             job = await self._reload(job)
             if not again:
                 return job
-            if time.time() >= job.created_at + self._policy.max_wait:
-                await self._tell(job, Failure.BUSY, "rate limited until the maximum wait")
-                return await self._reload(job)
+            first = True
 
     async def _create_step(self, job: Job) -> bool:
         """One create_request; whether it surely spent nothing and the job is queued again
         (a 429, or a failure the balance shows cost nothing)."""
-        crashpoints.reach(crashpoints.BEFORE_CREATE)
-        await self._jobs.mark_creating(job.id)
-        rate_limited = again = False
+        reported = again = False
         try:
+            crashpoints.reach(crashpoints.BEFORE_CREATE)
+            await self._jobs.mark_creating(job.id)
             created = await self._client.create_request(job.content, job.mode, slot_taken=True)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited:
-            rate_limited = again = True
+            self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
+            reported = again = True
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
@@ -369,14 +388,15 @@ class JobRunner:
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
+            self._acked_since_anchor += 1
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
-            self._acked_since_anchor += 1
             if created.units is not None:
-                await self._units.observe(created.units)
+                await self._units.observe(created.units, from_create=True)
         finally:
-            self.queue.sent(rate_limited=rate_limited)
+            if not reported:
+                self.queue.sent(job.id, rate_limited=False)
         return again
 
     async def _spent_nothing(self, job: Job) -> bool:
@@ -398,13 +418,16 @@ class JobRunner:
         """Decide every failed create waiting for a verdict, against one fresh balance."""
         self.queue.pause()
         try:
-            while any(job_id not in self._ambiguous for job_id in self._creating):
-                self._create_settled.clear()
-                await wait_event(self._create_settled, 1.0)
-            # A gateway's 502 can come back while the server behind it still works on the
-            # call; a debit that late would make "unchanged" a lie and a resend a second unit.
-            await asyncio.sleep(self._policy.balance_check_grace)
-            batch = set(self._ambiguous)
+            while True:
+                # Every granted call has ended, or is one of the failed ones waiting here.
+                while self.queue.outstanding > len(self._ambiguous):
+                    self._create_settled.clear()
+                    await wait_event(self._create_settled, 1.0)
+                batch = set(self._ambiguous)
+                # A failed call's server may still be finishing it: give a debit time to land.
+                await asyncio.sleep(self._policy.balance_check_grace)
+                if self._ambiguous == batch and self.queue.outstanding == len(batch):
+                    break  # nothing joined meanwhile; else wait for it, and its grace, too
             self._ambiguous.clear()
             expected = (None if self._anchor is None
                         else self._anchor - self._acked_since_anchor)
@@ -550,6 +573,9 @@ def placeholder_text() -> str:
 
 def queue_text(ahead: int, seconds: float, *, held: bool) -> str:
     wait = duration_text(seconds)
+    if held and not ahead:
+        return _("⏳ The AI service asked us to slow down, so your request waits; nothing "
+                 "is spent yet. About {wait}.").format(wait=wait)
     if held:
         return ngettext(
             "⏳ The AI service asked us to slow down, so your request waits in the queue; "

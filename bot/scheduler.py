@@ -364,7 +364,8 @@ class FairQueue:
 
     After a 429 (which spent nothing) the queue honours the server's window: it grants
     nothing until the oldest call of the last window has left it, then lets one call
-    through as a probe and waits for its outcome (`sent`) before granting more.
+    through as a probe and grants no other until that one's outcome is known (`sent`).
+    While paused (a balance check), it grants nothing at all.
     """
 
     PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
@@ -376,9 +377,12 @@ class FairQueue:
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._hold_until = 0.0  # monotonic; no grant before it
+        self._need_probe = False  # a 429 came: the next grant is a probe
+        self._probe_job: int | None = None  # the probe out now
+        self._probe_done = asyncio.Event()
         self._open = asyncio.Event()  # cleared while the balance is checked
         self._open.set()
-        self._probe: asyncio.Event | None = None  # set when the probe's outcome is known
+        self.outstanding = 0  # granted calls whose outcome (`sent`) is not known yet
 
     @property
     def running(self) -> bool:
@@ -408,8 +412,8 @@ class FairQueue:
 
     @property
     def held(self) -> bool:
-        """Whether a 429 holds the queue now."""
-        return self._hold_until > time.monotonic()
+        """Whether a 429 (or a balance check) holds the queue now."""
+        return self._hold_until > time.monotonic() or not self._open.is_set()
 
     def eta(self, ahead: int) -> float:
         """Seconds until the request with `ahead` others before it is sent, at the budget."""
@@ -424,23 +428,29 @@ class FairQueue:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
-    async def turn(self, user_id: int, job_id: int = 0) -> None:
+    async def turn(self, user_id: int, job_id: int, *, first: bool = False) -> None:
         """Wait until this user's request may be sent; the budget slot is taken for it.
 
-        The caller then reports how the call went with `sent`.
+        The caller then reports how the call went with `sent`. `first`: ahead of the
+        user's other waiting requests (one sent before and queued again).
         """
         ticket = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(user_id, deque()).append((job_id, ticket))
+        queue = self._waiting.setdefault(user_id, deque())
+        (queue.appendleft if first else queue.append)((job_id, ticket))
         self._changed.set()
         try:
             await ticket
         except asyncio.CancelledError:
             if ticket.done() and not ticket.cancelled():
-                self._limiter.release_last()  # granted, but the call will not be made
-                self.sent(rate_limited=False)
+                self.give_back(job_id)  # granted, but the call will not be made
             else:
                 self._forget(user_id, ticket)
             raise
+
+    def give_back(self, job_id: int) -> None:
+        """A granted slot whose call will not be made."""
+        self._limiter.release_last()
+        self.sent(job_id, rate_limited=False)
 
     def pause(self) -> None:
         """Grant nothing until `resume`: the balance is being compared."""
@@ -449,14 +459,17 @@ class FairQueue:
     def resume(self) -> None:
         self._open.set()
 
-    def sent(self, *, rate_limited: bool) -> None:
+    def sent(self, job_id: int, *, rate_limited: bool) -> None:
         """How the granted call went: a 429 holds the queue for the server's window."""
+        self.outstanding -= 1
         if rate_limited:
             self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
+            self._need_probe = True
             log.warning("create_request got 429: holding new requests for %.0f s",
                         self._hold_until - time.monotonic())
-        if self._probe is not None:
-            self._probe.set()  # after a 429 the loop holds again before the next probe
+        if job_id == self._probe_job:
+            self._probe_job = None
+            self._probe_done.set()
 
     def _forget(self, user_id: int, ticket: asyncio.Future[None]) -> None:
         queue = self._waiting.get(user_id)
@@ -475,30 +488,40 @@ class FairQueue:
             await self._open.wait()
             if (held := self._hold_until - time.monotonic()) > 0:
                 await asyncio.sleep(held)
-                probing = True
-            else:
-                probing = False
+                continue  # the hold may have grown, or a pause come, meanwhile
             await self._limiter.acquire()
-            ticket = self._next_ticket()
-            if ticket is None:
+            if self.held:  # a pause or a 429 came while waiting for the budget
+                self._limiter.release_last()
+                continue
+            if not await self._grant():
                 self._limiter.release_last()  # everyone waiting went away meanwhile
-                continue
-            if probing:  # one call, and no other until the server has answered it
-                self._probe = asyncio.Event()
-                ticket.set_result(None)
-                with suppress(TimeoutError):  # a caller that never reports cannot stall us
-                    async with asyncio.timeout(self.PROBE_TIMEOUT):
-                        await self._probe.wait()
-                self._probe = None
-                continue
-            ticket.set_result(None)
 
-    def _next_ticket(self) -> asyncio.Future[None] | None:
+    async def _grant(self) -> bool:
+        """Hand the slot just taken to the next request; after a 429, as a probe whose
+        outcome is awaited before anything else is granted."""
+        entry = self._next_ticket()
+        if entry is None:
+            return False
+        job_id, ticket = entry
+        self.outstanding += 1
+        if not self._need_probe:
+            ticket.set_result(None)
+            return True
+        self._need_probe, self._probe_job = False, job_id
+        self._probe_done.clear()
+        ticket.set_result(None)
+        with suppress(TimeoutError):  # a caller that never reports cannot stall us
+            async with asyncio.timeout(self.PROBE_TIMEOUT):
+                await self._probe_done.wait()
+        self._probe_job = None
+        return True
+
+    def _next_ticket(self) -> tuple[int, asyncio.Future[None]] | None:
         while self._waiting:
             user_id, queue = self._waiting.popitem(last=False)
-            _job_id, ticket = queue.popleft()
+            job_id, ticket = queue.popleft()
             if queue:
                 self._waiting[user_id] = queue  # to the back of the round
             if not ticket.done():
-                return ticket
+                return job_id, ticket
         return None

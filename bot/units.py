@@ -43,8 +43,14 @@ class UnitsTracker:
     def exhausted(self) -> bool:
         return self.balance == 0
 
-    async def observe(self, units: int) -> None:
-        """Record a balance the API reported; alert once per crossing."""
+    async def observe(self, units: int, *, from_create: bool = False) -> None:
+        """Record a balance the API reported; alert once per crossing.
+
+        Creates answer out of order: one that reports a balance above an empty one was
+        only slower than the one that emptied it, so only a balance read can end "empty".
+        """
+        if from_create and self.balance == 0 and units > 0:
+            return
         if units == 0 and self.balance != 0:
             self._emptied.set()
         self.balance = units

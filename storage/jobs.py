@@ -142,7 +142,7 @@ class JobRepo:
         return await fetch_one(
             self._db,
             f"""SELECT 1 FROM jobs WHERE parent_id = ? AND action = ?
-                AND state IN ({marks}) LIMIT 1""",
+                AND state IN ({marks}) AND cancelled = 0 LIMIT 1""",
             (parent_id, action, *UNFINISHED),
         ) is not None
 
@@ -168,7 +168,8 @@ class JobRepo:
         marks = ",".join("?" * len(UNFINISHED))
         row = await fetch_one(
             self._db,
-            f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks})",
+            f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks}) "
+            "AND cancelled = 0",
             (user_id, *UNFINISHED),
         )
         return int(row[0]) if row else 0
@@ -238,8 +239,13 @@ class JobRepo:
         """End the job without an answer; `told` once the user has seen why (or never will)."""
         await self._update(job_id, state=state, error=error, told=told)
 
-    async def mark_cancelled(self, job_id: int) -> None:
-        await self._update(job_id, cancelled=True)
+    async def mark_cancelled(self, job_id: int) -> bool:
+        """Mark a job still waiting for its answer; whether it was (not answered meanwhile)."""
+        cursor = await self._db.execute(
+            "UPDATE jobs SET cancelled = 1, updated_at = ? WHERE id = ? AND state = ?",
+            (time.time(), job_id, JobState.PENDING))
+        await self._db.commit()
+        return cursor.rowcount == 1
 
     async def mark_told(self, job_id: int) -> None:
         await self._update(job_id, told=True)

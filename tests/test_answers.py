@@ -219,7 +219,8 @@ def listing_id(app: App) -> int:
 
 async def test_cancel_stops_what_was_not_sent_and_keeps_paid_answers(
         make_app: AppFactory) -> None:
-    app = await make_app(client_options={"create_per_min": 1, "window": 30.0})
+    app = await make_app(max_pending_per_user=2,
+                         client_options={"create_per_min": 1, "window": 30.0})
     app.chatinfo.solve_time = 1.0
     await app.feed(message_update(15, "sent one"))
     await app.chatinfo.wait_for(lambda: app.chatinfo.calls["create_request"] == 1)
@@ -250,6 +251,8 @@ async def test_cancel_stops_what_was_not_sent_and_keeps_paid_answers(
     assert f"hist:{sent.id}" in str(history.reply_markup)
     await app.feed(message_update(15, "/cancel"))
     assert app.sent(SendMessage)[-1].text == "You have no requests in progress."
+    await app.feed(message_update(15, "a new one"))  # a kept answer blocks nothing
+    assert app.sent(SendMessage)[-1].text.startswith("⏳")
 
 
 async def test_placeholder_shows_how_long_the_job_has_waited(make_app: AppFactory) -> None:
@@ -307,7 +310,7 @@ async def test_a_double_tap_on_an_answer_button_spends_one_unit(app: App) -> Non
 
 
 async def test_a_double_tap_on_send_again_sends_once(app: App) -> None:
-    app.chatinfo.inject("create_request", Fault.http(500))  # spent or not: unknowable
+    app.chatinfo.inject("create_request", Fault.http(502, after_effect=True))  # spent; id lost
     await app.feed(message_update(31, "try me"))
     await app.settle()
     [job] = await app.jobs.recent(31, 1)
@@ -319,4 +322,4 @@ async def test_a_double_tap_on_send_again_sends_once(app: App) -> None:
     toasts = sorted(a.text for a in app.sent(AnswerCallbackQuery))
     assert toasts == ["Already sent again; the answer is on its way.", "Sending again…"]
     assert app.chatinfo.calls["create_request"] == 2  # the failed one, and one retry
-    assert [r.content for r in app.chatinfo.requests] == ["try me"]  # the 500 made nothing
+    assert [r.content for r in app.chatinfo.requests] == ["try me", "try me"]

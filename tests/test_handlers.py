@@ -198,6 +198,19 @@ async def test_failed_handler_is_logged_and_the_user_told(app: App) -> None:
 WAITING_IN_QUEUE = ("⏳ In the queue", "⏳ Next in the queue")
 
 
+async def test_the_maximum_wait_ends_a_request_still_waiting_for_its_turn_unspent(
+        make_app: AppFactory) -> None:
+    app = await make_app(policy=replace(FAST_POLLS, max_wait=1.0),
+                         client_options={"create_per_min": 1, "window": 5.0})
+    await app.feed(message_update(47, "first"))
+    await app.feed(message_update(48, "second"))  # its turn would come after 5 s
+    await app.settle()
+
+    [job] = await app.jobs.recent(48, 1)
+    assert (job.state, job.error, job.upstream_id) == (JobState.FAILED, "busy", None)
+    assert app.chatinfo.calls["create_request"] == 1 and app.chatinfo.units == 999
+
+
 async def test_the_queue_tells_each_user_their_place_until_the_request_is_sent(
         make_app: AppFactory) -> None:
     app = await make_app(policy=replace(FAST_POLLS, progress_every=0.2),

@@ -92,6 +92,13 @@ async def test_a_job_caught_mid_create_is_sent_again_if_the_balance_shows_it_spe
         await client.create_request("hello", "chat")
     await client.close()
     job_id = await add_job(app, state=JobState.CREATING)
+    # The crash came two minutes before this start, so the server is surely done with the
+    # call; the earlier create had its answer before it was sent.
+    await app.db.execute("UPDATE jobs SET upstream_at = upstream_at - 200 WHERE id = ?",
+                         (earlier_id,))
+    await app.db.execute("UPDATE jobs SET updated_at = updated_at - 120 WHERE id = ?",
+                         (job_id,))
+    await app.db.commit()
 
     await app.runner.resume()
     await app.settle()
@@ -103,6 +110,22 @@ async def test_a_job_caught_mid_create_is_sent_again_if_the_balance_shows_it_spe
         assert app.sent(EditMessageText)[-1].text == "[chat] hello"
         assert app.chatinfo.units == 998  # one unit per answer
     assert app.chatinfo.calls["units"] == 1
+
+
+async def test_a_job_caught_mid_create_just_now_is_not_settled_by_the_balance(
+        app: App) -> None:
+    """The server may still be working on a call the crash (or a shutdown) abandoned."""
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    earlier = await client.create_request("earlier", "chat")
+    await client.close()
+    earlier_id = await add_job(app, content="earlier")
+    await app.jobs.set_upstream(earlier_id, earlier.id, earlier.units)
+    job_id = await add_job(app, state=JobState.CREATING)  # sent a moment ago
+
+    await app.runner.resume()
+    await app.settle()
+    assert await state_of(app, job_id) is JobState.UNKNOWN  # the balance is no proof yet
+    assert app.chatinfo.calls["create_request"] == 1
 
 
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 from aiogram.methods import EditMessageText
@@ -27,6 +28,7 @@ from storage.jobs import JobState
 from tests.benchmarks.load import peak_in_window
 from tests.conftest import AppFactory
 from tests.fakes.telegram_api import message_update
+from tests.harness import wait_until
 
 
 class RecordingLimiter(SlidingWindowLimiter):
@@ -206,12 +208,13 @@ async def test_the_create_queue_serves_users_round_robin() -> None:
     queue = FairQueue(SlidingWindowLimiter(limit=1, period=0.02))
     served: list[str] = []
 
-    async def request(user: int, name: str) -> None:
-        await queue.turn(user)
+    async def request(user: int, job_id: int, name: str) -> None:
+        await queue.turn(user, job_id)
         served.append(name)
+        queue.sent(job_id, rate_limited=False)
 
-    heavy = [asyncio.create_task(request(1, f"heavy{n}")) for n in range(6)]
-    light = [asyncio.create_task(request(2, f"light{n}")) for n in range(2)]
+    heavy = [asyncio.create_task(request(1, n, f"heavy{n}")) for n in range(6)]
+    light = [asyncio.create_task(request(2, 10 + n, f"light{n}")) for n in range(2)]
     queue.start()
     try:
         await asyncio.gather(*heavy, *light)
@@ -220,6 +223,51 @@ async def test_the_create_queue_serves_users_round_robin() -> None:
 
     assert served[:4] == ["heavy0", "light0", "heavy1", "light1"]
     assert served[4:] == ["heavy2", "heavy3", "heavy4", "heavy5"]
+
+
+async def test_after_a_429_the_queue_waits_out_the_window_then_sends_one_probe() -> None:
+    period = 0.3
+    limiter = SlidingWindowLimiter(limit=100, period=period)
+    queue = FairQueue(limiter)
+    granted: list[tuple[int, float]] = []
+    started = time.monotonic()
+
+    async def request(job_id: int) -> None:
+        await queue.turn(job_id, job_id)
+        granted.append((job_id, time.monotonic() - started))
+
+    queue.start()
+    try:
+        first = asyncio.create_task(request(1))
+        await first
+        queue.sent(1, rate_limited=True)  # the server said 429 to it
+        assert queue.held
+        waiting = [asyncio.create_task(request(n)) for n in (2, 3, 4)]
+        await wait_until(lambda: len(granted) == 2, timeout=2, what="the probe")
+        probe, at = granted[1]
+        assert at >= period * 0.9  # not before the 429'd call left the window
+        await asyncio.sleep(0.1)
+        assert len(granted) == 2  # nothing else while the probe is out
+        queue.sent(probe, rate_limited=False)  # it went through
+        await asyncio.gather(*waiting)
+    finally:
+        await queue.stop()
+    assert len(granted) == 4 and queue.outstanding == 2  # the last two still to report
+
+
+async def test_a_paused_queue_grants_nothing_until_resumed() -> None:
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0))
+    queue.pause()
+    queue.start()
+    try:
+        waiting = asyncio.create_task(queue.turn(1, 1))
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and queue.outstanding == 0
+        queue.resume()
+        await asyncio.wait_for(waiting, 1.0)
+        assert queue.outstanding == 1
+    finally:
+        await queue.stop()
 
 
 async def test_queued_requests_survive_a_restart(make_app: AppFactory,

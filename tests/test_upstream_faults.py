@@ -48,8 +48,9 @@ def answer(mode: str, content: str) -> str:
 
 
 def answered(fault: Fault) -> bool:
-    """Whether the server replied to the call (a 5xx, a garbled body): done with it."""
-    return not fault.drop and fault.status is not None and fault.status != 429
+    """Whether the API itself replied (its 500, a garbled body): done with the call. A
+    gateway's 502 may come while the server behind it still works."""
+    return not fault.drop and fault.status in (200, 500)
 
 
 def may_have_spent(fault: Fault) -> bool:
@@ -140,7 +141,6 @@ async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -
     await finish(app, MESSAGES, timeout=40)
 
     told: dict[str, list[int]] = {}
-    reconciled = 0  # failed creates the balance showed cost nothing, sent again
     for ending in await endings(app):
         job, content = ending.job, ending.job.content
         creates = chatinfo.served_for("create_request", content=content)
@@ -160,7 +160,6 @@ async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -
         else:
             assert job.state is JobState.DELIVERED, f"{content}: {job.state} ({job.error})"
             assert ending.text == ANSWER_PREFIX + content
-            reconciled += sum(1 for c in retried if c.fault and c.fault.status != 429)
             continue
         assert (job.state, job.error) == (state, expected), content
         assert ending.text.startswith(TEXTS[expected]), content
@@ -178,7 +177,6 @@ async def test_every_message_ends_delivered_or_honestly_told(chaotic_app: App) -
     assert len({fault.kind for fault in faults}) >= 6
     assert 0.15 < len(faults) / len(chatinfo.served) < 0.35
     assert told.get(Failure.UNKNOWN_OUTCOME), "no ambiguous create failure was exercised"
-    assert reconciled, "no failed create was settled by the balance"
     delivered = sum(1 for e in await endings(app) if e.job.state is JobState.DELIVERED)
     assert delivered >= MESSAGES // 2
 
@@ -222,6 +220,9 @@ async def test_each_create_fault_once(tmp_path: Path, fault: Fault, spent: bool,
                                                                  else 1)
             if expected is None:  # sent again: it surely spent nothing
                 assert chatinfo.calls["create_request"] == 2
+                first, second = chatinfo.served_for("create_request")
+                if fault.status == 429:  # not before the 429'd call left the window
+                    assert second.arrived_at - first.arrived_at >= TEST_WINDOW * 0.9
                 assert ending.text == ANSWER_PREFIX + "the question"
             else:
                 assert chatinfo.calls["create_request"] == 1  # never re-sent by the bot
