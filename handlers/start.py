@@ -55,7 +55,7 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
           "along as context. Under each answer: 🔄 ask again, ➡️ continue, ✂️ shorter."),
         _("<b>Limits</b>\nUp to {limit} characters a request; longer text is cut, and I say "
           "so. You can also send a .txt or .md file (up to 1 MB): its caption is the "
-          "instruction.").format(limit=MAX_CONTENT_CHARS) + "\n" + html.escape(quota),
+          "instruction.").format(limit=MAX_CONTENT_CHARS) + "\n" + html.escape(quota, quote=False),
         _("<b>In groups</b>\nMention me (@{bot}) or reply to my message; everyone in the "
           "group sees the answer, and only you can press its buttons. {commands} answer "
           "only in our private chat.").format(
@@ -68,8 +68,8 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
 
 
 def command_lines(*, admin: bool) -> list[str]:
-    return [" ".join(filter(None, (f"/{c.name}", html.escape(c.args), "—",
-                                   html.escape(str(c.description)))))
+    return [" ".join(filter(None, (f"/{c.name}", html.escape(c.args, quote=False), "—",
+                                   html.escape(str(c.description), quote=False))))
             for c in COMMANDS if c.admin == admin]
 
 

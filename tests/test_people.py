@@ -357,6 +357,8 @@ async def test_help_lists_every_command_and_admins_see_theirs(make_app: AppFacto
         assert needle in user_help
     assert "/units" not in user_help and "Admin" not in user_help
     assert "/quota &lt;id&gt; &lt;n | unlimited | default&gt; — " in admin_help
+    await app.feed(message_update(ADMIN, "/help", language_code="en"))
+    assert "/user &lt;id&gt; — A user's card" in texts(app, to=ADMIN)[-1]  # no &#x27;
     assert "<b>Команды админа</b>" in admin_help and "21 запрос в день, как и у всех." in admin_help
     assert "по московскому времени" in admin_help
     await app.feed(message_update(1, "/start"))
