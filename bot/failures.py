@@ -34,10 +34,8 @@ def failure_text(failure: Failure, *, sent: bool = False) -> str:
 
     `sent`: create_request had returned an id, so the request counted against the quota.
     """
-    if sent and failure in {Failure.CANCELLED, Failure.NO_UNITS, Failure.ACCESS_DENIED}:
+    if sent and failure in {Failure.NO_UNITS, Failure.ACCESS_DENIED}:
         return {
-            Failure.CANCELLED: _("✖️ Cancelled. The request had already been sent, so it was "
-                                 "counted."),
             Failure.NO_UNITS: _("😔 The bot has run out of capacity. Your request had been "
                                 "sent and was counted, but its answer cannot be fetched. "
                                 "Please try again later."),
