@@ -34,6 +34,16 @@ async def add_job(app: App, *, state: JobState = JobState.NEW, content: str = "h
     return job_id
 
 
+async def sent_job(app: App, content: str) -> int:
+    """A job whose create_request really went to the fake server and was stored."""
+    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+    created = await client.create_request(content, "chat")
+    await client.close()
+    job_id = await add_job(app, content=content)
+    await app.jobs.set_upstream(job_id, created.id, created.units)
+    return job_id
+
+
 async def state_of(app: App, job_id: int) -> JobState:
     job = await app.jobs.get(job_id)
     assert job is not None
@@ -115,11 +125,7 @@ async def test_a_job_caught_mid_create_is_sent_again_if_the_balance_shows_it_spe
 async def test_a_job_caught_mid_create_just_now_is_not_settled_by_the_balance(
         app: App) -> None:
     """The server may still be working on a call the crash (or a shutdown) abandoned."""
-    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
-    earlier = await client.create_request("earlier", "chat")
-    await client.close()
-    earlier_id = await add_job(app, content="earlier")
-    await app.jobs.set_upstream(earlier_id, earlier.id, earlier.units)
+    await sent_job(app, "earlier")
     job_id = await add_job(app, state=JobState.CREATING)  # sent a moment ago
 
     await app.runner.resume()
@@ -145,11 +151,7 @@ async def test_pending_job_is_polled_not_created_again(app: App) -> None:
 
 async def test_a_cancelled_sent_job_is_still_fetched_after_a_restart_and_kept(app: App,
                                                                               ) -> None:
-    client = ChatinfoClient(app.chatinfo.base_url, "test-key")
-    created = await client.create_request("paid for", "chat")
-    await client.close()
-    job_id = await add_job(app, content="paid for")
-    await app.jobs.set_upstream(job_id, created.id, created.units)
+    job_id = await sent_job(app, "paid for")
     await app.jobs.mark_cancelled(job_id)  # /cancel, then a restart
 
     await app.runner.resume()
