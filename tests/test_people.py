@@ -588,3 +588,13 @@ def test_every_refusal_fits_a_callback_alert(locale: str) -> None:
     with i18n.context(), i18n.use_locale(locale):
         texts = [refusal_text(refusal, clock, max_pending=22) for refusal in Refusal]
     assert all(len(text) <= 200 for text in texts), max(texts, key=len)
+
+
+async def test_an_admin_who_never_opened_the_private_chat_is_still_not_answered_in_a_group(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    app.session.fail_next(SendMessage, 403, "Forbidden: bot can't initiate conversation")
+    await app.feed(in_group(ADMIN, "/units"))
+
+    assert [m.chat_id for m in app.sent(SendMessage)] == [ADMIN]  # tried in private only
+    assert app.sent(AnswerCallbackQuery) == []

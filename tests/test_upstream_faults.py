@@ -396,3 +396,20 @@ async def test_a_key_limited_below_its_documented_rate_is_learned_and_admins_tol
     assert alert.startswith("⚠️ The API answers 429 below its documented rate: "
                             "create_request now gets ")
     assert alert.endswith(" calls a minute instead of 1500. Is another program using the key?")
+
+
+async def test_a_balance_check_that_gets_no_balance_takes_the_create_as_spent(
+        tmp_path: Path) -> None:
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.inject("create_request", Fault.http(500, "oops"))  # spent nothing...
+            chatinfo.inject("units", Fault.http(502), times=ATTEMPTS)  # ...but nobody can tell
+            await app.feed(message_update(9, "second"))
+            await finish(app, 2, timeout=10)
+            last = (await endings(app))[-1]
+
+    assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME]) and last.offers_retry
+    assert chatinfo.calls["create_request"] == 2  # never risk a second unit
