@@ -70,9 +70,10 @@ def make_dispatcher(
     clock = QuotaClock(settings.quota_timezone)
     tracker = UnitsTracker(client, AdminNotifier(bot, users, i18n, settings.admin_ids),
                            settings.low_units_threshold)
-    runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker,
-                       policy=policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds)))
-    admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user)
+    policy = policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds))
+    runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker, policy=policy)
+    admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user,
+                          late_after=policy.max_wait)
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
                     tracker=tracker, runner=runner, client=client, settings=settings,
                     submitter=Submitter(admission, jobs, runner, clock),

@@ -60,11 +60,16 @@ class SlidingWindowLimiter:
         return True
 
     def _climb(self) -> None:
-        """A whole window without a 429: try a tenth more, up to the configured limit."""
+        """A whole window without a 429: win back a tenth of the way to the configured
+        limit (at least a tenth more). A storm of 429s from another program on the key
+        can drop the limit to a few calls; climbing only by a tenth of that would starve
+        the bot for an hour after the storm. A key truly limited below its documented
+        rate meets three 429s at the next step up, and the limit drops back."""
         now = self._clock()
         if (self.limit < self.configured and now - self._last_429 >= self.period
                 and now - self._raised_at >= self.period):
-            self.limit = min(self.configured, self.limit + max(1, self.limit // 10))
+            step = max(1, self.limit // 10, (self.configured - self.limit) // 10)
+            self.limit = min(self.configured, self.limit + step)
             self._raised_at = now
 
     def window_clears_at(self) -> float:

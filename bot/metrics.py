@@ -130,6 +130,13 @@ class StateCollector:
         yield GaugeMetricFamily(f"{PREFIX}_queued_jobs",
                                 "Jobs waiting for a create_request slot (the fair queue).",
                                 value=self._runner.queue.queued)
+        reconciled = CounterMetricFamily(
+            f"{PREFIX}_reconciled_creates", "Failed create_requests the balance settled since "
+            "the start: unspent (sent again), spent (its id lost), assumed_spent (the balance "
+            "could not tell).", labels=["verdict"])
+        for verdict in ("unspent", "spent", "assumed_spent"):
+            reconciled.add_metric([verdict], self._runner.reconciled[verdict])
+        yield reconciled
         yield GaugeMetricFamily(f"{PREFIX}_polled_jobs",
                                 "Jobs waiting for their answer in the poll scheduler.",
                                 value=self._runner.scheduler.pending)

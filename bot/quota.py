@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -81,12 +82,14 @@ class Refusal(StrEnum):
 
 class Admission:
     def __init__(self, jobs: JobRepo, quotas: QuotaRepo, units: UnitsTracker,
-                 clock: QuotaClock, max_pending: int) -> None:
+                 clock: QuotaClock, max_pending: int, *, late_after: float = 600.0) -> None:
         self._jobs = jobs
         self._quotas = quotas
         self._units = units
         self._clock = clock
         self.max_pending = max_pending
+        # A job older than this has its user told it is late: it no longer holds them up.
+        self._late_after = late_after
         # The checks and the insert must not interleave with another message's, or two
         # concurrent messages could both take a user's last request.
         self._lock = asyncio.Lock()
@@ -105,7 +108,8 @@ class Admission:
                 return Refusal.ALREADY_ASKED  # a double tap: one unit, not two
             if self._units.exhausted:
                 return Refusal.NO_UNITS
-            if await self._jobs.pending_count(user_id) >= self.max_pending:
+            if await self._jobs.pending_count(
+                    user_id, created_after=time.time() - self._late_after) >= self.max_pending:
                 return Refusal.TOO_MANY_PENDING
             day = self._clock.today()
             if not await self._quotas.reserve(user_id, day):

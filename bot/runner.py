@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,9 +65,6 @@ log = logging.getLogger(__name__)
 Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
 
 RESUME_PAGE = 500
-# Seconds after which the server surely finished a create we sent (the client gives up at
-# 20 s); only creates this old are settled by the balance at a start.
-MID_CREATE_SETTLED = 60.0
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -74,11 +72,17 @@ TELEGRAM_DOWN_MAX_PAUSE = 300.0
 @dataclass(frozen=True)
 class RunnerPolicy:
     max_wait: float = 600.0  # then the job fails with a clear message
+    # A sent request's unit is spent: past max_wait its user is told, and its answer is
+    # still awaited this much longer, and posted if it comes.
+    late_wait: float = 3600.0
     progress_every: float = 15.0  # placeholder shows the wait; Telegram allows ~1 edit/s/chat
     timing: PollTiming = field(default_factory=PollTiming)
     prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
     history: int = 2000  # answered jobs the solve-time model learns from at start
     balance_check_grace: float = 2.0  # seconds after a failed create before asking units
+    # After this, the server has surely finished a create we sent (the client gives up at
+    # 20 s): a create that failed without the server's word is settled by the balance then.
+    create_settles_after: float = 60.0
 
 
 class JobRunner:
@@ -109,7 +113,12 @@ class JobRunner:
         self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
         # Creates that failed with their outcome unknown, waiting for a balance check.
         self._ambiguous: set[int] = set()
+        # Creates the server may still be finishing (a timeout, a gateway error, a crash):
+        # job id -> when the balance can settle them.
+        self._settling: dict[int, float] = {}
         self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
+        self._verdict_given = asyncio.Event()
+        self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
         self._reconciling = asyncio.Lock()
         self._create_settled = asyncio.Event()  # a create step ended or awaits a check
         # The balance read while no create was in flight, and the creates acknowledged
@@ -163,7 +172,8 @@ class JobRunner:
         # A page at a time: a backlog of thousands never sits in memory with its texts.
         while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
             for job in page:  # in id order: the create queue keeps its order
-                if job.state is JobState.PENDING and job.placeholder_id is not None:
+                if (job.state is JobState.PENDING and job.placeholder_id is not None
+                        and not self._late(job)):
                     self._park(job)
                 else:
                     self.start(job.id)
@@ -173,39 +183,60 @@ class JobRunner:
             log.info("resuming %d unfinished jobs", resumed)
         return resumed
 
-    async def _quiet_balance(self) -> int | None:
-        """The balance, read while no create is in flight: the anchor of the next check."""
+    async def _read_balance(self) -> int | None:
         try:
-            actual = await self._client.units()
+            return await self._client.units()
         except ChatinfoError as error:
             log.warning("could not read the balance (%s); failed creates count as spent",
                         error)
-            self._anchor = None
             return None
+
+    async def _keep_anchor(self, actual: int | None, read_at: float) -> None:
+        """The balance read while no create was in flight: the anchor of the next check,
+        kept in the database for the next start. Jobs it settles as spent must be stored
+        so first: past the anchor, their debit is no longer seen."""
         self._anchor, self._acked_since_anchor = actual, 0
-        await self._units.observe(actual)
-        return actual
+        await self._jobs.set_balance_anchor(actual, read_at)
+        if actual is not None:
+            await self._units.observe(actual)
+
+    async def _end_unknown(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:  # each job's task (or the next start) tells its user
+            await self._jobs.end(job_id, JobState.UNKNOWN, Failure.UNKNOWN_OUTCOME)
 
     async def _reconcile_mid_create(self) -> None:
         """Read the balance while nothing is in flight (the anchor of later checks), and
-        settle the jobs a crash caught mid-create against it.
+        settle the jobs a crash caught mid-create against the anchor kept before it.
 
-        They are sent again if the balance equals the lowest one the creates before them
-        reported, which holds only if every acknowledged create had its answer before the
-        first of them was sent (else one of those reports may already count it);
-        otherwise their users are told, as for any unknown outcome.
+        If the balance is what the kept anchor and the creates acknowledged since make it,
+        none of them spent anything so far: those the server has surely finished are sent
+        again, and the younger ones are settled when it has. Otherwise their users are
+        told, as for any unknown outcome.
         """
         stuck = await self._jobs.mid_create()
-        # A create abandoned at a shutdown (or a kill) may still be worked on by the server:
-        # the balance settles only calls older than any the server could still finish.
-        settled = bool(stuck) and max(stuck.values()) < time.time() - MID_CREATE_SETTLED
-        reference = (await self._jobs.balance_reported_before(min(stuck.values()))
-                     if settled else None)
-        actual = await self._quiet_balance()
-        if not settled or reference is None or actual != reference:
+        expected = await self._jobs.expected_balance()
+        if expected is None and stuck:  # no anchor kept (a database from before it was)
+            expected = await self._jobs.balance_reported_before(min(stuck.values()))
+        read_at = time.time()
+        actual = await self._read_balance()
+        unspent = actual is not None and actual == expected
+        if stuck and not unspent:
+            verdict = ("spent" if expected is not None and actual == expected - len(stuck)
+                       else "assumed_spent")
+            self.reconciled[verdict] += len(stuck)
+            log.info("%d job(s) found mid-create: expected a balance of %s, found %s: %s",
+                     len(stuck), expected, actual, verdict)
+            await self._end_unknown(stuck)
+        await self._keep_anchor(actual, read_at)
+        if not (stuck and unspent):
             return
-        for job_id in stuck:
+        for job_id, sent_at in stuck.items():
+            settles_at = sent_at + self._policy.create_settles_after
+            if settles_at > time.time():
+                self._settling[job_id] = settles_at
+                continue
             await self._jobs.requeue(job_id)
+            self.reconciled["unspent"] += 1
             log.info("job %s found mid-create is sent again: the balance shows it spent "
                      "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
 
@@ -255,6 +286,7 @@ class JobRunner:
                 await self._tell(current, Failure.CANCELLED, "cancelled by the user")
                 stopped += 1
             elif current.state is JobState.CREATING:  # its create may have counted
+                self._settling.pop(current.id, None)
                 await self._tell(current, Failure.UNKNOWN_OUTCOME, "cancelled mid-create")
         self._job_left.set()
         return stopped, kept
@@ -309,6 +341,10 @@ class JobRunner:
                 return
             await self._jobs.set_placeholder(job.id, placeholder)
             job = await self._reload(job)
+        if job.state is JobState.CREATING and job.id in self._settling:
+            if not await self._settle(job):
+                return
+            job = await self._reload(job)  # queued again: sent below
         if job.state is JobState.CREATING:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
             return
@@ -321,6 +357,8 @@ class JobRunner:
             job = await self._create(job)
         if job.state is JobState.PENDING:
             if outcome is None:
+                if self._late(job) and time.time() < self._late_deadline(job):
+                    await self._show_late(job)  # resumed late: a crash may have hidden it
                 self._park(job)
                 return
             job = await self._conclude(job, outcome)
@@ -348,6 +386,8 @@ class JobRunner:
             step.add_done_callback(partial(self._creating.pop, job.id))
             step.add_done_callback(lambda _: self._create_settled.set())
             again = await asyncio.shield(step)
+            if job.id in self._settling:
+                again = await self._settle(job)
             job = await self._reload(job)
             if not again:
                 return job
@@ -370,15 +410,7 @@ class JobRunner:
                      extra=job_event(job, "rate_limited"))
             await self._units.check_limits()
         except UpstreamUnavailable as error:
-            # Not idempotent: a create that reached the server may have spent a unit.
-            if not error.maybe_spent:
-                await self._tell(job, Failure.UNREACHABLE, str(error))
-            elif error.answered and (again := await self._spent_nothing(job)):
-                await self._jobs.requeue(job.id)
-                log.info("job %s sent again: the balance shows its failed create (%s) spent "
-                         "nothing", job.id, error, extra=job_event(job, "reconciled_unspent"))
-            else:
-                await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+            again = await self._after_unavailable(job, error)
         except NotEnoughUnits as error:
             await self._units.observe(0)
             await self._tell(job, Failure.NO_UNITS, str(error))
@@ -399,6 +431,53 @@ class JobRunner:
                 self.queue.sent(job.id, rate_limited=False)
         return again
 
+    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable) -> bool:
+        """Whether the failed create surely spent nothing and is queued again now.
+
+        Not idempotent: a create that reached the server may have spent a unit."""
+        if not error.maybe_spent:
+            await self._tell(job, Failure.UNREACHABLE, str(error))
+        elif not error.answered:  # the server may still be working on it
+            self._settling[job.id] = time.time() + self._policy.create_settles_after
+            log.info("job %s: create_request failed (%s); the balance settles it later",
+                     job.id, error, extra=job_event(job, "settling"))
+        elif await self._spent_nothing(job):
+            await self._requeue_unspent(job, error)
+            return True
+        else:
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+        return False
+
+    async def _requeue_unspent(self, job: Job, error: object) -> None:
+        await self._jobs.requeue(job.id)
+        log.info("job %s sent again: the balance shows its failed create (%s) spent nothing",
+                 job.id, error, extra=job_event(job, "reconciled_unspent"))
+
+    async def _settle(self, job: Job) -> bool:
+        """Once the server has surely finished the job's failed create, let the balance
+        tell whether it spent a unit: sent again if not (True), else the user is told."""
+        await self._show_settling(job)
+        settles_at = self._settling[job.id]
+        while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
+            self._verdict_given.clear()
+            await wait_event(self._verdict_given, left)  # early if a check decided it
+        async with self._reconciling:
+            if job.id not in self._verdicts:  # not decided with an earlier batch
+                await self._check_balance()
+        if unspent := self._verdicts.pop(job.id):
+            await self._requeue_unspent(job, "no reply")
+        else:
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
+        return unspent
+
+    async def _show_settling(self, job: Job) -> None:
+        if job.placeholder_id is None:
+            return
+        with self._locale(job.locale):
+            text = settling_text()
+        with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
+            await self.delivery.show(job, Part(text))
+
     async def _spent_nothing(self, job: Job) -> bool:
         """Whether the balance shows that the job's failed create spent nothing.
 
@@ -415,7 +494,12 @@ class JobRunner:
             return self._verdicts.pop(job.id)
 
     async def _check_balance(self) -> None:
-        """Decide every failed create waiting for a verdict, against one fresh balance."""
+        """Decide every failed create that can be, against one fresh balance: those failed
+        in flight (`_ambiguous`) and those whose server has surely finished (`_settling`).
+
+        The creates still settling are decided too when the balance moved otherwise than
+        expected: their debit may be in it, so a later check could not see it.
+        """
         self.queue.pause()
         try:
             while True:
@@ -423,21 +507,33 @@ class JobRunner:
                 while self.queue.outstanding > len(self._ambiguous):
                     self._create_settled.clear()
                     await wait_event(self._create_settled, 1.0)
-                batch = set(self._ambiguous)
+                in_flight = set(self._ambiguous)
                 # A failed call's server may still be finishing it: give a debit time to land.
                 await asyncio.sleep(self._policy.balance_check_grace)
-                if self._ambiguous == batch and self.queue.outstanding == len(batch):
+                if self._ambiguous == in_flight and self.queue.outstanding == len(in_flight):
                     break  # nothing joined meanwhile; else wait for it, and its grace, too
             self._ambiguous.clear()
+            now = time.time()
+            batch = in_flight | {job for job, at in self._settling.items() if at <= now}
             expected = (None if self._anchor is None
                         else self._anchor - self._acked_since_anchor)
-            actual = await self._quiet_balance()
+            read_at = time.time()
+            actual = await self._read_balance()
             unspent = actual is not None and actual == expected
+            if not unspent:
+                batch |= set(self._settling)
             spent = expected is not None and actual == expected - len(batch)
+            verdict = "unspent" if unspent else "spent" if spent else "assumed_spent"
             log.info("balance check for %d failed create(s): expected %s, found %s: %s",
-                     len(batch), expected, actual,
-                     "nothing spent" if unspent else "spent" if spent else "taken as spent")
+                     len(batch), expected, actual, verdict)
+            for job_id in batch:
+                self._settling.pop(job_id, None)
+            if not unspent:
+                await self._end_unknown(batch)
+            await self._keep_anchor(actual, read_at)
             self._verdicts.update(dict.fromkeys(batch, unspent))
+            self.reconciled[verdict] += len(batch)
+            self._verdict_given.set()
         finally:
             self.queue.resume()
 
@@ -445,13 +541,33 @@ class JobRunner:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""
         assert job.upstream_id is not None
         self._start_workers()
-        if not (job.cancelled or job.id in self._quiet):
+        late = self._late(job)
+        if not (job.cancelled or job.id in self._quiet or late):
             self._indicators.watch(job)
         sent_at = job.upstream_at or job.created_at
+        deadline = self._late_deadline(job) if late else job.created_at + self._policy.max_wait
         self.scheduler.watch(
             job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
-            length=len(job.content), age=time.time() - sent_at,
-            max_wait=job.created_at + self._policy.max_wait - sent_at)
+            length=len(job.content), age=time.time() - sent_at, max_wait=deadline - sent_at)
+
+    def _late(self, job: Job) -> bool:
+        """Sent, and past MAX_WAIT_SECONDS: its user has been told it is late."""
+        return time.time() >= job.created_at + self._policy.max_wait
+
+    def _late_deadline(self, job: Job) -> float:
+        return job.created_at + self._policy.max_wait + self._policy.late_wait
+
+    async def _show_late(self, job: Job) -> None:
+        if job.cancelled or job.id in self._quiet:
+            return
+        with self._locale(job.locale):
+            text = _("⏳ No answer yet after {wait}. The request was sent, so it was counted, "
+                     "and its answer will still appear here if it comes within {late}. "
+                     "/cancel stops waiting for it.").format(
+                         wait=duration_text(self._policy.max_wait),
+                         late=duration_text(self._policy.late_wait))
+        with suppress(TelegramForbiddenError):  # the answer, if it comes, finds out
+            await self.delivery.show(job, Part(text))
 
     async def _conclude(self, job: Job, outcome: Outcome) -> Job:
         """Store the answer the scheduler found, or end the job as its error says."""
@@ -460,6 +576,12 @@ class JobRunner:
             case Answer(text, solved_after):
                 await self._jobs.set_result(job.id, text, solved_after)
                 crashpoints.reach(crashpoints.AFTER_RESULT)
+            # The first expiry comes at max_wait, the second at the late deadline.
+            case Expired() if time.time() < self._late_deadline(job) - self._policy.late_wait / 2:
+                log.info("job %s is late: its answer is awaited %.0f s more", job.id,
+                         self._policy.late_wait, extra=job_event(job, "late"))
+                await self._show_late(job)
+                self._park(job)
             case Expired():
                 await self._tell(job, Failure.TIMEOUT, "no answer in time")
             case Lost():
@@ -552,6 +674,8 @@ class JobRunner:
         ahead = self.queue.ahead(job_id)
         wait = self.queue.eta(ahead or 0)
         with self._locale(locale):
+            if job_id in self._settling:
+                return settling_text()
             if ahead is None or (not ahead and wait < 1 and not self.queue.held):
                 return waiting_text(seconds)  # sent, or about to be
             return queue_text(ahead, wait, held=self.queue.held)
@@ -569,6 +693,11 @@ class JobRunner:
 
 def placeholder_text() -> str:
     return _("⏳ Working on it…")
+
+
+def settling_text() -> str:
+    return _("⏳ The AI service did not confirm your request. Checking whether it arrived; "
+             "if it did not, it is sent again by itself.")
 
 
 def queue_text(ahead: int, seconds: float, *, held: bool) -> str:

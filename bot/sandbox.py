@@ -191,6 +191,7 @@ class FakeChatinfo:
         self._by_id: dict[int, FakeRequest] = {}
         self._next_id = 1
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._rate_limited_until: dict[str, float] = {}  # endpoint -> clock() of the end
         self._random_faults: Mapping[str, Sequence[Fault]] = {}
         self._random_rate = 0.0
         self._random = {name: random.Random(f"0/{name}") for name in ENDPOINTS}
@@ -202,6 +203,13 @@ class FakeChatinfo:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
         self._faults[endpoint].extend([fault] * times)
+
+    def rate_limit_for(self, endpoint: str, seconds: float) -> None:
+        """Answer every call to `endpoint` with the spec's 429 for `seconds`, as when
+        another program on the key uses up the window (counted as injected faults)."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}")
+        self._rate_limited_until[endpoint] = self.clock() + seconds
 
     def inject_random(
         self, faults: Mapping[str, Sequence[Fault]], rate: float, *, seed: int = 0
@@ -311,6 +319,8 @@ class FakeChatinfo:
         """The fault for this call, and whether it was drawn at random."""
         if self._faults[name]:
             return self._faults[name].popleft(), False
+        if self.clock() < self._rate_limited_until.get(name, 0.0):
+            return Fault.rate_limited(), False
         kinds = self._random_faults.get(name)
         draw = self._random[name]
         # Draw for every call, faulted or not, so one seed gives one sequence of draws.

@@ -89,6 +89,16 @@ MIGRATIONS: tuple[str, ...] = (
     -- fetched and kept for /history, but not posted.
     ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- The balance read while no create_request was in flight, and when. Less the creates
+    -- acknowledged since, it is what the balance must be if only those spent units: the
+    -- next start settles the creates a crash left without a reply against it.
+    CREATE TABLE balance_anchor (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        units   INTEGER NOT NULL,
+        read_at REAL    NOT NULL
+    );
+    """,
 )
 
 

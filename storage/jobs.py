@@ -158,19 +158,41 @@ class JobRepo:
             {"moment": moment})
         return int(row[0]) if row and row[0] is not None else None
 
+    async def set_balance_anchor(self, units: int | None, read_at: float) -> None:
+        """Keep the balance read at `read_at` while no create was in flight (None: unknown)."""
+        if units is None:
+            await self._db.execute("DELETE FROM balance_anchor")
+        else:
+            await self._db.execute(
+                """INSERT INTO balance_anchor (id, units, read_at) VALUES (1, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET units = excluded.units,
+                                                  read_at = excluded.read_at""",
+                (units, read_at))
+        await self._db.commit()
+
+    async def expected_balance(self) -> int | None:
+        """The kept balance less the creates acknowledged since it was read, if one is kept."""
+        row = await fetch_one(
+            self._db,
+            """SELECT units - (SELECT count(*) FROM jobs WHERE upstream_at >= read_at)
+               FROM balance_anchor""")
+        return int(row[0]) if row else None
+
     async def mid_create(self) -> dict[int, float]:
         """Jobs whose create_request may have been sent: id -> when it was (about to be)."""
         rows = await self._db.execute_fetchall(
             "SELECT id, updated_at FROM jobs WHERE state = ?", (JobState.CREATING,))
         return {int(row[0]): float(row[1]) for row in rows}
 
-    async def pending_count(self, user_id: int) -> int:
+    async def pending_count(self, user_id: int, *, created_after: float = 0.0) -> int:
+        """The user's unfinished jobs they still wait for (not cancelled, not older than
+        `created_after`)."""
         marks = ",".join("?" * len(UNFINISHED))
         row = await fetch_one(
             self._db,
             f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks}) "
-            "AND cancelled = 0",
-            (user_id, *UNFINISHED),
+            "AND cancelled = 0 AND created_at > ?",
+            (user_id, *UNFINISHED, created_after),
         )
         return int(row[0]) if row else 0
 

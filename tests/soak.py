@@ -27,10 +27,17 @@ The figures, precisely:
   so the bot could not know whether it counted.
 - units spent: create_request calls the fake accepted (each made a request and took a
   unit), including those whose reply the bot never saw.
-- units wasted: spent units whose answer was never delivered and whose user was not told
-  of an unknowable outcome. Goal: 0.
+- units wasted: spent units whose answer was never delivered.
+- reconciled, from the bot's log: failed creates the balance settled, as sent again
+  safely (they spent nothing), confirmed spent (the unit went, its id was lost) or
+  assumed spent (the balance could not tell). Goal: units wasted = confirmed spent, and
+  every unit sent again safely really spent nothing (no content created twice).
 - units of unknowable outcome: spent units whose user was told the outcome was unknowable
-  (the honest answer when a reply is lost; the user may send again). Not wasted.
+  (the honest answer when a reply is lost; the user may send again).
+- double taps: answers whose ✂️ button a user tapped twice in a row; each must make one
+  request, never two.
+- 429 storms: every `--storm-every` seconds or so, create_request (and now and then
+  get_response) answers 429 for `--storm-seconds`. Requests wait; none fails for it.
 - answers lost: accepted requests that ended neither delivered nor told. Goal: 0.
 - duplicate parts: answer parts shown in more than one message. Goal: 0.
 - stale placeholders: "⏳" messages left as they were (a kill between sending one and
@@ -63,7 +70,7 @@ from bot.i18n import make_i18n
 from bot.render import render
 from bot.sandbox import FakeChatinfo, standard_faults
 from tests.botprocess import BOT_TOKEN, BotProcess
-from tests.fakes.telegram_api import Call, message_update
+from tests.fakes.telegram_api import Call, callback_update, message_update
 from tests.harness import FakeTelegram
 
 API_KEY = "soak-key"
@@ -84,6 +91,9 @@ class Options:
     long_share: float
     drain: float
     sample_every: float
+    storm_every: float
+    storm_seconds: float
+    double_taps: float
     seed: int
     workdir: Path | None
 
@@ -105,6 +115,12 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--drain", type=float, default=180.0,
                         help="seconds the bot gets to finish after the last message")
     parser.add_argument("--sample-every", type=float, default=10.0, help="memory sampling")
+    parser.add_argument("--storm-every", type=float, default=120.0,
+                        help="mean seconds between 429 storms (0: none)")
+    parser.add_argument("--storm-seconds", type=float, default=30.0,
+                        help="how long each 429 storm lasts")
+    parser.add_argument("--double-taps", type=float, default=0.1,
+                        help="double taps on an answer's ✂️ button, per message sent")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the bot's database and log go (default: a new temp dir)")
@@ -238,6 +254,12 @@ class Sent:
     text: str
 
 
+@dataclass(frozen=True)
+class DoubleTap:
+    user: int
+    job_id: int  # the answer whose ✂️ was tapped twice
+
+
 class Answers:
     """What the fake chatinfo answers: deterministic in the content, sometimes long."""
 
@@ -269,10 +291,11 @@ async def drive(options: Options, workdir: Path) -> int:
             "TELEGRAM_API_URL": telegram.base_url, "DAILY_QUOTA": "0",
             "MAX_PENDING_PER_USER": "50", "MAX_WAIT_SECONDS": "150", "LOG_LEVEL": "INFO"})
         sent: list[Sent] = []
+        taps: list[DoubleTap] = []
         started = time.monotonic()
         try:
             await bot.start()
-            await run_load(options, rng, bot, telegram, sent)
+            await run_load(options, rng, bot, telegram, chatinfo, sent, taps)
             print(f"load over after {(time.monotonic() - started) / 60:.1f} min; draining",
                   flush=True)
             deadline = time.monotonic() + options.drain
@@ -289,15 +312,17 @@ async def drive(options: Options, workdir: Path) -> int:
         finally:
             if bot.current is not None:
                 await bot.kill()
-        report = judge(options, bot, chatinfo, telegram, sent, answers)
+        report = judge(options, bot, chatinfo, telegram, sent, taps, answers)
         report.print(options, time.monotonic() - started, code, workdir)
         return 0 if report.clean else 1
 
 
 async def run_load(options: Options, rng: random.Random, bot: SoakBot,
-                   telegram: ChaoticTelegram, sent: list[Sent]) -> None:
+                   telegram: ChaoticTelegram, chatinfo: FakeChatinfo, sent: list[Sent],
+                   taps: list[DoubleTap]) -> None:
     end = time.monotonic() + options.minutes * 60
     next_kill = next_kill_at(options, rng)
+    next_storm = next_at(options.storm_every, rng)
     next_sample = time.monotonic()
     message_ids = (1_000_000 + n for n in range(10**9))
     while (now := time.monotonic()) < end:
@@ -308,6 +333,12 @@ async def run_load(options: Options, rng: random.Random, bot: SoakBot,
             await bot.kill()
             await bot.start()
             next_kill = next_kill_at(options, rng)
+        if now >= next_storm:
+            for endpoint in ("create_request", "get_response")[:rng.choice((1, 1, 2))]:
+                chatinfo.rate_limit_for(endpoint, options.storm_seconds)
+            next_storm = next_at(options.storm_every, rng)
+        if rng.random() < options.double_taps:
+            double_tap(telegram, rng, taps)
         user = 10_000 + rng.randrange(options.users)
         message = Sent(user, next(message_ids), f"soak {len(sent)} {rng.randrange(10**6)}")
         telegram.push_update(message_update(user, message.text, message_id=message.message_id))
@@ -316,9 +347,33 @@ async def run_load(options: Options, rng: random.Random, bot: SoakBot,
 
 
 def next_kill_at(options: Options, rng: random.Random) -> float:
-    if options.kill_every <= 0:
+    return next_at(options.kill_every, rng)
+
+
+def next_at(mean: float, rng: random.Random) -> float:
+    if mean <= 0:
         return float("inf")
-    return time.monotonic() + rng.uniform(0.5, 1.5) * options.kill_every
+    return time.monotonic() + rng.uniform(0.5, 1.5) * mean
+
+
+SHORTER = re.compile(r"^ans:s:(\d+)$")
+
+
+def double_tap(telegram: ChaoticTelegram, rng: random.Random, taps: list[DoubleTap]) -> None:
+    """Tap ✂️ twice on an answer not tapped before, as an impatient user would."""
+    tapped = {tap.job_id for tap in taps}
+    buttons = [(chat_id, message_id, int(match[1]))
+               for (chat_id, message_id), message in list(telegram.messages.items())
+               for row in message.get("reply_markup", {}).get("inline_keyboard", [])
+               for button in row
+               if (match := SHORTER.match(button.get("callback_data", "")))]
+    untapped = [button for button in buttons if button[2] not in tapped]
+    if not untapped:
+        return
+    chat_id, message_id, job_id = rng.choice(untapped)
+    for _ in range(2):
+        telegram.push_update(callback_update(chat_id, f"ans:s:{job_id}", message_id=message_id))
+    taps.append(DoubleTap(chat_id, job_id))
 
 
 @dataclass
@@ -331,6 +386,11 @@ class Report:
     spent: int = 0
     spent_unknowable: int = 0
     wasted: int = 0
+    reconciled: Counter[str] = field(default_factory=Counter)
+    created_twice: int = 0  # contents with two requests: a unit spent twice
+    told_but_unspent: int = 0  # told "may have counted" although nothing was spent
+    taps: int = 0
+    tap_requests: int = 0
     lost: list[str] = field(default_factory=list)
     duplicates: int = 0
     stale_placeholders: int = 0
@@ -346,7 +406,9 @@ class Report:
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.wasted or self.duplicates or self.own_429s)
+        return not (self.lost or self.duplicates or self.own_429s or self.created_twice
+                    or self.wasted != self.reconciled["spent"]
+                    or self.tap_requests > self.taps)
 
     def print(self, options: Options, seconds: float, stop_code: int | None,
               workdir: Path) -> None:
@@ -359,8 +421,17 @@ class Report:
             ("users told of a failure", self.told_unknowable + other,
              f"unknowable outcome {self.told_unknowable}; other {dict(self.told_other)}"),
             ("units spent", self.spent, ""),
-            ("units of unknowable outcome", self.spent_unknowable, "told; not wasted"),
-            ("units wasted", self.wasted, "goal 0"),
+            ("units of unknowable outcome", self.spent_unknowable, "told so"),
+            ("units wasted", self.wasted, "spent, no answer delivered; goal: = confirmed"),
+            ("reconciled: sent again safely", self.reconciled["unspent"],
+             "failed creates the balance showed spent nothing"),
+            ("reconciled: confirmed spent", self.reconciled["spent"], "the id was lost"),
+            ("reconciled: assumed spent", self.reconciled["assumed_spent"],
+             "the balance could not tell"),
+            ("told unknowable, unspent", self.told_but_unspent,
+             "told 'may have counted', though nothing was"),
+            ("units spent twice", self.created_twice, "goal 0"),
+            ("double taps", self.taps, f"made {self.tap_requests} requests; goal: one each"),
             ("answers lost", len(self.lost), "goal 0"),
             ("duplicate parts", self.duplicates, "goal 0"),
             ("stale placeholders", self.stale_placeholders, "cosmetic"),
@@ -388,7 +459,8 @@ class Report:
 
 
 def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
-          telegram: ChaoticTelegram, sent: list[Sent], answers: Answers) -> Report:
+          telegram: ChaoticTelegram, sent: list[Sent], taps: list[DoubleTap],
+          answers: Answers) -> Report:
     report = Report(sent=len(sent), spent=len(chatinfo.requests),
                     own_429s=chatinfo.generated_429s(), telegram_faults=telegram.injected,
                     starts=len(bot.lives), kills=sum(life.killed for life in bot.lives))
@@ -402,6 +474,11 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
     jobs = [job for job in bot.query("SELECT * FROM jobs WHERE source_message_id IS NOT NULL")
             if job["source_message_id"] in by_message]
     report.accepted = len(jobs)
+    tapped = {tap.job_id for tap in taps}
+    tap_jobs = [job for job in bot.query("SELECT * FROM jobs WHERE action = 's'")
+                if job["parent_id"] in tapped]
+    report.taps, report.tap_requests = len(taps), len(tap_jobs)
+    jobs += tap_jobs
     told_unknowable_contents: set[str] = set()
     delivered_contents: set[str] = set()
     for job in jobs:
@@ -423,22 +500,36 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
         else:
             report.lost.append(f"job {job['id']} ({job['state']}, {job['error']}): "
                                f"{job['content']!r} shows {shown!r}")
+    created = Counter(request.content for request in chatinfo.requests)
+    report.created_twice = sum(n - 1 for n in created.values())
+    report.told_but_unspent = len(told_unknowable_contents - set(created))
     for request in chatinfo.requests:
         if request.content in delivered_contents:
             continue
+        report.wasted += 1
         if request.content in told_unknowable_contents:
             report.spent_unknowable += 1
-        else:
-            report.wasted += 1
     report.stale_placeholders = sum(
         1 for texts in chats.values() for text in texts if text.startswith(PLACEHOLDER_MARK))
     report.sorry_replies = sum(texts.count(SORRY) for texts in chats.values())
     log = bot.log_path.read_text(errors="replace") if bot.log_path.exists() else ""
     report.tracebacks = log.count("Traceback")
     report.unexpected = len(re.findall(r"stopped unexpectedly|update \d+ failed", log))
+    report.reconciled = reconciled_in(log)
     report.memory = [memory_line(n, life) for n, life in enumerate(bot.lives, 1)
                      if life.samples]
     return report
+
+
+def reconciled_in(log: str) -> Counter[str]:
+    """The verdicts of the bot's balance checks (bot/runner.py), from its log."""
+    verdicts: Counter[str] = Counter()
+    for pattern in (r"balance check for (\d+) failed create\(s\): .*: (\w+)$",
+                    r"(\d+) job\(s\) found mid-create: .*: (\w+)$"):
+        for count, verdict in re.findall(pattern, log, re.MULTILINE):
+            verdicts[verdict] += int(count)
+    verdicts["unspent"] += len(re.findall(r"found mid-create is sent again", log))
+    return verdicts
 
 
 def shown_text(telegram: ChaoticTelegram, job: dict[str, Any], texts: list[str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from aiogram.methods import (
     AnswerCallbackQuery,
@@ -14,8 +16,8 @@ from bot.chatinfo import ChatinfoClient
 from bot.keyboards import RetryCallback
 from bot.sandbox import Fault
 from storage.jobs import JobState
-from tests.conftest import App, AppFactory
-from tests.fakes.telegram_api import callback_update
+from tests.conftest import FAST_POLLS, App, AppFactory
+from tests.fakes.telegram_api import callback_update, message_update
 
 PLACEHOLDER = 900
 
@@ -122,16 +124,58 @@ async def test_a_job_caught_mid_create_is_sent_again_if_the_balance_shows_it_spe
     assert app.chatinfo.calls["units"] == 1
 
 
-async def test_a_job_caught_mid_create_just_now_is_not_settled_by_the_balance(
-        app: App) -> None:
-    """The server may still be working on a call the crash (or a shutdown) abandoned."""
+@pytest.mark.parametrize("spent_late", [False, True])
+async def test_a_job_caught_mid_create_just_now_is_settled_once_the_server_is_surely_done(
+        app: App, spent_late: bool) -> None:
+    """The server may still be working on a call the crash (or a shutdown) abandoned: the
+    balance settles it only after FAST_POLLS' 0.3 s, as production's 60."""
     await sent_job(app, "earlier")
     job_id = await add_job(app, state=JobState.CREATING)  # sent a moment ago
 
     await app.runner.resume()
+    if spent_late:  # the server finishes the abandoned call after the start
+        client = ChatinfoClient(app.chatinfo.base_url, "test-key")
+        await client.create_request("hello", "chat")
+        await client.close()
     await app.settle()
-    assert await state_of(app, job_id) is JobState.UNKNOWN  # the balance is no proof yet
-    assert app.chatinfo.calls["create_request"] == 1
+    if spent_late:
+        assert await state_of(app, job_id) is JobState.UNKNOWN
+        assert app.chatinfo.calls["create_request"] == 2  # not sent a third time
+        assert app.runner.reconciled == {"spent": 1}
+    else:
+        assert await state_of(app, job_id) is JobState.DELIVERED
+        assert app.sent(EditMessageText)[-1].text == "[chat] hello"
+        assert app.chatinfo.units == 998  # one unit per answer
+        assert app.runner.reconciled == {"unspent": 1}
+
+
+@pytest.mark.parametrize("reached", [False, True])
+async def test_a_restart_settles_a_lost_create_against_the_kept_balance_despite_later_ones(
+        make_app: AppFactory, reached: bool) -> None:
+    before = await make_app()
+    await before.runner.resume()  # reads the balance (1000) and keeps it
+    job_id = await add_job(before, state=JobState.CREATING)  # its reply lost at a crash
+    if reached:  # the server took it: a unit spent, the id lost
+        client = ChatinfoClient(before.chatinfo.base_url, "test-key")
+        await client.create_request("hello", "chat")
+        await client.close()
+    await sent_job(before, "later")  # acknowledged after the lost one was sent
+    await before.db.execute("UPDATE jobs SET updated_at = updated_at - 120 WHERE id = ?",
+                            (job_id,))
+    await before.db.commit()
+    await before.runner.stop()
+
+    after = await make_app()
+    await after.runner.resume()
+    await after.settle()
+    if reached:
+        assert await state_of(after, job_id) is JobState.UNKNOWN
+        assert after.chatinfo.calls["create_request"] == 2
+        assert after.runner.reconciled == {"spent": 1}
+    else:
+        assert await state_of(after, job_id) is JobState.DELIVERED
+        assert after.chatinfo.units == 998  # "later" and "hello", one unit each
+        assert after.runner.reconciled == {"unspent": 1}
 
 
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:
@@ -210,17 +254,26 @@ async def test_blocked_user_ends_the_job_without_retrying(app: App) -> None:
     assert await state_of(app, job_id) is JobState.FAILED
 
 
-async def test_ambiguous_create_failure_is_not_retried(app: App) -> None:
+@pytest.mark.parametrize("spent", [False, True])
+async def test_a_create_failed_without_the_servers_word_is_settled_by_the_balance_later(
+        app: App, spent: bool) -> None:
     app.chatinfo.inject("create_request", Fault.http(502, "<html>bad gateway</html>",
-                                                     after_effect=True))
+                                                     after_effect=spent))
     job_id = await add_job(app)
     await app.runner.resume()
     await app.settle()
 
-    assert app.chatinfo.calls["create_request"] == 1
-    assert await state_of(app, job_id) is JobState.UNKNOWN
-    [edit] = app.sent(EditMessageText)
-    assert edit.reply_markup is not None
+    settling, *_, edit = app.sent(EditMessageText)
+    assert settling.text.startswith("⏳ The AI service did not confirm your request.")
+    if spent:  # the unit is gone with its id: told, never sent twice
+        assert app.chatinfo.calls["create_request"] == 1
+        assert await state_of(app, job_id) is JobState.UNKNOWN
+        assert edit.reply_markup is not None
+    else:
+        assert app.chatinfo.calls["create_request"] == 2
+        assert edit.text == "[chat] hello"
+        assert app.chatinfo.units == 999
+    assert app.runner.reconciled == {"spent" if spent else "unspent": 1}
 
 
 async def test_poll_errors_are_waited_out(app: App) -> None:
@@ -233,7 +286,8 @@ async def test_poll_errors_are_waited_out(app: App) -> None:
     assert await state_of(app, job_id) is JobState.DELIVERED
 
 
-async def test_job_without_answer_in_time_fails_with_a_message(app: App) -> None:
+async def test_job_without_answer_in_time_is_awaited_late_then_fails_with_a_message(
+        app: App) -> None:
     app.chatinfo.solve_time = 3600.0
     job_id = await add_job(app)
     await app.db.execute("UPDATE jobs SET created_at = created_at - 29.8 WHERE id = ?", (job_id,))
@@ -241,10 +295,35 @@ async def test_job_without_answer_in_time_fails_with_a_message(app: App) -> None
     await app.runner.resume()
     await app.settle()
 
-    *progress, edit = app.sent(EditMessageText)
-    assert edit.text.startswith("⌛ No answer came in time.")
+    *progress, late, edit = app.sent(EditMessageText)
     assert all(p.text.startswith("⏳ Working on it… 0:") for p in progress)
+    assert late.text.startswith("⏳ No answer yet after 30 seconds. The request was sent, so it "
+                                "was counted, and its answer will still appear here")
+    assert late.reply_markup is None
+    assert edit.text.startswith("⌛ No answer came in time.")
     assert await state_of(app, job_id) is JobState.FAILED
+
+
+async def test_an_answer_after_the_maximum_wait_is_still_delivered(
+        make_app: AppFactory) -> None:
+    app = await make_app(policy=replace(FAST_POLLS, max_wait=0.5, late_wait=5.0),
+                         max_pending_per_user=1)
+    app.chatinfo.solve_time = lambda mode, content: 1.5 if content == "slow one" else 0.1
+    await app.feed(message_update(1, "slow one"))
+    await app.chatinfo.wait_for(lambda: any(text.startswith("⏳ No answer yet after 1 second")
+                                            for text in edit_texts(app)))
+    await app.feed(message_update(1, "meanwhile"))  # a late request holds nobody up
+    await app.settle()
+
+    edits = edit_texts(app)
+    assert "[chat] slow one" in edits and "[chat] meanwhile" in edits
+    assert not any(text.startswith("⌛ No answer came in time.") for text in edits)
+    assert [job.state for job in await app.jobs.recent(1, 2)] == [JobState.DELIVERED] * 2
+    assert app.chatinfo.units == 998  # two units, two answers
+
+
+def edit_texts(app: App) -> list[str]:
+    return [edit.text for edit in app.sent(EditMessageText)]
 
 
 async def test_stop_lets_a_create_in_flight_store_its_id(app: App) -> None:

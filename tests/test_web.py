@@ -150,6 +150,7 @@ async def test_metrics_after_traffic_have_their_names_and_labels(served: Served)
     assert value("chatinfo_bot_rate_limit_used", endpoint="get_response") >= 1
     assert value("chatinfo_bot_rate_limit", endpoint="get_response") == 15000
     assert value("chatinfo_bot_units_balance") == served.tracker.balance
+    assert value("chatinfo_bot_reconciled_creates_total", verdict="unspent") == 0
     assert value("chatinfo_bot_telegram_errors_total", method="sendMessage",
                  kind="forbidden") == 1
     assert value("chatinfo_bot_telegram_requests_total", method="editMessageText") >= 1
