@@ -30,10 +30,13 @@ The figures, precisely:
 - units wasted: spent units whose answer was never delivered.
 - reconciled, from the bot's log: failed creates the balance settled, as sent again
   safely (they spent nothing), confirmed spent (the unit went, its id was lost) or
-  assumed spent (the balance could not tell). Goal: units wasted = confirmed spent, and
-  every unit sent again safely really spent nothing (no content created twice).
+  assumed spent (the balance could not tell: several failed creates overlapped, one of
+  them spent). Goal: every unit wasted is one whose id was lost and whose user was told
+  so, and no unit is spent twice (no content created twice).
 - units of unknowable outcome: spent units whose user was told the outcome was unknowable
   (the honest answer when a reply is lost; the user may send again).
+- told unknowable, unspent: users told "may have counted" when nothing was spent (the
+  price of assuming spent when the balance cannot tell).
 - double taps: answers whose ✂️ button a user tapped twice in a row; each must make one
   request, never two.
 - 429 storms: every `--storm-every` seconds or so, create_request (and now and then
@@ -406,9 +409,9 @@ class Report:
 
     @property
     def clean(self) -> bool:
+        # Every unit wasted is one whose id was lost, and its user was told so.
         return not (self.lost or self.duplicates or self.own_429s or self.created_twice
-                    or self.wasted != self.reconciled["spent"]
-                    or self.tap_requests > self.taps)
+                    or self.wasted != self.spent_unknowable or self.tap_requests > self.taps)
 
     def print(self, options: Options, seconds: float, stop_code: int | None,
               workdir: Path) -> None:
@@ -422,7 +425,7 @@ class Report:
              f"unknowable outcome {self.told_unknowable}; other {dict(self.told_other)}"),
             ("units spent", self.spent, ""),
             ("units of unknowable outcome", self.spent_unknowable, "told so"),
-            ("units wasted", self.wasted, "spent, no answer delivered; goal: = confirmed"),
+            ("units wasted", self.wasted, "spent, no answer delivered; goal: only those"),
             ("reconciled: sent again safely", self.reconciled["unspent"],
              "failed creates the balance showed spent nothing"),
             ("reconciled: confirmed spent", self.reconciled["spent"], "the id was lost"),
