@@ -89,6 +89,14 @@ MIGRATIONS: tuple[str, ...] = (
     -- fetched and kept for /history, but not posted.
     ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- A job asked in inline mode: the message posted in someone's chat on the user's behalf,
+    -- edited through this id (there is no chat id or placeholder). Telegram may deliver the
+    -- chosen result again after a crash: one job per inline message.
+    ALTER TABLE jobs ADD COLUMN inline_message_id TEXT;
+    CREATE UNIQUE INDEX jobs_by_inline_message ON jobs (inline_message_id)
+        WHERE inline_message_id IS NOT NULL;
+    """,
 )
 
 
