@@ -87,7 +87,8 @@ async def test_a_chosen_result_becomes_a_job_and_its_placeholder_the_answer(app:
     assert edit.text == "[shorter] a cat on the roof"
     assert edit.chat_id is None and edit.message_id is None and edit.reply_markup is None
     [job] = await app.jobs.recent(USER, 10)
-    assert (job.state, job.mode, job.content) == (JobState.DELIVERED, "shorter", "a cat on the roof")
+    assert (job.state, job.mode, job.content) == (JobState.DELIVERED, "shorter",
+                                                  "a cat on the roof")
     assert (job.inline_message_id, job.chat_id, job.placeholder_id) == ("im-1", USER, None)
     assert await used_today(app, USER) == 1
     # Nothing went to a chat: no placeholder, no "typing…" in the user's private chat.
@@ -258,3 +259,9 @@ async def test_a_chosen_result_without_its_message_id_spends_nothing(app: App) -
 async def test_russian_users_get_russian_results(app: App) -> None:
     await app.feed(inline_query_update(USER, "кот", language_code="ru"))
     assert offered(app)[0].title == "Спросить в режиме 💬 Чат"
+
+
+async def test_help_tells_about_inline_mode_once_it_is_turned_on(app: App) -> None:
+    await app.feed(message_update(USER, "/help"))
+    assert (f"<b>In any chat</b>\nType @{BOT_USERNAME} and your question, then choose how I "
+            "should answer") in app.sent(SendMessage)[-1].text

@@ -30,8 +30,8 @@ _INT_KEYS = frozenset(
     {"chat_id", "message_id", "offset", "limit", "timeout", "user_id", "from_chat_id"}
 )
 _TRUE_METHODS = (
-    "answerCallbackQuery", "answerInlineQuery", "sendChatAction", "setMyCommands", "deleteMyCommands",
-    "deleteWebhook", "setWebhook", "close", "logOut",
+    "answerCallbackQuery", "answerInlineQuery", "sendChatAction", "setMyCommands",
+    "deleteMyCommands", "deleteWebhook", "setWebhook", "close", "logOut",
 )  # fmt: skip
 _KNOWN_METHODS = {
     name.lower(): name
