@@ -8,9 +8,11 @@ import pytest
 from aiogram.methods import AnswerInlineQuery, EditMessageText, SendChatAction, SendMessage
 from aiogram.types import InlineKeyboardMarkup, InlineQueryResultArticle
 
+from bot.quota import QuotaClock
 from bot.render import CUT_MARK, TELEGRAM_LIMIT, render, utf16_length
 from bot.sandbox import Fault
 from storage.jobs import JobState
+from storage.quotas import QuotaRepo
 from storage.users import UserRepo
 from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_USERNAME
@@ -29,8 +31,9 @@ PLACEHOLDER = "⏳ Working on it…"
 def offered(app: App) -> list[InlineQueryResultArticle]:
     """The results of the last inline query answered."""
     results = app.sent(AnswerInlineQuery)[-1].results
-    assert all(isinstance(result, InlineQueryResultArticle) for result in results)
-    return results  # type: ignore[return-value]
+    articles = [result for result in results if isinstance(result, InlineQueryResultArticle)]
+    assert len(articles) == len(results)
+    return articles
 
 
 def inline_edits(app: App, inline_message_id: str) -> list[EditMessageText]:
@@ -44,7 +47,9 @@ def urls(markup: object) -> list[str | None]:
 
 
 async def used_today(app: App, user_id: int) -> int:
-    return (await app.dp["quotas"].usage(user_id, app.dp["clock"].today())).used
+    quotas: QuotaRepo = app.dp["quotas"]
+    clock: QuotaClock = app.dp["clock"]
+    return (await quotas.usage(user_id, clock.today())).used
 
 
 async def test_the_dispatcher_asks_telegram_for_inline_updates(app: App) -> None:
@@ -133,8 +138,8 @@ async def test_over_quota_the_placeholder_says_so_and_nothing_is_sent(
 
     assert [e.text for e in inline_edits(app, "im-q1")] == ["[chat] question 1"]
     [refused] = inline_edits(app, "im-q2")
-    assert refused.text.startswith("🚫 You have used all your requests for today, so this one "
-                                   "was not sent.")
+    assert (refused.text or "").startswith(
+        "🚫 You have used all your requests for today, so this one was not sent.")
     assert refused.reply_markup is None
     assert app.chatinfo.calls["create_request"] == 1 and await used_today(app, USER) == 1
     assert len(await app.jobs.recent(USER, 10)) == 1
@@ -148,6 +153,7 @@ async def test_a_long_answer_is_cut_with_a_link_to_all_of_it_in_private(app: App
     await app.settle()
 
     [edit] = inline_edits(app, "im-long")
+    assert edit.text is not None
     whole = render(answer)
     assert len(whole) > 2 and utf16_length(edit.text) <= TELEGRAM_LIMIT
     assert edit.text.endswith(CUT_MARK)
