@@ -185,6 +185,16 @@ async def test_a_short_answer_has_no_buttons_that_could_not_work_inline(app: App
     assert [e.type for e in edit.entities or []] == ["bold"]
 
 
+async def test_a_deleted_inline_message_ends_the_job_with_the_answer_kept(app: App) -> None:
+    app.session.fail_next(EditMessageText, 400, "Bad Request: MESSAGE_ID_INVALID")
+    await app.feed(chosen_inline_result_update(USER, "ask:chat", "q", inline_message_id="im-x"))
+    await app.settle()
+
+    assert len(inline_edits(app, "im-x")) == 1 and app.sent(SendMessage) == []
+    [job] = await app.jobs.recent(USER, 10)
+    assert (job.state, job.result) == (JobState.DELIVERED, "[chat] q")  # for /history
+
+
 @pytest.mark.parametrize("ending", ["lost", "timeout"])
 async def test_a_failure_edits_the_placeholder_into_an_honest_text_without_buttons(
         make_app: AppFactory, ending: str) -> None:
