@@ -3,6 +3,8 @@
 A refusal must not make the bot noisy: in a group, what is not addressed to the bot gets
 no reply from anyone, and a refused user hears it at most once an hour there; a flood in
 the private chat gets one refusal a minute, so it cannot use up the bot's sending budget.
+Inline mode offers a refused user one "not available" result, and a result they choose
+anyway is dropped: nothing is admitted or spent.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 
 from aiogram import BaseMiddleware, Bot
 from aiogram.enums import ChatType
-from aiogram.types import CallbackQuery, Message, TelegramObject, User
+from aiogram.types import CallbackQuery, InlineQuery, Message, TelegramObject, User
 from aiogram.utils.i18n import gettext as _
 
 from bot.filters import addressed_to
+from bot.inline import CACHE_SECONDS, not_available_result
 from storage.users import Profile
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,9 @@ class AccessMiddleware(BaseMiddleware):
     async def _refuse(self, event: TelegramObject, bot: Bot, text: str) -> None:
         if isinstance(event, CallbackQuery):
             await event.answer(text, show_alert=True)  # only the tapper sees it
+        elif isinstance(event, InlineQuery):  # a chosen result is dropped: nothing is spent
+            await event.answer([not_available_result(text)], cache_time=CACHE_SECONDS,
+                               is_personal=True)
         elif isinstance(event, Message) and await self._may_refuse_in(event, bot):
             await event.reply(text)
 

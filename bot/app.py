@@ -82,6 +82,8 @@ def make_dispatcher(
     access = AccessMiddleware(settings.admin_ids, settings.allowed_user_ids)
     dp.message.outer_middleware(access)
     dp.callback_query.outer_middleware(access)
+    dp.inline_query.outer_middleware(access)
+    dp.chosen_inline_result.outer_middleware(access)
     dp.include_routers(*get_routers(settings.admin_ids))
     dp.errors.register(on_error)
     dp.startup.register(_on_startup)

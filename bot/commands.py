@@ -77,3 +77,18 @@ def command_from_payload(payload: str) -> str | None:
     if command is None or not command.private or not command.read_only:
         return None
     return " ".join((f"/{name}", *args))
+
+
+# A /start payload that shows a job's whole answer in the private chat: the link under an
+# inline answer that was cut to fit its one message. Only the job's owner is shown it.
+_ANSWER_PAYLOAD = re.compile(r"answer-([1-9][0-9]{0,17})")
+
+
+def answer_payload(job_id: int) -> str:
+    return f"answer-{job_id}"
+
+
+def answer_from_payload(payload: str) -> int | None:
+    """The job whose whole answer a /start payload asks for, if it asks for one."""
+    match = _ANSWER_PAYLOAD.fullmatch(payload)
+    return int(match.group(1)) if match else None

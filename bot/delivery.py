@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 Keyboard = InlineKeyboardMarkup | None
 # A Bot API call taking the entities to use (None: plain text).
 _Call = Callable[[list[MessageEntity] | None], Awaitable[object]]
+# How Telegram says an inline message can no longer be edited (deleted, or a bad id).
+INLINE_MESSAGE_GONE = ("message_id_invalid", "not found", "can't be edited")
 
 
 class Delivery:
@@ -29,7 +31,15 @@ class Delivery:
         self._bot = bot
 
     async def show(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
-        """Turn the placeholder into `part`; a new message if it is gone or too old."""
+        """Turn the placeholder into `part`; a new message if it is gone or too old.
+
+        An inline job's placeholder is in a chat the bot may not be in: it is edited by its
+        inline message id, and if it is gone there is nowhere else to put the answer (it
+        stays in the user's /history).
+        """
+        if job.inline_message_id is not None:
+            await self.show_inline(job.inline_message_id, part, keyboard)
+            return
         if job.placeholder_id is not None:
             try:
                 await self._entities_or_plain(part, lambda entities: self._bot.edit_message_text(
@@ -42,6 +52,21 @@ class Delivery:
                 if "not found" not in error.message and "can't be edited" not in error.message:
                     raise
         await self.send(job, part, keyboard)
+
+    async def show_inline(self, inline_message_id: str, part: Part,
+                          keyboard: Keyboard = None) -> None:
+        """Turn an inline message (ours, posted on a user's behalf) into `part`."""
+        try:
+            await self._entities_or_plain(part, lambda entities: self._bot.edit_message_text(
+                text=part.text, entities=entities, inline_message_id=inline_message_id,
+                reply_markup=keyboard))
+        except TelegramBadRequest as error:
+            if "not modified" in error.message:
+                return  # already shown: a restart repeated a finished edit
+            if not any(gone in error.message.lower() for gone in INLINE_MESSAGE_GONE):
+                raise
+            log.info("inline message %s is gone (%s); the answer stays in /history",
+                     inline_message_id, error.message)
 
     async def send(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
         """A new message, replying to the job's placeholder (or what it answers) if any."""

@@ -29,11 +29,15 @@ class Failure(StrEnum):
                             Failure.CANCELLED}
 
 
-def failure_text(failure: Failure, *, sent: bool = False) -> str:
+def failure_text(failure: Failure, *, sent: bool = False, inline_bot: str | None = None) -> str:
     """What the user is told: what happened, whether the request counted, what to do.
 
     `sent`: create_request had returned an id, so the request counted against the quota.
+    `inline_bot`: the bot's username, when the text replaces an inline message; that one
+    gets no retry button (it could not work there), so the text says how to ask again.
     """
+    if inline_bot is not None and (inline := inline_failure_text(failure)) is not None:
+        return inline.format(bot=inline_bot)
     if sent and failure in {Failure.NO_UNITS, Failure.ACCESS_DENIED}:
         return {
             Failure.NO_UNITS: _("😔 The bot has run out of capacity. Your request had been "
@@ -65,3 +69,26 @@ def failure_text(failure: Failure, *, sent: bool = False) -> str:
     return texts.get(failure, _("😔 The service is unavailable right now; the admins have been "
                                 "told. Your request was not sent, so nothing was counted. "
                                 "Please try again later."))
+
+
+def inline_failure_text(failure: Failure) -> str | None:
+    """The texts that offer a retry button, as said where there is none; None for the
+    others, which offer none anyway."""
+    texts = {
+        Failure.UNKNOWN_OUTCOME: _(
+            "⚠️ Something went wrong while this request was being sent, so I cannot tell "
+            "whether it was accepted: it may have counted as one of today's requests. To send "
+            "it again, ask @{bot} again."),
+        Failure.BUSY: _("⚠️ The AI service is busy right now. This request was not sent, so "
+                        "nothing was counted. Ask @{bot} again in a minute."),
+        Failure.UNREACHABLE: _("⚠️ The AI service cannot be reached right now. This request "
+                               "was not sent, so nothing was counted. Ask @{bot} again in a "
+                               "few minutes."),
+        Failure.REJECTED: _("⚠️ The AI service did not accept this request, so nothing was "
+                            "counted. Ask @{bot} again, or rephrase it."),
+        Failure.LOST: _("⚠️ The AI service lost this request after it was sent, so it was "
+                        "counted. To send it again, ask @{bot} again."),
+        Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
+                           "counted; to send it again, ask @{bot} again."),
+    }
+    return texts.get(failure)

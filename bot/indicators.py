@@ -59,8 +59,12 @@ class WaitingIndicators:
         self._loop: asyncio.Task[None] | None = None
 
     def watch(self, job: Job) -> None:
-        """Show the job's signals until `forget`; watching it again changes nothing."""
-        if job.id in self._jobs:
+        """Show the job's signals until `forget`; watching it again changes nothing.
+
+        An inline job gets none: its message is in a chat the bot may not be in (nowhere to
+        show "typing…"), and it is left as posted until its answer comes.
+        """
+        if job.id in self._jobs or job.inline:
             return
         due = job.created_at + self._progress_every
         self._jobs[job.id] = _Watched(job.chat_id, job.placeholder_id, sys.intern(job.locale),

@@ -93,3 +93,18 @@ def history_keyboard(job_ids: list[int]) -> InlineKeyboardMarkup:
                        callback_data=HistoryCallback(job_id=job_id))
     builder.adjust(5)
     return builder.as_markup()
+
+
+def full_answer_keyboard(link: str) -> InlineKeyboardMarkup:
+    """Under an inline answer cut to fit: opens the private chat, which shows all of it."""
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("📄 Full answer in private chat"), url=link)
+    return builder.as_markup()
+
+
+def open_bot_keyboard(link: str) -> InlineKeyboardMarkup:
+    """Under an inline placeholder. Telegram reports which message a chosen inline result
+    became (its inline_message_id, which the answer edits) only if it has a keyboard."""
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("🤖 Open the bot"), url=link)
+    return builder.as_markup()

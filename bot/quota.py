@@ -97,12 +97,12 @@ class Admission:
     async def admit(self, *, user_id: int, chat_id: int, source_message_id: int | None,
                     locale: str, mode: str, content: str, reply_to: int | None = None,
                     question: str | None = None, action: str | None = None,
-                    parent_id: int | None = None) -> int | Refusal | None:
+                    parent_id: int | None = None,
+                    inline_message_id: str | None = None) -> int | Refusal | None:
         """The new job's id, the reason it was refused, or None if it already exists."""
         async with self._lock:
-            if source_message_id is not None and await self._jobs.exists_for_message(
-                    chat_id, source_message_id):
-                return None  # Telegram delivered this message again
+            if await self._delivered_again(chat_id, source_message_id, inline_message_id):
+                return None
             if parent_id is not None and action is not None and (
                     await self._jobs.has_unfinished_child(parent_id, action)):
                 return Refusal.ALREADY_ASKED  # a double tap: one unit, not two
@@ -119,7 +119,17 @@ class Admission:
                 return await self._jobs.add(
                     user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
                     locale=locale, mode=mode, content=content, quota_day=day,
-                    reply_to=reply_to, question=question, action=action, parent_id=parent_id)
+                    reply_to=reply_to, question=question, action=action, parent_id=parent_id,
+                    inline_message_id=inline_message_id)
             except Exception:
                 await self._quotas.give_back(user_id, day)  # no job, so nothing to count
                 raise
+
+    async def _delivered_again(self, chat_id: int, source_message_id: int | None,
+                               inline_message_id: str | None) -> bool:
+        """Whether Telegram delivered this message (or chosen inline result) again."""
+        if source_message_id is not None:
+            return await self._jobs.exists_for_message(chat_id, source_message_id)
+        if inline_message_id is not None:
+            return await self._jobs.exists_for_inline_message(inline_message_id)
+        return False

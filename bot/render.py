@@ -51,6 +51,20 @@ def render(markdown: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
     return [part for part in parts if part.text.strip()]  # Telegram rejects blank text
 
 
+CUT_MARK = "\n…"  # ends an answer cut to fit the one message it may have
+
+
+def first_part(markdown: str, limit: int = TELEGRAM_LIMIT) -> tuple[Part | None, bool]:
+    """The answer in one message, for one that cannot be followed by more (an inline
+    message): its first part, cut at the same boundaries as `render` cuts and marked with
+    CUT_MARK, and whether it was cut. (None, False) for a blank answer."""
+    parts = render(markdown, limit)
+    if len(parts) <= 1:
+        return next(iter(parts), None), False
+    first = render(markdown, limit - utf16_length(CUT_MARK))[0]
+    return Part(first.text + CUT_MARK, first.entities), True
+
+
 # telegramify_markdown.split_entities cuts only at line breaks, else mid-word at the limit,
 # and takes no cut points of its own choosing; so the cuts are chosen here.
 # Boundary kinds, best first. A cut drops the whitespace it falls in.

@@ -24,6 +24,8 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.deep_linking import create_start_link
 from aiogram.utils.i18n import I18n, ngettext
 from aiogram.utils.i18n import gettext as _
 
@@ -38,12 +40,13 @@ from bot.chatinfo import (
     RateLimited,
     UpstreamUnavailable,
 )
+from bot.commands import answer_payload
 from bot.delivery import Delivery
 from bot.failures import Failure, failure_text
 from bot.indicators import WaitingIndicators
-from bot.keyboards import answer_keyboard, retry_keyboard
+from bot.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
 from bot.logs import job_event
-from bot.render import Part, render
+from bot.render import Part, first_part, render
 from bot.scheduler import (
     PRIOR,
     Answer,
@@ -90,6 +93,7 @@ class JobRunner:
         self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
         quotas: QuotaRepo, units: UnitsTracker, policy: RunnerPolicy | None = None,
     ) -> None:
+        self._bot = bot
         self._client = client
         self._jobs = jobs
         self._quotas = quotas
@@ -172,7 +176,8 @@ class JobRunner:
         # A page at a time: a backlog of thousands never sits in memory with its texts.
         while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
             for job in page:  # in id order: the create queue keeps its order
-                if (job.state is JobState.PENDING and job.placeholder_id is not None
+                if (job.state is JobState.PENDING
+                        and (job.placeholder_id is not None or job.inline)
                         and not self._late(job)):
                     self._park(job)
                 else:
@@ -331,7 +336,8 @@ class JobRunner:
         job = await self._jobs.get(job_id)
         if job is None:
             return
-        if job.placeholder_id is None and job.state in (JobState.NEW, JobState.CREATING):
+        if (job.placeholder_id is None and not job.inline
+                and job.state in (JobState.NEW, JobState.CREATING)):
             with self._locale(job.locale):
                 text = placeholder_text()
             try:
@@ -471,7 +477,7 @@ class JobRunner:
         return unspent
 
     async def _show_settling(self, job: Job) -> None:
-        if job.placeholder_id is None:
+        if job.placeholder_id is None and not job.inline:
             return
         with self._locale(job.locale):
             text = settling_text()
@@ -607,8 +613,11 @@ class JobRunner:
                      extra=job_event(job, "kept"))
             return
         with self._locale(job.locale):
-            parts = render(job.result) or [Part(_("(empty answer)"))]
-            keyboard = answer_keyboard(job.id)
+            if job.inline:
+                parts, keyboard = await self._inline_answer(job)
+            else:
+                parts = render(job.result) or [Part(_("(empty answer)"))]
+                keyboard = answer_keyboard(job.id)
         try:
             for index in range(job.parts_delivered, len(parts)):
                 buttons = keyboard if index == len(parts) - 1 else None
@@ -625,6 +634,14 @@ class JobRunner:
         await self._jobs.mark_delivered(job.id, len(parts))
         log.info("job %s delivered in %d part(s)", job.id, len(parts),
                  extra=job_event(job, "delivered"))
+
+    async def _inline_answer(self, job: Job) -> tuple[list[Part], InlineKeyboardMarkup | None]:
+        """An inline message gets no parts after it and no buttons that act on the answer
+        (they would need a chat): a long answer is cut, with a link to all of it."""
+        assert job.result is not None
+        part, cut = first_part(job.result)
+        link = await create_start_link(self._bot, answer_payload(job.id)) if cut else None
+        return [part or Part(_("(empty answer)"))], full_answer_keyboard(link) if link else None
 
     async def _end_blocked(self, job: Job) -> None:
         """The user blocked the bot: nobody to tell, nothing to retry."""
@@ -653,9 +670,10 @@ class JobRunner:
         await self._show_failure(job, failure)
 
     async def _show_failure(self, job: Job, failure: Failure) -> None:
+        inline_bot = ((await self._bot.me()).username or "") if job.inline else None
         with self._locale(job.locale):
-            text = failure_text(failure, sent=job.upstream_id is not None)
-            keyboard = retry_keyboard(job.id) if failure.retryable else None
+            text = failure_text(failure, sent=job.upstream_id is not None, inline_bot=inline_bot)
+            keyboard = retry_keyboard(job.id) if failure.retryable and not job.inline else None
         with suppress(TelegramForbiddenError):
             await self.delivery.show(job, Part(text), keyboard)
         await self._jobs.mark_told(job.id)

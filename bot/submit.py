@@ -88,6 +88,26 @@ class Submitter:
         return None
 
 
+    async def submit_inline(self, *, user_id: int, inline_message_id: str, question: str,
+                            mode: str, locale: str) -> Refusal | None:
+        """A job from a chosen inline result, answered by editing that message; the refusal,
+        if it was refused. Its chat is the user's private chat, where alone the whole of a
+        long answer is shown."""
+        outcome = await self._admission.admit(
+            user_id=user_id, chat_id=user_id, source_message_id=None, locale=locale, mode=mode,
+            content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id)
+        if outcome is None:
+            return None  # Telegram reported this choice again; its job is already under way
+        if isinstance(outcome, Refusal):
+            log.info("inline request refused: %s", outcome, extra={
+                "user_id": user_id, "mode": mode, "outcome": f"refused:{outcome}"})
+            return outcome
+        log.info("job %s accepted inline", outcome, extra={
+            "job_id": outcome, "user_id": user_id, "mode": mode, "outcome": "accepted"})
+        self._runner.start(outcome)
+        return None
+
+
 def is_blank(text: str) -> bool:
     """Nothing a model could answer: only whitespace, zero-width and control characters.
 

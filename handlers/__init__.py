@@ -1,5 +1,7 @@
 """aiogram routers, one module per feature; the privacy rule goes first, the fallback last.
 
+The inline router comes before start's: its `/start answer-<job>` links are not greetings.
+
 Routers are built per Dispatcher (an aiogram router can belong to only one).
 """
 
@@ -7,10 +9,22 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import account, admin, answers, chat, fallback, modes, private, settings, start
+from handlers import (
+    account,
+    admin,
+    answers,
+    chat,
+    fallback,
+    inline,
+    modes,
+    private,
+    settings,
+    start,
+)
 
 
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
-    return [private.make_router(admin_ids), start.make_router(), modes.make_router(),
-            settings.make_router(), account.make_router(), admin.make_router(admin_ids),
+    return [private.make_router(admin_ids), inline.make_router(), start.make_router(),
+            modes.make_router(), settings.make_router(), account.make_router(),
+            admin.make_router(admin_ids),
             answers.make_router(), chat.make_router(), fallback.make_router()]

@@ -47,6 +47,7 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
     if usage.quota:
         quota += " " + _("The count starts again at midnight {zone}; /me shows what is "
                          "left.").format(zone=clock.zone_name())
+    me = await bot.me()
     sections = [
         _("I answer with GPT-4o through chatinfo.ru. Send me a text and I reply at once with "
           "⏳, then turn that message into the answer."),
@@ -59,9 +60,14 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
         _("<b>In groups</b>\nMention me (@{bot}) or reply to my message; everyone in the "
           "group sees the answer, and only you can press its buttons. {commands} answer "
           "only in our private chat.").format(
-              bot=(await bot.me()).username or "",
+              bot=me.username or "",
               commands=", ".join(f"/{name}" for name in names(admin=False, private=True))),
     ]
+    if me.supports_inline_queries:  # the operator turned inline mode on in @BotFather
+        sections.append(_("<b>In any chat</b>\nType @{bot} and your question, then choose how "
+                          "I should answer: the ⏳ message I post for you turns into the "
+                          "answer. It counts as one of your requests.").format(
+                              bot=me.username or ""))
     if private and message.from_user.id in settings.admin_ids:
         sections.append("\n".join((_("<b>Admin commands</b>"), *command_lines(admin=True))))
     await message.answer("\n\n".join(sections), parse_mode="HTML")

@@ -99,6 +99,14 @@ MIGRATIONS: tuple[str, ...] = (
         read_at REAL    NOT NULL
     );
     """,
+    """
+    -- A job asked in inline mode: the message posted in someone's chat on the user's behalf,
+    -- edited through this id (there is no chat id or placeholder). Telegram may deliver the
+    -- chosen result again after a crash: one job per inline message.
+    ALTER TABLE jobs ADD COLUMN inline_message_id TEXT;
+    CREATE UNIQUE INDEX jobs_by_inline_message ON jobs (inline_message_id)
+        WHERE inline_message_id IS NOT NULL;
+    """,
 )
 
 

@@ -55,6 +55,13 @@ class Job:
     action: str | None  # the answer button that made the job, if one did
     parent_id: int | None  # the answer whose button it was
     cancelled: bool  # the user stopped waiting after it was sent: the answer is kept quietly
+    # Asked in inline mode: the answer edits this message in another chat, and chat_id is
+    # the user's private chat, where only the whole answer is shown on request.
+    inline_message_id: str | None
+
+    @property
+    def inline(self) -> bool:
+        return self.inline_message_id is not None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -81,15 +88,16 @@ class JobRepo:
         question: str | None = None,
         action: str | None = None,
         parent_id: int | None = None,
+        inline_message_id: str | None = None,
     ) -> int | None:
-        """The new job's id, or None if this message already has a job."""
+        """The new job's id, or None if this message (or inline message) already has a job."""
         now = time.time()
         cursor = await self._db.execute(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
                                  state, quota_day, reply_to, question, action, parent_id,
-                                 created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (chat_id, source_message_id) DO NOTHING""",
+                                 inline_message_id, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT DO NOTHING""",
             (
                 user_id,
                 chat_id,
@@ -103,6 +111,7 @@ class JobRepo:
                 question,
                 action,
                 parent_id,
+                inline_message_id,
                 now,
                 now,
             ),
@@ -135,6 +144,11 @@ class JobRepo:
             )
             is not None
         )
+
+    async def exists_for_inline_message(self, inline_message_id: str) -> bool:
+        return await fetch_one(
+            self._db, "SELECT 1 FROM jobs WHERE inline_message_id = ?", (inline_message_id,),
+        ) is not None
 
     async def has_unfinished_child(self, parent_id: int, action: str) -> bool:
         """Whether a request made with this answer's `action` button is still unanswered."""

@@ -15,7 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.sandbox import FakeChatinfo
 from tests.botprocess import BOT_TOKEN, BotProcess
-from tests.fakes.telegram_api import Call, FakeTelegramAPI, callback_update, message_update
+from tests.fakes.telegram_api import (
+    Call,
+    FakeTelegramAPI,
+    callback_update,
+    chosen_inline_result_update,
+    inline_query_update,
+    message_update,
+)
 
 API_KEY = "e2e-KEY-do-not-leak"
 WEBHOOK_URL = "https://bot.example.test/telegram/updates"
@@ -131,6 +138,34 @@ async def test_conversation_then_clean_shutdown(tmp_path: Path, telegram: FakeTe
     else:
         assert telegram.calls_of("deleteWebhook")  # in case the last run used a webhook
         assert telegram.calls_of("setWebhook") == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_inline_mode_over_the_wire(tmp_path: Path, telegram: FakeTelegramAPI,
+                                         mode: str) -> None:
+    async with FakeChatinfo(keys={API_KEY: "prestige"}, solve_time=0.3) as chatinfo:
+        bot = bot_process(tmp_path, chatinfo, telegram, mode)
+        updates = Updates(telegram, bot, mode)
+        await bot.start()
+        try:
+            await updates.ready()
+            await updates.send(inline_query_update(901, "what is a black hole"))
+            [offer] = await telegram.wait_calls("answerInlineQuery", 1, timeout=20)
+            assert [r["id"] for r in offer.params["results"]] == [
+                "ask:chat", "ask:shorter", "ask:rewrite"]
+            assert offer.params["is_personal"] in (True, "true", "True")
+
+            await updates.send(chosen_inline_result_update(
+                901, "ask:chat", "what is a black hole", inline_message_id="AgAAAInline"))
+            await telegram.wait_for(lambda: bot.count_jobs("delivered") == 1, timeout=20)
+            assert telegram.inline_messages["AgAAAInline"] == {
+                "text": "[chat] what is a black hole", "reply_markup": None}
+        finally:
+            assert await bot.stop() == 0
+    # Telegram sends only the update types the bot asks for.
+    asked = (telegram.calls_of("setWebhook") if mode == "webhook"
+             else telegram.calls_of("getUpdates"))[0].params["allowed_updates"]
+    assert {"message", "callback_query", "inline_query", "chosen_inline_result"} <= set(asked)
 
 
 async def test_webhook_refuses_updates_without_the_secret(

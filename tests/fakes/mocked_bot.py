@@ -68,9 +68,12 @@ class RecordingSession(BaseSession):
             self._next_message_id += 1
             return self._message(method.chat_id, self._next_message_id, method.text)
         if isinstance(method, EditMessageText):
+            if method.inline_message_id is not None:
+                return True  # Telegram answers an inline message's edit with True
             return self._message(method.chat_id, method.message_id, method.text)
         if isinstance(method, GetMe):
-            return {"id": BOT_ID, "is_bot": True, "first_name": "Bot", "username": BOT_USERNAME}
+            return {"id": BOT_ID, "is_bot": True, "first_name": "Bot", "username": BOT_USERNAME,
+                    "supports_inline_queries": True}
         if isinstance(method, GetFile):
             return {"file_id": method.file_id, "file_unique_id": method.file_id,
                     "file_size": len(self.files[method.file_id]),

@@ -24,14 +24,14 @@ JSON = dict[str, Any]
 
 _COMPLEX_KEYS = frozenset({
     "reply_markup", "entities", "allowed_updates", "commands", "scope", "link_preview_options",
-    "reply_parameters", "caption_entities", "media",
+    "reply_parameters", "caption_entities", "media", "results", "button",
 })  # fmt: skip
 _INT_KEYS = frozenset(
     {"chat_id", "message_id", "offset", "limit", "timeout", "user_id", "from_chat_id"}
 )
 _TRUE_METHODS = (
-    "answerCallbackQuery", "sendChatAction", "setMyCommands", "deleteMyCommands",
-    "deleteWebhook", "setWebhook", "close", "logOut",
+    "answerCallbackQuery", "answerInlineQuery", "sendChatAction", "setMyCommands",
+    "deleteMyCommands", "deleteWebhook", "setWebhook", "close", "logOut",
 )  # fmt: skip
 _KNOWN_METHODS = {
     name.lower(): name
@@ -93,6 +93,8 @@ class FakeTelegramAPI:
         self.valid_token = valid_token
         self.calls: list[Call] = []
         self.messages: dict[tuple[int, int], JSON] = {}
+        # Messages posted through inline mode, by inline_message_id: what each was edited into.
+        self.inline_messages: dict[str, JSON] = {}
         self.updates: list[JSON] = []
         self.base_url = ""
         self._faults: list[_Fault] = []
@@ -303,7 +305,12 @@ class FakeTelegramAPI:
         self.messages[(chat_id, message_id)] = message
         return message
 
-    def _edit_message_text(self, call: Call) -> JSON:
+    def _edit_message_text(self, call: Call) -> JSON | bool:
+        if (inline_id := call.params.get("inline_message_id")) is not None:
+            # Any id is taken as a message a user posted from the bot's inline results.
+            self.inline_messages[str(inline_id)] = {
+                "text": call.params.get("text", ""), "reply_markup": _inline_markup(call.params)}
+            return True
         message = self.messages.get(_key(call.params))
         if message is None:
             raise _ApiError(400, "Bad Request: message to edit not found")
@@ -356,6 +363,7 @@ def _inline_markup(p: JSON) -> JSON | None:
 
 _message_ids = itertools.count(1)
 _callback_ids = itertools.count(1)
+_inline_ids = itertools.count(1)
 
 
 class MessageOpts(TypedDict, total=False):
@@ -439,3 +447,22 @@ def callback_update(
             },
         }
     }
+
+
+def inline_query_update(user_id: int, query: str, *, language_code: str = "en") -> JSON:
+    """`@bot query` being typed in some chat."""
+    return {"inline_query": {"id": f"iq-{next(_inline_ids)}",
+                             "from": _user(user_id, lang=language_code), "query": query,
+                             "offset": "", "chat_type": "supergroup"}}
+
+
+def chosen_inline_result_update(user_id: int, result_id: str, query: str, *,
+                                inline_message_id: str | None = None,
+                                language_code: str = "en") -> JSON:
+    """The user chose a result; Telegram names the message it became only if the result
+    had an inline keyboard (pass None for one that had not)."""
+    chosen: JSON = {"result_id": result_id, "from": _user(user_id, lang=language_code),
+                    "query": query}
+    if inline_message_id is not None:
+        chosen["inline_message_id"] = inline_message_id
+    return {"chosen_inline_result": chosen}
