@@ -7,10 +7,22 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import account, admin, answers, chat, fallback, modes, private, settings, start
+from handlers import (
+    account,
+    admin,
+    answers,
+    chat,
+    conversation,
+    fallback,
+    modes,
+    private,
+    settings,
+    start,
+)
 
 
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
     return [private.make_router(admin_ids), start.make_router(), modes.make_router(),
-            settings.make_router(), account.make_router(), admin.make_router(admin_ids),
-            answers.make_router(), chat.make_router(), fallback.make_router()]
+            conversation.make_router(), settings.make_router(), account.make_router(),
+            admin.make_router(admin_ids), answers.make_router(), chat.make_router(),
+            fallback.make_router()]
