@@ -15,6 +15,7 @@ from aiogram.utils.i18n import I18n
 from bot.access import AccessMiddleware
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
+from bot.conversation import Conversations
 from bot.i18n import UserLocaleMiddleware
 from bot.menu import set_command_menus
 from bot.notify import AdminNotifier
@@ -25,6 +26,7 @@ from bot.throttle import TelegramThrottle
 from bot.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
+from storage.conversations import ConversationRepo
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
 from storage.stats import StatsRepo
@@ -77,6 +79,8 @@ def make_dispatcher(
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
                     tracker=tracker, runner=runner, client=client, settings=settings,
                     submitter=Submitter(admission, jobs, runner, clock),
+                    conversations=Conversations(ConversationRepo(db),
+                                                settings.conversation_idle_minutes),
                     delivery=runner.delivery, i18n=i18n)
     UserLocaleMiddleware(i18n, users).setup(dp)
     access = AccessMiddleware(settings.admin_ids, settings.allowed_user_ids)

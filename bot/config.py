@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_pending_per_user: int = Field(3, gt=0)
     low_units_threshold: int = Field(100, ge=0)
     max_wait_seconds: int = Field(600, gt=0)
+    # Silence that ends a conversation; at most 30 days, the oldest turn ever read.
+    conversation_idle_minutes: int = Field(30, gt=0, le=30 * 24 * 60)
     default_locale: Literal["en", "ru"] = "en"
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

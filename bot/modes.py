@@ -1,6 +1,9 @@
 """The API's 22 modes, in the order the spec lists them.
 
 Labels and descriptions are English message ids, translated where they are shown.
+`remembers`: whether a new message carries the recent conversation by default (each user
+can turn it on or off per mode with /memory). On for the modes one talks with; off for
+those that work on the text sent, where earlier messages would be worked on too.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ class Mode:
     emoji: str
     label: LazyProxy
     description: LazyProxy
+    remembers: bool = False
 
 
 MODES: tuple[Mode, ...] = (
-    Mode("chat", "💬", __("Chat"), __("An ordinary conversation: ask anything.")),
+    Mode("chat", "💬", __("Chat"), __("An ordinary conversation: ask anything."),
+         remembers=True),
     Mode("shorter", "✂️", __("Shorten"), __("Makes your text shorter.")),
     Mode("continue", "➡️", __("Continue"), __("Continues your text.")),
     Mode("names", "🏷", __("Names"), __("Suggests names and titles.")),
-    Mode("task", "🧮", __("Solve a task"), __("Solves a problem step by step.")),
+    Mode("task", "🧮", __("Solve a task"), __("Solves a problem step by step."),
+         remembers=True),
     Mode("text", "📝", __("Fiction"), __("Writes a piece of fiction.")),
     Mode("poems", "🎭", __("Poems"), __("Writes a poem.")),
     Mode("books_list", "📚", __("Reading list"), __("Compiles a list of literature.")),
@@ -37,11 +43,11 @@ MODES: tuple[Mode, ...] = (
     Mode("essay", "🖋", __("Essay"), __("Writes an essay.")),
     Mode("plan", "🗓", __("Content plan"), __("Makes a content plan.")),
     Mode("post", "📣", __("Social post"), __("Writes a post for social media.")),
-    Mode("code", "💻", __("Code"), __("Writes program code.")),
+    Mode("code", "💻", __("Code"), __("Writes program code."), remembers=True),
     Mode("synopsis", "🗒", __("Synopsis"), __("Makes lecture notes of your text.")),
     Mode("story", "📖", __("Story"), __("Writes a story.")),
     Mode("article", "📰", __("Article"), __("Writes an article.")),
-    Mode("answer", "❓", __("Answer"), __("Answers a question.")),
+    Mode("answer", "❓", __("Answer"), __("Answers a question."), remembers=True),
 )
 MODES_BY_NAME: dict[str, Mode] = {mode.name: mode for mode in MODES}
 DEFAULT_MODE = "chat"

@@ -14,6 +14,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
+from bot.conversation import earlier_text
 from bot.failures import Failure, failure_text
 from bot.quota import Admission, QuotaClock, Refusal
 from bot.runner import JobRunner, placeholder_text
@@ -32,12 +33,14 @@ class Submitter:
         self.clock = clock
 
     async def submit(self, message: Message, *, request: str, content: str, mode: str,
-                     locale: str, notices: list[str], question: str | None = None) -> None:
+                     locale: str, notices: list[str], question: str | None = None,
+                     earlier: int = 0) -> None:
         """Admit `content` as a job answering `message`, or say why not.
 
         `request`: what the user added (a follow-up's text, a file's caption and text); a
         blank one is not sent. `question`: their own words for /history, where `content`
-        holds more.
+        holds more. `earlier`: messages of the conversation `content` carries, which the
+        placeholder mentions.
         """
         assert message.from_user is not None
         if is_blank(request):
@@ -62,7 +65,10 @@ class Submitter:
         try:
             for notice in notices:
                 await message.reply(notice)
-            placeholder = await message.reply(placeholder_text())
+            text = placeholder_text()
+            if earlier:
+                text += "\n" + earlier_text(earlier)
+            placeholder = await message.reply(text)
             await self._jobs.set_placeholder(outcome, placeholder.message_id)
         except Exception as error:
             # The job is admitted: whatever failed here, it goes on (the runner sends the

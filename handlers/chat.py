@@ -11,6 +11,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
 from bot.chatinfo import MAX_CONTENT_CHARS
+from bot.conversation import Conversations
 from bot.filters import AddressedToBot
 from bot.submit import Submitter, cut_notice
 from storage.users import UserRepo
@@ -20,25 +21,38 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 CONTEXT_SEPARATOR = "\n\n"
 
 
-async def ask(message: Message, request: str, bot: Bot, users: UserRepo,
-              submitter: Submitter, locale: str) -> None:
+async def ask(message: Message, request: str, bot: Bot, submitter: Submitter,
+              conversations: Conversations, locale: str) -> None:
+    """A reply to one of the bot's messages carries that message; any other message, in a
+    mode that remembers, the recent conversation."""
     assert message.from_user is not None
-    context = await replied_answer(message, bot)
-    content, kept = with_context(request, context)
-    notices = [cut_notice(len(request))]
+    memory = await conversations.memory(message.from_user.id)
+    replied = await replied_answer(message, bot)
+    notices: list[str] = []
+    if replied is None and memory.remembers:
+        composed = await conversations.compose(message.chat.id, message.from_user.id, request)
+        content, earlier = composed.content, composed.earlier
+    else:
+        (content, notices), earlier = follow_up(request, replied), 0
+    notices = [notice for notice in (cut_notice(len(request)), *notices) if notice]
+    await submitter.submit(message, request=request, content=content, locale=locale,
+                           mode=memory.mode, notices=notices, earlier=earlier,
+                           question=request if replied or earlier else None)
+
+
+def follow_up(request: str, replied: str | None) -> tuple[str, list[str]]:
+    """The content for a reply to `replied` (or for no reply), and what to tell of cuts."""
+    content, kept = with_context(request, replied)
     if kept == 0:
-        notices.append(_("The message you replied to was left out: your text alone fills "
-                         "the {limit}-character limit.").format(limit=MAX_CONTENT_CHARS))
-    elif kept is not None:
-        notices.append(ngettext(
+        return content, [_("The message you replied to was left out: your text alone fills "
+                           "the {limit}-character limit.").format(limit=MAX_CONTENT_CHARS)]
+    if kept is not None:
+        return content, [ngettext(
             "The message you replied to was shortened to its first {kept} character to fit "
             "the {limit}-character limit.",
             "The message you replied to was shortened to its first {kept} characters to fit "
-            "the {limit}-character limit.", kept).format(kept=kept, limit=MAX_CONTENT_CHARS))
-    await submitter.submit(message, request=request, content=content, locale=locale,
-                           mode=await users.mode(message.from_user.id),
-                           notices=[n for n in notices if n],
-                           question=request if context else None)
+            "the {limit}-character limit.", kept).format(kept=kept, limit=MAX_CONTENT_CHARS)]
+    return content, []
 
 
 async def replied_answer(message: Message, bot: Bot) -> str | None:

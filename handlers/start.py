@@ -14,7 +14,9 @@ from bot.chatinfo import MAX_CONTENT_CHARS
 from bot.commands import COMMANDS, names
 from bot.config import Settings
 from bot.keyboards import modes_keyboard
+from bot.modes import MODES
 from bot.quota import QuotaClock
+from bot.wording import duration_text
 from handlers.account import quota_lines
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
@@ -54,6 +56,7 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
         "\n".join((_("<b>Commands</b>"), *command_lines(admin=False))),
         _("<b>Following up</b>\nReply to one of my answers to ask about it: the answer goes "
           "along as context. Under each answer: 🔄 ask again, ➡️ continue, ✂️ shorter."),
+        conversations_text(settings.conversation_idle_minutes),
         _("<b>Limits</b>\nUp to {limit} characters a request; longer text is cut, and I say "
           "so. You can also send a .txt or .md file (up to 1 MB): its caption is the "
           "instruction.").format(limit=MAX_CONTENT_CHARS) + "\n" + html.escape(quota, quote=False),
@@ -71,6 +74,15 @@ async def show_help(message: Message, bot: Bot, quotas: QuotaRepo, clock: QuotaC
     if private and message.from_user.id in settings.admin_ids:
         sections.append("\n".join((_("<b>Admin commands</b>"), *command_lines(admin=True))))
     await message.answer("\n\n".join(sections), parse_mode="HTML")
+
+
+def conversations_text(idle_minutes: int) -> str:
+    modes = ", ".join(f"{mode.emoji} {mode.label}" for mode in MODES if mode.remembers)
+    return _("<b>Conversations</b>\nThese modes remember our conversation: {modes}. Each "
+             "message carries the recent messages and answers, as much as fits in {limit} "
+             "characters. /new starts afresh; so do a change of mode and {silence} of "
+             "silence. /memory turns the memory on or off in the current mode.").format(
+                 modes=modes, limit=MAX_CONTENT_CHARS, silence=duration_text(idle_minutes * 60))
 
 
 def command_lines(*, admin: bool) -> list[str]:

@@ -107,6 +107,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX jobs_by_inline_message ON jobs (inline_message_id)
         WHERE inline_message_id IS NOT NULL;
     """,
+    """
+    -- Conversations that remember. Their turns are the jobs a user sent in one chat;
+    -- what is stored here is only where a conversation starts afresh.
+    -- /new: in this chat, jobs before started_at are not context.
+    CREATE TABLE conversations (
+        chat_id    INTEGER NOT NULL,
+        user_id    INTEGER NOT NULL,
+        started_at REAL    NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_by_start ON conversations (started_at);
+    -- A change of mode starts every conversation of the user afresh.
+    ALTER TABLE users ADD COLUMN mode_changed_at REAL;
+    -- A user's choice to remember conversations in a mode, over the mode's default.
+    CREATE TABLE mode_memory (
+        user_id  INTEGER NOT NULL REFERENCES users(id),
+        mode     TEXT    NOT NULL,
+        remember INTEGER NOT NULL,
+        PRIMARY KEY (user_id, mode)
+    ) WITHOUT ROWID;
+    -- A conversation's latest turns, newest first, in one index range.
+    CREATE INDEX jobs_by_conversation ON jobs (chat_id, user_id, created_at);
+    """,
 )
 
 

@@ -43,7 +43,11 @@ class UserRepo:
         return str(row["mode"]) if row else DEFAULT_MODE
 
     async def set_mode(self, user_id: int, mode: str) -> None:
-        await self._db.execute("UPDATE users SET mode = ? WHERE id = ?", (mode, user_id))
+        """A different mode also starts the user's conversations afresh, in every chat."""
+        await self._db.execute(
+            """UPDATE users SET mode = :mode, mode_changed_at = CASE WHEN mode = :mode
+                   THEN mode_changed_at ELSE :now END WHERE id = :user""",
+            {"mode": mode, "now": time.time(), "user": user_id})
         await self._db.commit()
 
     async def locale(self, user_id: int) -> str | None:

@@ -17,6 +17,7 @@ from aiogram.types import Update
 from bot.app import make_dispatcher
 from bot.chatinfo import ChatinfoClient
 from bot.config import Settings
+from bot.conversation import HEADER, NOW
 from bot.i18n import make_i18n
 from bot.runner import JobRunner, RunnerPolicy
 from bot.sandbox import FakeChatinfo
@@ -33,6 +34,12 @@ TEST_WINDOW = 2.0
 FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(min_gap=0.02, max_gap=0.05),
                           prior=(0.05, 0.1, 0.2), balance_check_grace=0.05, late_wait=0.5,
                           create_settles_after=0.3)
+
+
+def asked(content: str) -> str:
+    """The new message of a request's content, without the conversation it carries: for
+    tests about something else, whose messages follow each other in a mode that remembers."""
+    return content.rpartition(NOW)[2] if content.startswith(HEADER) else content
 
 
 @pytest.fixture

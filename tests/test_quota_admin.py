@@ -14,7 +14,7 @@ from bot.quota import QuotaClock
 from bot.sandbox import Fault
 from bot.units import UnitsTracker
 from storage.quotas import QuotaRepo
-from tests.conftest import FAST_POLLS, App, AppFactory
+from tests.conftest import FAST_POLLS, App, AppFactory, asked
 from tests.fakes.telegram_api import callback_update, message_update
 from tests.harness import wait_until
 
@@ -147,7 +147,7 @@ async def test_quota_and_grant_change_what_a_user_may_send(make_app: AppFactory)
 
     assert texts(app, to=ADMIN) == ["User 10 may now send 1 request a day.",
                                     "User 10: 1 extra request for today."]
-    assert [r.content for r in app.chatinfo.requests] == ["one", "three"]
+    assert [asked(r.content) for r in app.chatinfo.requests] == ["one", "three"]
 
 
 async def test_bad_admin_arguments_get_a_usage_line(make_app: AppFactory) -> None:
@@ -229,7 +229,8 @@ async def test_empty_balance_refuses_without_calling_and_alerts_once(make_app: A
     assert await tracker.refresh() == 50
     await app.feed(message_update(14, "after top-up"))
     await app.settle()
-    assert app.sent(EditMessageText)[-1].text == "[chat] after top-up"
+    answer = app.sent(EditMessageText)[-1].text.removeprefix("[chat] ")
+    assert asked(answer) == "after top-up"
 
 
 async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_app: AppFactory,
@@ -269,7 +270,8 @@ async def test_a_top_up_is_seen_within_the_empty_refresh_and_admins_told(
     finally:
         await tracker.stop()
 
-    assert [r.content for r in app.chatinfo.requests] == ["the last unit", "served again"]
+    assert [asked(r.content) for r in app.chatinfo.requests] == ["the last unit",
+                                                                 "served again"]
     assert texts(app, to=ADMIN)[-1] == (
         "✅ The API units are back: 40 units. Users are served again.")
     assert len([t for t in texts(app, to=ADMIN) if "exhausted" in t]) == 1

@@ -26,7 +26,7 @@ from bot.scheduler import (
 )
 from storage.jobs import JobState
 from tests.benchmarks.load import peak_in_window
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, asked
 from tests.fakes.telegram_api import message_update
 from tests.harness import wait_until
 
@@ -284,9 +284,11 @@ async def test_queued_requests_survive_a_restart(make_app: AppFactory,
     second = await make_app()
     assert await second.runner.resume() == 5
     await second.settle()
-    assert sorted(r.content for r in second.chatinfo.requests) == [f"q{n}" for n in range(5)]
-    answers = [e.text for e in second.sent(EditMessageText) if e.text.startswith("[chat]")]
-    assert sorted(answers) == [f"[chat] q{n}" for n in range(5)]
+    sent = sorted(asked(r.content) for r in second.chatinfo.requests)
+    assert sent == [f"q{n}" for n in range(5)]
+    answers = [asked(e.text.removeprefix("[chat] ")) for e in second.sent(EditMessageText)
+               if e.text.startswith("[chat]")]
+    assert sorted(answers) == [f"q{n}" for n in range(5)]
 
 
 async def test_a_429_pauses_all_polling_before_the_next_call() -> None:
