@@ -463,7 +463,7 @@ class JobRunner:
         """Once the server has surely finished the job's failed create, let the balance
         tell whether it spent a unit: sent again if not (True), else the user is told."""
         await self._show_settling(job)
-        settles_at = self._settling[job.id]
+        settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
         while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
             self._verdict_given.clear()
             await wait_event(self._verdict_given, left)  # early if a check decided it
