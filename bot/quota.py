@@ -82,7 +82,7 @@ class Refusal(StrEnum):
 
 class Admission:
     def __init__(self, jobs: JobRepo, quotas: QuotaRepo, units: UnitsTracker,
-                 clock: QuotaClock, max_pending: int, *, late_after: float = 600.0) -> None:
+                 clock: QuotaClock, max_pending: int, *, late_after: float) -> None:
         self._jobs = jobs
         self._quotas = quotas
         self._units = units
