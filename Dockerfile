@@ -13,7 +13,7 @@ COPY bot bot
 COPY handlers handlers
 COPY storage storage
 COPY locales locales
-RUN python -c "from bot.i18n import make_i18n; make_i18n()" \
+RUN python -c "from bot.telegram.i18n import make_i18n; make_i18n()" \
  && python -m compileall -q bot handlers storage
 
 # Runtime stage: the virtualenv and the code, a non-root user, the database on a volume.

@@ -14,18 +14,18 @@ from handlers import (
     admin,
     answers,
     chat,
-    conversation,
     fallback,
     inline,
-    modes,
+    language,
+    memory,
+    mode_choice,
     private,
-    settings,
     start,
 )
 
 
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
     return [private.make_router(admin_ids), inline.make_router(), start.make_router(),
-            modes.make_router(), conversation.make_router(), settings.make_router(),
+            mode_choice.make_router(), memory.make_router(), language.make_router(),
             account.make_router(), admin.make_router(admin_ids), answers.make_router(),
             chat.make_router(), fallback.make_router()]

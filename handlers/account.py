@@ -8,9 +8,9 @@ from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.jobs.admission import QuotaClock
+from bot.jobs.submit import until
 from bot.modes import MODES_BY_NAME
-from bot.quota import QuotaClock
-from bot.submit import until
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
 

@@ -17,10 +17,10 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 from babel.numbers import format_decimal
 
-from bot.chatinfo import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
 from bot.config import Settings
-from bot.quota import QuotaClock
-from bot.units import UnitsTracker, refusal_reason
+from bot.jobs.admission import QuotaClock
+from bot.upstream.client import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
+from bot.upstream.units import UnitsTracker, refusal_reason
 from storage.jobs import JobRepo
 from storage.quotas import UNLIMITED, QuotaRepo, Usage
 from storage.stats import StatsRepo

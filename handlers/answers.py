@@ -13,19 +13,19 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
-from bot.chatinfo import MAX_CONTENT_CHARS
-from bot.delivery import Delivery
-from bot.keyboards import (
+from bot.jobs.runner import JobRunner
+from bot.jobs.submit import Submitter
+from bot.modes import MODES_BY_NAME
+from bot.telegram.delivery import Delivery
+from bot.telegram.keyboards import (
     AnswerAction,
     AnswerCallback,
     HistoryCallback,
     RetryCallback,
     history_keyboard,
 )
-from bot.modes import MODES_BY_NAME
-from bot.render import Part, render
-from bot.runner import JobRunner
-from bot.submit import Submitter
+from bot.telegram.render import Part, render
+from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.jobs import Job, JobRepo, JobState
 
 HISTORY_SIZE = 10

@@ -12,7 +12,7 @@ from aiogram.enums import ChatType
 from aiogram.types import CallbackQuery, ErrorEvent, Message
 from aiogram.utils.i18n import gettext as _
 
-from bot.filters import addressed_to, command_target
+from bot.telegram.filters import addressed_to, command_target
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from aiogram.types import (
 )
 from aiogram.utils.i18n import gettext as _
 
-from bot.commands import answer_from_payload
-from bot.delivery import Delivery
-from bot.inline import (
+from bot.jobs.submit import Submitter, is_blank
+from bot.telegram.commands import answer_from_payload
+from bot.telegram.delivery import Delivery
+from bot.telegram.inline_results import (
     CACHE_SECONDS,
     INLINE_QUERY_LIMIT,
     ask_result,
@@ -33,8 +34,7 @@ from bot.inline import (
     private_chat_button,
     too_long_hint,
 )
-from bot.render import Part, render
-from bot.submit import Submitter, is_blank
+from bot.telegram.render import Part, render
 from storage.jobs import JobRepo
 from storage.users import UserRepo
 

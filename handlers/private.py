@@ -20,7 +20,7 @@ from aiogram.utils.deep_linking import create_start_link
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.commands import command_from_payload, names, start_payload
+from bot.telegram.commands import command_from_payload, names, start_payload
 
 log = logging.getLogger(__name__)
 

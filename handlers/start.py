@@ -10,13 +10,13 @@ from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 
-from bot.chatinfo import MAX_CONTENT_CHARS
-from bot.commands import COMMANDS, names
 from bot.config import Settings
-from bot.keyboards import modes_keyboard
+from bot.jobs.admission import QuotaClock
 from bot.modes import MODES
-from bot.quota import QuotaClock
-from bot.wording import duration_text
+from bot.telegram.commands import COMMANDS, names
+from bot.telegram.keyboards import modes_keyboard
+from bot.telegram.wording import duration_text
+from bot.upstream.client import MAX_CONTENT_CHARS
 from handlers.account import quota_lines
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo

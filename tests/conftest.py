@@ -14,14 +14,14 @@ from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 
-from bot.app import make_dispatcher
-from bot.chatinfo import ChatinfoClient
+from bot.app.wiring import make_dispatcher
 from bot.config import Settings
-from bot.conversation import HEADER, NOW
-from bot.i18n import make_i18n
-from bot.runner import JobRunner, RunnerPolicy
-from bot.sandbox import FakeChatinfo
-from bot.scheduler import PollTiming
+from bot.jobs.conversation import HEADER, NOW
+from bot.jobs.runner import JobRunner, RunnerPolicy
+from bot.jobs.scheduler import PollTiming
+from bot.telegram.i18n import make_i18n
+from bot.upstream.client import ChatinfoClient
+from bot.upstream.sandbox import FakeChatinfo
 from storage.db import open_database
 from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot

@@ -22,12 +22,12 @@ from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import TelegramType
 
-from bot.app import make_dispatcher
-from bot.chatinfo import ChatinfoClient
+from bot.app.wiring import make_dispatcher
 from bot.config import Settings
-from bot.i18n import make_i18n
-from bot.runner import RunnerPolicy
-from bot.sandbox import FakeChatinfo
+from bot.jobs.runner import RunnerPolicy
+from bot.telegram.i18n import make_i18n
+from bot.upstream.client import ChatinfoClient
+from bot.upstream.sandbox import FakeChatinfo
 from storage.db import open_database
 from storage.jobs import JobRepo
 from storage.users import UserRepo

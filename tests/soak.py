@@ -5,7 +5,7 @@
 
 Simulated users send text messages at `--rate` a second through the fake Bot API server
 (tests/fakes/telegram_api.py); the bot (`python -m bot`, a subprocess) answers through the
-fake chatinfo server (bot/sandbox.py). A share of calls fails at random on both sides,
+fake chatinfo server (bot/upstream/sandbox.py). A share of calls fails at random on both sides,
 and the bot is SIGKILLed and restarted every `--kill-every` seconds or so. When the time
 is up, no more messages come and the bot gets `--drain` seconds (without kills) to finish
 what it accepted; then it is stopped with SIGTERM and the run is judged from what the
@@ -68,16 +68,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bot.failures import Failure, failure_text
-from bot.i18n import make_i18n
-from bot.render import render
-from bot.sandbox import FakeChatinfo, standard_faults
+from bot.jobs.failures import Failure, failure_text
+from bot.telegram.i18n import make_i18n
+from bot.telegram.render import render
+from bot.upstream.sandbox import FakeChatinfo, standard_faults
 from tests.botprocess import BOT_TOKEN, BotProcess
 from tests.fakes.telegram_api import Call, callback_update, message_update
 from tests.harness import FakeTelegram
 
 API_KEY = "soak-key"
-CLIENT_TIMEOUT = 20.0  # the bot's chatinfo read timeout (bot/chatinfo.py default)
+CLIENT_TIMEOUT = 20.0  # the bot's chatinfo read timeout (bot/upstream/client.py default)
 PLACEHOLDER_MARK = "⏳"
 SORRY = "😔 Something went wrong. Please try again."  # handlers/fallback.py on_error
 WARM_UP = 10.0  # seconds after a start before memory is sampled
@@ -525,7 +525,7 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
 
 
 def reconciled_in(log: str) -> Counter[str]:
-    """The verdicts of the bot's balance checks (bot/runner.py), from its log."""
+    """The verdicts of the bot's balance checks (bot/jobs/runner.py), from its log."""
     verdicts: Counter[str] = Counter()
     for pattern in (r"balance check for (\d+) failed create\(s\): .*: (\w+)$",
                     r"(\d+) job\(s\) found mid-create: .*: (\w+)$"):

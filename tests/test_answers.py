@@ -10,8 +10,8 @@ from typing import Any
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
 
-from bot.render import TELEGRAM_LIMIT, render, utf16_length
-from bot.sandbox import Fault
+from bot.telegram.render import TELEGRAM_LIMIT, render, utf16_length
+from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
 from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_ID, BOT_USERNAME

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.chatinfo import (
+from bot.upstream.client import (
     AccessDenied,
     ChatinfoClient,
     ChatinfoError,
@@ -26,7 +26,7 @@ from bot.chatinfo import (
     RequestRejected,
     UpstreamUnavailable,
 )
-from bot.sandbox import BAD_KEY, NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
+from bot.upstream.sandbox import BAD_KEY, NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
 
 SECRET = "KEY-very-secret-123"
 FREE_KEY = "KEY-free-tariff-456"
@@ -396,8 +396,9 @@ async def test_key_never_leaks(
         assert SECRET not in "".join(traceback.format_exception(error))
         assert SECRET not in repr(error.__context__)
         assert SECRET not in str(error.upstream_error)
-    assert any(r.name == "bot.chatinfo" and r.levelno == logging.DEBUG for r in caplog.records)
-    assert any(r.name == "bot.chatinfo" and r.levelno == logging.WARNING for r in caplog.records)
+    client_records = [r for r in caplog.records if r.name == "bot.upstream.client"]
+    assert any(r.levelno == logging.DEBUG for r in client_records)
+    assert any(r.levelno == logging.WARNING for r in client_records)
     for record in caplog.records:
         assert SECRET not in record.getMessage(), record.name
         assert SECRET not in repr(record.args), record.name

@@ -1,7 +1,7 @@
 """SIGKILL at every step of a job, then a restart: the job still ends exactly right.
 
 The real bot process (`python -m bot`) runs against the fake chatinfo server and the fake
-Bot API server. `BOT_CRASH_AT` makes it kill itself at one named point (bot/crashpoints.py);
+Bot API server. `BOT_CRASH_AT` makes it kill itself at one named point (bot/jobs/crashpoints.py);
 the restart runs with the marker file present, so it passes the point. Every crash point
 is a scenario of two bot starts; the five run side by side (one start costs ~2.5 s of
 CPU), and each test below judges one scenario from what the fakes recorded.
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot import crashpoints
-from bot.render import render
-from bot.sandbox import FakeChatinfo
+from bot.jobs import crashpoints
+from bot.telegram.render import render
+from bot.upstream.sandbox import FakeChatinfo
 from tests.botprocess import BOT_TOKEN, BotProcess
 from tests.fakes.telegram_api import Call, FakeTelegramAPI, callback_update, message_update
 from tests.harness import FakeTelegram, seed_solve_history

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.healthcheck import healthcheck_command
+from bot.ops.probe import healthcheck_command
 from tests.botprocess import REPO, free_port
 
 Instruction = tuple[str, str]  # (keyword, arguments)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.sandbox import FakeChatinfo
+from bot.upstream.sandbox import FakeChatinfo
 from tests.botprocess import BOT_TOKEN, BotProcess
 from tests.fakes.telegram_api import (
     Call,

@@ -21,8 +21,8 @@ from aiogram.methods import AnswerCallbackQuery, EditMessageText, GetMe, SendMes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.render import render
-from bot.sandbox import FakeChatinfo
+from bot.telegram.render import render
+from bot.upstream.sandbox import FakeChatinfo
 from storage.jobs import JobState
 from tests.conftest import App
 from tests.fakes.telegram_api import callback_update, message_update

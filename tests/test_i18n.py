@@ -13,8 +13,8 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
 
-from bot.i18n import LOCALES_PATH, locale_for, make_i18n
-from bot.menu import set_command_menus
+from bot.telegram.i18n import LOCALES_PATH, locale_for, make_i18n
+from bot.telegram.menus import set_command_menus
 from storage.users import UserRepo
 from tests.botprocess import REPO
 from tests.conftest import App

@@ -8,9 +8,9 @@ import pytest
 from aiogram.methods import AnswerInlineQuery, EditMessageText, SendChatAction, SendMessage
 from aiogram.types import InlineKeyboardMarkup, InlineQueryResultArticle
 
-from bot.quota import QuotaClock
-from bot.render import CUT_MARK, TELEGRAM_LIMIT, render, utf16_length
-from bot.sandbox import Fault
+from bot.jobs.admission import QuotaClock
+from bot.telegram.render import CUT_MARK, TELEGRAM_LIMIT, render, utf16_length
+from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
 from storage.quotas import QuotaRepo
 from storage.users import UserRepo

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.job_stats import ANSWER_LAG_BUCKETS, JobStatsReader
+from bot.ops.job_stats import ANSWER_LAG_BUCKETS, JobStatsReader
 from storage.db import open_database
 
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bot.limiter import SlidingWindowLimiter
+from bot.upstream.limiter import SlidingWindowLimiter
 
 LIMIT = 5
 PERIOD = 60.0

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.chatinfo import ChatinfoClient
 from bot.logs import job_event, make_formatter, setup_logging
-from bot.sandbox import FakeChatinfo
+from bot.upstream.client import ChatinfoClient
+from bot.upstream.sandbox import FakeChatinfo
 
 TOKEN = "123:TOKEN-secret"
 KEY = 'KEY-with-"quotes"-and\\backslash'
@@ -31,9 +31,9 @@ def a_job() -> AJob:
 
 def record(message: str, *args: object, extra: dict[str, object] | None = None,
            error: Exception | None = None) -> logging.LogRecord:
-    logger = logging.getLogger("bot.runner")
+    logger = logging.getLogger("bot.jobs.runner")
     exc_info = (type(error), error, error.__traceback__) if error else None
-    return logger.makeRecord("bot.runner", logging.INFO, __file__, 1, message, args, exc_info,
+    return logger.makeRecord("bot.jobs.runner", logging.INFO, __file__, 1, message, args, exc_info,
                              extra=extra)
 
 
@@ -51,7 +51,7 @@ def test_json_line_has_time_level_logger_message_and_the_jobs_fields() -> None:
     assert "\n" not in line
     entry = json.loads(line)
     assert entry.pop("time").endswith("+00:00")
-    assert entry == {"level": "INFO", "logger": "bot.runner", "message": "job 7 delivered",
+    assert entry == {"level": "INFO", "logger": "bot.jobs.runner", "message": "job 7 delivered",
                      "job_id": 7, "user_id": 501, "mode": "poems", "outcome": "delivered"}
 
 
@@ -59,7 +59,7 @@ def test_text_line_ends_with_the_jobs_fields() -> None:
     line = make_formatter("text", SECRETS).format(
         record("job %s failed", 7, extra=job_event(a_job(), "timeout")))
 
-    assert line.endswith("INFO bot.runner: job 7 failed job_id=7 user_id=501 mode=poems "
+    assert line.endswith("INFO bot.jobs.runner: job 7 failed job_id=7 user_id=501 mode=poems "
                          "outcome=timeout")
 
 

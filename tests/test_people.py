@@ -18,10 +18,10 @@ from aiogram.methods import (
 )
 from aiogram.types import InlineKeyboardMarkup
 
-from bot.commands import COMMANDS_BY_NAME
-from bot.i18n import make_i18n
-from bot.quota import QuotaClock, Refusal
-from bot.submit import refusal_text, until
+from bot.jobs.admission import QuotaClock, Refusal
+from bot.jobs.submit import refusal_text, until
+from bot.telegram.commands import COMMANDS_BY_NAME
+from bot.telegram.i18n import make_i18n
 from storage.jobs import JobRepo
 from tests.botprocess import REPO
 from tests.conftest import App, AppFactory

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 
-import bot.units
-from bot.quota import QuotaClock
-from bot.sandbox import Fault
-from bot.units import UnitsTracker
+import bot.upstream.units
+from bot.jobs.admission import QuotaClock
+from bot.upstream.sandbox import Fault
+from bot.upstream.units import UnitsTracker
 from storage.quotas import QuotaRepo
 from tests.conftest import FAST_POLLS, App, AppFactory, asked
 from tests.fakes.telegram_api import callback_update, message_update
@@ -252,8 +252,8 @@ async def test_rejected_key_alerts_admins_once_and_users_see_unavailable(make_ap
 
 async def test_a_top_up_is_seen_within_the_empty_refresh_and_admins_told(
         make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bot.units, "REFRESH_WHEN_EMPTY", 0.2)
-    monkeypatch.setattr(bot.units, "REFRESH_EVERY", 3600.0)
+    monkeypatch.setattr(bot.upstream.units, "REFRESH_WHEN_EMPTY", 0.2)
+    monkeypatch.setattr(bot.upstream.units, "REFRESH_EVERY", 3600.0)
     app = await make_app(admin_ids=str(ADMIN))
     tracker: UnitsTracker = app.dp["tracker"]
     app.chatinfo.units = 1

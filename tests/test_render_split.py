@@ -8,7 +8,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.render import TELEGRAM_LIMIT, Part, render, utf16_length
+from bot.telegram.render import TELEGRAM_LIMIT, Part, render, utf16_length
 
 Unit = tuple[str, str | None, int]  # entity type, its language or url, one UTF-16 unit
 

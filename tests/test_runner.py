@@ -12,9 +12,9 @@ from aiogram.methods import (
     SendMessage,
 )
 
-from bot.chatinfo import ChatinfoClient
-from bot.keyboards import RetryCallback
-from bot.sandbox import Fault
+from bot.telegram.keyboards import RetryCallback
+from bot.upstream.client import ChatinfoClient
+from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
 from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update

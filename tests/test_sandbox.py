@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.sandbox import NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
+from bot.upstream.sandbox import NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
 
 KEY = "test-key"
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.sandbox import NOT_FOUND, FakeChatinfo, Fault, standard_faults
+from bot.upstream.sandbox import NOT_FOUND, FakeChatinfo, Fault, standard_faults
 
 KEY = "test-key"
 

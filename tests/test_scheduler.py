@@ -9,10 +9,8 @@ import time
 import pytest
 from aiogram.methods import EditMessageText
 
-from bot import runner as runner_module
-from bot.chatinfo import RateLimited, RequestRejected
-from bot.limiter import SlidingWindowLimiter
-from bot.scheduler import (
+from bot.jobs import runner as runner_module
+from bot.jobs.scheduler import (
     PRIOR,
     Answer,
     Estimate,
@@ -24,6 +22,8 @@ from bot.scheduler import (
     SolveTimes,
     next_poll_after,
 )
+from bot.upstream.client import RateLimited, RequestRejected
+from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import JobState
 from tests.benchmarks.load import peak_in_window
 from tests.conftest import AppFactory, asked

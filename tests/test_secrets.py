@@ -18,7 +18,7 @@ import pytest
 from aiogram.methods import EditMessageText, SendMessage
 from aiohttp import web
 
-from bot.sandbox import FakeChatinfo, Fault, standard_faults
+from bot.upstream.sandbox import FakeChatinfo, Fault, standard_faults
 from tests.botprocess import BOT_TOKEN, BotProcess
 from tests.conftest import App
 from tests.fakes.telegram_api import message_update

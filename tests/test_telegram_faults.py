@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from aiogram.methods import EditMessageText, SendMessage
 
-import bot.runner
-import bot.telegram
-from bot.render import render
-from bot.sandbox import FakeChatinfo, Fault
+import bot.jobs.runner
+import bot.telegram.retries
+from bot.telegram.render import render
+from bot.upstream.sandbox import FakeChatinfo, Fault
 from storage.jobs import JobState
 from storage.users import UserRepo
 from tests.botprocess import BOT_TOKEN, BotProcess
@@ -178,13 +178,13 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_wait(seconds: float) -> Awaitable[None]:
         return asyncio.sleep(0)
 
-    monkeypatch.setattr(bot.telegram, "asyncio", types.SimpleNamespace(sleep=no_wait))
-    monkeypatch.setattr(bot.runner, "TELEGRAM_DOWN_FIRST_PAUSE", 0.05)
+    monkeypatch.setattr(bot.telegram.retries, "asyncio", types.SimpleNamespace(sleep=no_wait))
+    monkeypatch.setattr(bot.jobs.runner, "TELEGRAM_DOWN_FIRST_PAUSE", 0.05)
 
 
 @pytest.mark.usefixtures("no_backoff")
 async def test_an_outage_longer_than_the_retries_still_ends_in_delivery(app: App) -> None:
-    outage = bot.telegram.MAX_ATTEMPTS + 2  # failed calls: more than one round of retries
+    outage = bot.telegram.retries.MAX_ATTEMPTS + 2  # failed calls: more than one round of retries
     session(app).fail_network_next(EditMessageText, times=outage)
     job_id = await resumed_job(app)
     await settled(app)
@@ -197,7 +197,7 @@ async def test_an_outage_longer_than_the_retries_still_ends_in_delivery(app: App
 @pytest.mark.usefixtures("no_backoff")
 async def test_a_failure_told_during_an_outage_reaches_the_user_afterwards(app: App) -> None:
     app.chatinfo.inject("create_request", Fault.http(502, after_effect=True))  # unknowable
-    outage = bot.telegram.MAX_ATTEMPTS + 2
+    outage = bot.telegram.retries.MAX_ATTEMPTS + 2
     session(app).fail_network_next(EditMessageText, times=outage)
     job_id = await resumed_job(app)
     await settled(app)

@@ -10,7 +10,7 @@ from aiogram import Bot
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
-from bot.throttle import TelegramThrottle
+from bot.telegram.throttle import TelegramThrottle
 
 
 async def test_messages_keep_one_a_second_per_chat_and_the_bot_wide_rate() -> None:

@@ -19,9 +19,16 @@ import pytest
 from aiogram.methods import EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
 
-from bot.chatinfo import CREATE, POLL, ChatinfoClient
-from bot.failures import Failure
-from bot.sandbox import NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault, Served, standard_faults
+from bot.jobs.failures import Failure
+from bot.upstream.client import CREATE, POLL, ChatinfoClient
+from bot.upstream.sandbox import (
+    NO_UNITS,
+    NOT_PRESTIGE,
+    FakeChatinfo,
+    Fault,
+    Served,
+    standard_faults,
+)
 from storage.jobs import Job, JobState
 from tests.conftest import FAST_POLLS, TEST_WINDOW, App, asked
 from tests.fakes.telegram_api import message_update

@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.health import Heartbeat, Unhealthy
-from bot.metrics import Metrics
-from bot.sandbox import TOO_MANY_BODY, Fault
-from bot.serve import instrument
-from bot.units import UnitsTracker
-from bot.web import make_web_app
+from bot.ops.health import Heartbeat, Unhealthy
+from bot.ops.metrics import Metrics
+from bot.ops.serve import instrument
+from bot.ops.web import make_web_app
+from bot.upstream.sandbox import TOO_MANY_BODY, Fault
+from bot.upstream.units import UnitsTracker
 from tests.conftest import App
 from tests.fakes.telegram_api import message_update
 

@@ -34,11 +34,11 @@ from aiogram.methods import EditMessageText, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
 
-from bot.app import freeze_startup_objects, make_dispatcher
-from bot.chatinfo import ChatinfoClient, ChatinfoError
+from bot.app.wiring import freeze_startup_objects, make_dispatcher
 from bot.config import Settings
-from bot.i18n import make_i18n
-from bot.runner import RunnerPolicy
+from bot.jobs.runner import RunnerPolicy
+from bot.telegram.i18n import make_i18n
+from bot.upstream.client import ChatinfoClient, ChatinfoError
 from storage.db import open_database
 from storage.jobs import JobState
 from storage.users import UserRepo

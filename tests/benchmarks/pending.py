@@ -24,11 +24,11 @@ from pathlib import Path
 
 from aiogram import Bot
 
-from bot.app import freeze_startup_objects, make_dispatcher
-from bot.chatinfo import ChatinfoClient
+from bot.app.wiring import freeze_startup_objects, make_dispatcher
 from bot.config import Settings
-from bot.i18n import make_i18n
-from bot.runner import RunnerPolicy
+from bot.jobs.runner import RunnerPolicy
+from bot.telegram.i18n import make_i18n
+from bot.upstream.client import ChatinfoClient
 from storage.db import open_database
 from tests.benchmarks.load import (
     CountingClient,

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from bot.scheduler import PollTiming, SolveTimes, next_poll_after, solved_after
+from bot.jobs.scheduler import PollTiming, SolveTimes, next_poll_after, solved_after
 from tests.benchmarks.load import (
     SAMPLE_EVERY,
     SAMPLE_FIRST_WAIT,

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from bot.sandbox import FakeChatinfo
+from bot.upstream.sandbox import FakeChatinfo
 
 # Seconds a short request of each mode takes; each 200 characters add as much again. With
 # the load benchmark's texts (median 100 characters, a long tail) this gives the issue's

@@ -1,0 +1,1 @@
+"""Jobs: admission, submission, the runner's state machine, and the polling scheduler."""

@@ -1,0 +1,715 @@
+"""The job runner: carries each job from its stored state to a delivered answer.
+
+Every step is written to SQLite before the next one starts, so a restart resumes
+from the last step that completed. The runner owns every task it starts and
+cancels or awaits them all at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import partial
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.deep_linking import create_start_link
+from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import gettext as _
+
+from bot.jobs import crashpoints
+from bot.jobs.failures import Failure, failure_text
+from bot.jobs.scheduler import (
+    PRIOR,
+    Answer,
+    Expired,
+    FairQueue,
+    Lost,
+    PollScheduler,
+    PollTiming,
+    SolveTimes,
+    wait_event,
+)
+from bot.logs import job_event
+from bot.telegram.commands import answer_payload
+from bot.telegram.delivery import Delivery
+from bot.telegram.indicators import WaitingIndicators
+from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
+from bot.telegram.render import Part, first_part, render
+from bot.telegram.wording import (
+    duration_text,
+    placeholder_text,
+    queue_text,
+    settling_text,
+    waiting_text,
+)
+from bot.upstream.client import (
+    CREATE,
+    POLL,
+    AccessDenied,
+    ChatinfoClient,
+    ChatinfoError,
+    NotEnoughUnits,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from bot.upstream.units import UnitsTracker
+from storage.jobs import Job, JobRepo, JobState
+from storage.quotas import QuotaRepo
+
+log = logging.getLogger(__name__)
+
+Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
+
+RESUME_PAGE = 500
+TELEGRAM_DOWN_FIRST_PAUSE = 5.0
+TELEGRAM_DOWN_MAX_PAUSE = 300.0
+
+
+@dataclass(frozen=True)
+class RunnerPolicy:
+    max_wait: float = 600.0  # then the job fails with a clear message
+    # A sent request's unit is spent: past max_wait its user is told, and its answer is
+    # still awaited this much longer, and posted if it comes.
+    late_wait: float = 3600.0
+    progress_every: float = 15.0  # placeholder shows the wait; Telegram allows ~1 edit/s/chat
+    timing: PollTiming = field(default_factory=PollTiming)
+    prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
+    history: int = 2000  # answered jobs the solve-time model learns from at start
+    balance_check_grace: float = 2.0  # seconds after a failed create before asking units
+    # After this, the server has surely finished a create we sent (the client gives up at
+    # 20 s): a create that failed without the server's word is settled by the balance then.
+    create_settles_after: float = 60.0
+
+
+class JobRunner:
+    def __init__(
+        self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
+        quotas: QuotaRepo, units: UnitsTracker, policy: RunnerPolicy | None = None,
+    ) -> None:
+        self._bot = bot
+        self._client = client
+        self._jobs = jobs
+        self._quotas = quotas
+        self._units = units
+        self._i18n = i18n
+        self._policy = policy or RunnerPolicy()
+        self.delivery = Delivery(bot)
+        self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
+                                             self._progress_text)
+        self._solve_times = SolveTimes(self._policy.prior)
+        self.scheduler = PollScheduler(
+            lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
+            client.limiters[POLL], self._solve_times, self._policy.timing,
+            settled=self.start)
+        self.queue = FairQueue(client.limiters[CREATE])
+        self._workers_started = False
+        # A job is in one of these while it is unfinished: a task carries it, or it is
+        # parked with the poll scheduler until its answer starts a task again.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._creating: dict[int, asyncio.Future[bool]] = {}
+        self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
+        # Creates that failed with their outcome unknown, waiting for a balance check.
+        self._ambiguous: set[int] = set()
+        # Creates the server may still be finishing (a timeout, a gateway error, a crash):
+        # job id -> when the balance can settle them.
+        self._settling: dict[int, float] = {}
+        self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
+        self._verdict_given = asyncio.Event()
+        self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
+        self._reconciling = asyncio.Lock()
+        self._create_settled = asyncio.Event()  # a create step ended or awaits a check
+        # The balance read while no create was in flight, and the creates acknowledged
+        # since: together, what the balance must be if only those spent units. (A balance
+        # a create reports is no anchor: a concurrent create may be counted in it.)
+        self._anchor: int | None = None
+        self._acked_since_anchor = 0
+        self._job_left = asyncio.Event()
+
+    @property
+    def active(self) -> int:
+        """Jobs carried on now: with a task, or waiting for their answer."""
+        return len(self._tasks) + self.scheduler.pending
+
+    def start(self, job_id: int, outcome: Outcome | None = None) -> None:
+        """Carry the job on from its stored step; `outcome` is its poll's, if it has one."""
+        self._start_workers()
+        task = asyncio.create_task(self._run(job_id, outcome), name=f"job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._task_done(job_id, task))
+
+    def _task_done(self, job_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+        self._job_left.set()
+
+    @property
+    def workers_alive(self) -> bool:
+        """False once a started worker (poll scheduler, create queue) has ended."""
+        return not self._workers_started or (self.scheduler.running and self.queue.running)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job is running (or `timeout` passes); whether none is."""
+        deadline = time.monotonic() + timeout
+        while self.active and (left := deadline - time.monotonic()) > 0:
+            self._job_left.clear()
+            await wait_event(self._job_left, left)
+        return not self.active
+
+    def _start_workers(self) -> None:
+        if not self._workers_started:
+            self._workers_started = True
+            self.scheduler.start()
+            self.queue.start()
+
+    async def resume(self) -> int:
+        """Carry on every unfinished job after a start; how many there were."""
+        self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
+        await self._reconcile_mid_create()
+        resumed, last_id = 0, 0
+        # A page at a time: a backlog of thousands never sits in memory with its texts.
+        while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
+            for job in page:  # in id order: the create queue keeps its order
+                if (job.state is JobState.PENDING
+                        and (job.placeholder_id is not None or job.inline)
+                        and not self._late(job)):
+                    self._park(job)
+                else:
+                    self.start(job.id)
+            resumed += len(page)
+            last_id = page[-1].id
+        if resumed:
+            log.info("resuming %d unfinished jobs", resumed)
+        return resumed
+
+    async def _read_balance(self) -> int | None:
+        try:
+            return await self._client.units()
+        except ChatinfoError as error:
+            log.warning("could not read the balance (%s); failed creates count as spent",
+                        error)
+            return None
+
+    async def _keep_anchor(self, actual: int | None, read_at: float) -> None:
+        """The balance read while no create was in flight: the anchor of the next check,
+        kept in the database for the next start. Jobs it settles as spent must be stored
+        so first: past the anchor, their debit is no longer seen."""
+        self._anchor, self._acked_since_anchor = actual, 0
+        await self._jobs.set_balance_anchor(actual, read_at)
+        if actual is not None:
+            await self._units.observe(actual)
+
+    async def _end_unknown(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:  # each job's task (or the next start) tells its user
+            await self._jobs.end(job_id, JobState.UNKNOWN, Failure.UNKNOWN_OUTCOME)
+
+    async def _reconcile_mid_create(self) -> None:
+        """Read the balance while nothing is in flight (the anchor of later checks), and
+        settle the jobs a crash caught mid-create against the anchor kept before it.
+
+        If the balance is what the kept anchor and the creates acknowledged since make it,
+        none of them spent anything so far: those the server has surely finished are sent
+        again, and the younger ones are settled when it has. Otherwise their users are
+        told, as for any unknown outcome.
+        """
+        stuck = await self._jobs.mid_create()
+        expected = await self._jobs.expected_balance()
+        if expected is None and stuck:  # no anchor kept (a database from before it was)
+            expected = await self._jobs.balance_reported_before(min(stuck.values()))
+        read_at = time.time()
+        actual = await self._read_balance()
+        unspent = actual is not None and actual == expected
+        if stuck and not unspent:
+            verdict = ("spent" if expected is not None and actual == expected - len(stuck)
+                       else "assumed_spent")
+            self.reconciled[verdict] += len(stuck)
+            log.info("%d job(s) found mid-create: expected a balance of %s, found %s: %s",
+                     len(stuck), expected, actual, verdict)
+            await self._end_unknown(stuck)
+        await self._keep_anchor(actual, read_at)
+        if not (stuck and unspent):
+            return
+        for job_id, sent_at in stuck.items():
+            settles_at = sent_at + self._policy.create_settles_after
+            if settles_at > time.time():
+                self._settling[job_id] = settles_at
+                continue
+            await self._jobs.requeue(job_id)
+            self.reconciled["unspent"] += 1
+            log.info("job %s found mid-create is sent again: the balance shows it spent "
+                     "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+
+    async def stop(self) -> None:
+        """Cancel the waiting; let create_request calls in flight store their id first."""
+        if self._creating:
+            # Short of a graceful deploy's 10 s; a create still unanswered by then stays
+            # "creating" and is offered as a retry at the next start, as after a crash.
+            await asyncio.wait(self._creating.values(), timeout=5)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.scheduler.stop()
+        await self.queue.stop()
+        await self._indicators.stop()
+
+    async def cancel(self, user_id: int) -> tuple[int, int]:
+        """Stop waiting for the user's unfinished jobs: (how many were stopped before they
+        were sent, how many had been sent and have their answers kept).
+
+        A sent request's unit is spent, so its answer is still fetched and kept for
+        /history, just not posted. Answered jobs are left to finish.
+        """
+        jobs = [job for job in await self._jobs.unfinished_for(user_id)
+                if job.state is not JobState.ANSWERED and not job.cancelled]
+        stopped = kept = 0
+        for listed in jobs:
+            job = await self._reload(listed)  # earlier ones awaited: it may have moved on
+            if job.state is JobState.PENDING and not job.cancelled:
+                if await self._keep_quietly(job):
+                    kept += 1
+                continue
+            task = self._tasks.get(job.id)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            creating = self._creating.get(job.id)
+            if creating is not None:  # a create in flight must store its id first
+                await asyncio.gather(creating, return_exceptions=True)
+            current = await self._reload(job)
+            if current.state is JobState.PENDING:  # its create got an id meanwhile
+                if await self._keep_quietly(current):
+                    self._park(current)  # its task is gone: the scheduler carries it on
+                    kept += 1
+            elif current.state is JobState.NEW:
+                await self._tell(current, Failure.CANCELLED, "cancelled by the user")
+                stopped += 1
+            elif current.state is JobState.CREATING:  # its create may have counted
+                self._settling.pop(current.id, None)
+                await self._tell(current, Failure.UNKNOWN_OUTCOME, "cancelled mid-create")
+        self._job_left.set()
+        return stopped, kept
+
+    async def _keep_quietly(self, job: Job) -> bool:
+        """The user stopped waiting for a sent request: say so, and keep its answer.
+        False if it is no longer waiting (its answer came meanwhile)."""
+        if not await self._jobs.mark_cancelled(job.id):
+            return False
+        self._quiet.add(job.id)
+        await self._indicators.forget(job.id)
+        with self._locale(job.locale):
+            text = _("✖️ Stopped waiting. The request had already been sent, so it was "
+                     "counted; its answer will be kept in /history.")
+        with suppress(TelegramAPIError):  # best effort: the answer is what matters
+            await self.delivery.show(job, Part(text))
+        return True
+
+    async def _run(self, job_id: int, outcome: Outcome | None) -> None:
+        pause = TELEGRAM_DOWN_FIRST_PAUSE
+        while True:
+            try:
+                await self._advance(job_id, outcome)
+                return
+            except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as error:
+                # Telegram is down for longer than with_retries waits. Every step is
+                # stored, so going over the job again later repeats nothing.
+                log.warning("job %s waits for Telegram (%s); again in %.0f s", job_id,
+                            type(error).__name__, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, TELEGRAM_DOWN_MAX_PAUSE)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The job stays in SQLite at its last step and resumes at the next start.
+                await self._indicators.forget(job_id)
+                log.exception("job %s stopped unexpectedly", job_id,
+                              extra={"job_id": job_id, "outcome": "crashed"})
+                return
+
+    async def _advance(self, job_id: int, outcome: Outcome | None) -> None:
+        job = await self._jobs.get(job_id)
+        if job is None:
+            return
+        if (job.placeholder_id is None and not job.inline
+                and job.state in (JobState.NEW, JobState.CREATING)):
+            with self._locale(job.locale):
+                text = placeholder_text()
+            try:
+                placeholder = await self.delivery.placeholder(job, text)
+            except TelegramForbiddenError:
+                await self._end_blocked(job)
+                return
+            await self._jobs.set_placeholder(job.id, placeholder)
+            job = await self._reload(job)
+        if job.state is JobState.CREATING and job.id in self._settling:
+            if not await self._settle(job):
+                return
+            job = await self._reload(job)  # queued again: sent below
+        if job.state is JobState.CREATING:
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, "found mid-create at start")
+            return
+        if job.state in (JobState.FAILED, JobState.UNKNOWN) and not job.told:
+            # Ended, but the user has not yet seen why.
+            await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
+            return
+        if job.state is JobState.NEW:
+            self._indicators.watch(job)
+            job = await self._create(job)
+        if job.state is JobState.PENDING:
+            if outcome is None:
+                if self._late(job) and time.time() < self._late_deadline(job):
+                    await self._show_late(job)  # resumed late: a crash may have hidden it
+                self._park(job)
+                return
+            job = await self._conclude(job, outcome)
+        if job.state is JobState.ANSWERED:
+            await self._deliver(job)
+
+    async def _create(self, job: Job) -> Job:
+        """Send create_request when the queue says so. A 429 spent nothing, so the job waits
+        in the queue again (visibly), first among its user's; only MAX_WAIT_SECONDS ends it,
+        and never after a unit is spent."""
+        deadline = job.created_at + self._policy.max_wait
+        first = False
+        while True:
+            await self._show_queue_position(job)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.time())):
+                    await self.queue.turn(job.user_id, job.id, first=first)
+            except TimeoutError:
+                await self._tell(job, Failure.BUSY, "no create slot within the maximum wait")
+                return await self._reload(job)
+            # Shielded: once create_request is sent, its id must be stored even during a
+            # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
+            step = asyncio.ensure_future(self._create_step(job))
+            self._creating[job.id] = step
+            step.add_done_callback(partial(self._creating.pop, job.id))
+            step.add_done_callback(lambda _: self._create_settled.set())
+            again = await asyncio.shield(step)
+            if job.id in self._settling:
+                again = await self._settle(job)
+            job = await self._reload(job)
+            if not again:
+                return job
+            first = True
+
+    async def _create_step(self, job: Job) -> bool:
+        """One create_request; whether it surely spent nothing and the job is queued again
+        (a 429, or a failure the balance shows cost nothing)."""
+        reported = again = False
+        try:
+            crashpoints.reach(crashpoints.BEFORE_CREATE)
+            await self._jobs.mark_creating(job.id)
+            created = await self._client.create_request(job.content, job.mode, slot_taken=True)
+            crashpoints.reach(crashpoints.AFTER_CREATE)
+        except RateLimited:
+            self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
+            reported = again = True
+            await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
+            log.info("job %s waits: create_request got 429", job.id,
+                     extra=job_event(job, "rate_limited"))
+            await self._units.check_limits()
+        except UpstreamUnavailable as error:
+            again = await self._after_unavailable(job, error)
+        except NotEnoughUnits as error:
+            await self._units.observe(0)
+            await self._tell(job, Failure.NO_UNITS, str(error))
+        except AccessDenied as error:
+            await self._units.denied(error.upstream_error)
+            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
+        except ChatinfoError as error:
+            await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
+        else:
+            self._acked_since_anchor += 1
+            await self._jobs.set_upstream(job.id, created.id, created.units)
+            log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
+                     created.units, extra=job_event(job, "created"))
+            if created.units is not None:
+                await self._units.observe(created.units, from_create=True)
+        finally:
+            if not reported:
+                self.queue.sent(job.id, rate_limited=False)
+        return again
+
+    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable) -> bool:
+        """Whether the failed create surely spent nothing and is queued again now.
+
+        Not idempotent: a create that reached the server may have spent a unit."""
+        if not error.maybe_spent:
+            await self._tell(job, Failure.UNREACHABLE, str(error))
+        elif not error.answered:  # the server may still be working on it
+            self._settling[job.id] = time.time() + self._policy.create_settles_after
+            log.info("job %s: create_request failed (%s); the balance settles it later",
+                     job.id, error, extra=job_event(job, "settling"))
+        elif await self._spent_nothing(job):
+            await self._requeue_unspent(job, error)
+            return True
+        else:
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+        return False
+
+    async def _requeue_unspent(self, job: Job, error: object) -> None:
+        await self._jobs.requeue(job.id)
+        log.info("job %s sent again: the balance shows its failed create (%s) spent nothing",
+                 job.id, error, extra=job_event(job, "reconciled_unspent"))
+
+    async def _settle(self, job: Job) -> bool:
+        """Once the server has surely finished the job's failed create, let the balance
+        tell whether it spent a unit: sent again if not (True), else the user is told."""
+        await self._show_settling(job)
+        settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
+        while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
+            self._verdict_given.clear()
+            await wait_event(self._verdict_given, left)  # early if a check decided it
+        async with self._reconciling:
+            if job.id not in self._verdicts:  # not decided with an earlier batch
+                await self._check_balance()
+        if unspent := self._verdicts.pop(job.id):
+            await self._requeue_unspent(job, "no reply")
+        else:
+            await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
+        return unspent
+
+    async def _show_settling(self, job: Job) -> None:
+        if job.placeholder_id is None and not job.inline:
+            return
+        with self._locale(job.locale):
+            text = settling_text()
+        with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
+            await self.delivery.show(job, Part(text))
+
+    async def _spent_nothing(self, job: Job) -> bool:
+        """Whether the balance shows that the job's failed create spent nothing.
+
+        Creates are held and those in flight finish first, so only ours can have moved the
+        balance: unchanged means none of the failed creates spent a unit (sending them
+        again costs nothing new); anything else, a top-up or another program on the key
+        included, is taken as spent, never risking a second unit.
+        """
+        self._ambiguous.add(job.id)
+        self._create_settled.set()
+        async with self._reconciling:
+            if job.id not in self._verdicts:  # not decided with an earlier batch
+                await self._check_balance()
+            return self._verdicts.pop(job.id)
+
+    async def _check_balance(self) -> None:
+        """Decide every failed create that can be, against one fresh balance: those failed
+        in flight (`_ambiguous`) and those whose server has surely finished (`_settling`).
+
+        The creates still settling are decided too when the balance moved otherwise than
+        expected: their debit may be in it, so a later check could not see it.
+        """
+        self.queue.pause()
+        try:
+            while True:
+                # Every granted call has ended, or is one of the failed ones waiting here.
+                while self.queue.outstanding > len(self._ambiguous):
+                    self._create_settled.clear()
+                    await wait_event(self._create_settled, 1.0)
+                in_flight = set(self._ambiguous)
+                # A failed call's server may still be finishing it: give a debit time to land.
+                await asyncio.sleep(self._policy.balance_check_grace)
+                if self._ambiguous == in_flight and self.queue.outstanding == len(in_flight):
+                    break  # nothing joined meanwhile; else wait for it, and its grace, too
+            self._ambiguous.clear()
+            now = time.time()
+            batch = in_flight | {job for job, at in self._settling.items() if at <= now}
+            expected = (None if self._anchor is None
+                        else self._anchor - self._acked_since_anchor)
+            read_at = time.time()
+            actual = await self._read_balance()
+            unspent = actual is not None and actual == expected
+            if not unspent:
+                batch |= set(self._settling)
+            spent = expected is not None and actual == expected - len(batch)
+            verdict = "unspent" if unspent else "spent" if spent else "assumed_spent"
+            log.info("balance check for %d failed create(s): expected %s, found %s: %s",
+                     len(batch), expected, actual, verdict)
+            for job_id in batch:
+                self._settling.pop(job_id, None)
+            if not unspent:
+                await self._end_unknown(batch)
+            await self._keep_anchor(actual, read_at)
+            self._verdicts.update(dict.fromkeys(batch, unspent))
+            self.reconciled[verdict] += len(batch)
+            self._verdict_given.set()
+        finally:
+            self.queue.resume()
+
+    def _park(self, job: Job) -> None:
+        """Leave the pending job to the poll scheduler: no task waits for its answer."""
+        assert job.upstream_id is not None
+        self._start_workers()
+        late = self._late(job)
+        if not (job.cancelled or job.id in self._quiet or late):
+            self._indicators.watch(job)
+        sent_at = job.upstream_at or job.created_at
+        deadline = self._late_deadline(job) if late else job.created_at + self._policy.max_wait
+        self.scheduler.watch(
+            job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
+            length=len(job.content), age=time.time() - sent_at, max_wait=deadline - sent_at)
+
+    def _late(self, job: Job) -> bool:
+        """Sent, and past MAX_WAIT_SECONDS: its user has been told it is late."""
+        return time.time() >= job.created_at + self._policy.max_wait
+
+    def _late_deadline(self, job: Job) -> float:
+        return job.created_at + self._policy.max_wait + self._policy.late_wait
+
+    async def _show_late(self, job: Job) -> None:
+        if job.cancelled or job.id in self._quiet:
+            return
+        with self._locale(job.locale):
+            text = _("⏳ No answer yet after {wait}. The request was sent, so it was counted, "
+                     "and its answer will still appear here if it comes within {late}. "
+                     "/cancel stops waiting for it.").format(
+                         wait=duration_text(self._policy.max_wait),
+                         late=duration_text(self._policy.late_wait))
+        with suppress(TelegramForbiddenError):  # the answer, if it comes, finds out
+            await self.delivery.show(job, Part(text))
+
+    async def _conclude(self, job: Job, outcome: Outcome) -> Job:
+        """Store the answer the scheduler found, or end the job as its error says."""
+        await self._indicators.forget(job.id)
+        match outcome:
+            case Answer(text, solved_after):
+                await self._jobs.set_result(job.id, text, solved_after)
+                crashpoints.reach(crashpoints.AFTER_RESULT)
+            # The first expiry comes at max_wait, the second at the late deadline.
+            case Expired() if time.time() < self._late_deadline(job) - self._policy.late_wait / 2:
+                log.info("job %s is late: its answer is awaited %.0f s more", job.id,
+                         self._policy.late_wait, extra=job_event(job, "late"))
+                await self._show_late(job)
+                self._park(job)
+            case Expired():
+                await self._tell(job, Failure.TIMEOUT, "no answer in time")
+            case Lost():
+                await self._tell(job, Failure.LOST, str(outcome))
+            case NotEnoughUnits():
+                await self._units.observe(0)
+                await self._tell(job, Failure.NO_UNITS, str(outcome))
+            case ChatinfoError():
+                if isinstance(outcome, AccessDenied):
+                    await self._units.denied(outcome.upstream_error)
+                await self._tell(job, Failure.ACCESS_DENIED,
+                                 f"{outcome}: {outcome.upstream_error}")
+            case _:
+                raise outcome
+        return await self._reload(job)
+
+    async def _deliver(self, job: Job) -> None:
+        assert job.result is not None
+        if job.cancelled:  # kept for /history; the user stopped waiting for it
+            await self._jobs.mark_delivered(job.id, 0)
+            self._quiet.discard(job.id)
+            log.info("job %s answered after /cancel: kept", job.id,
+                     extra=job_event(job, "kept"))
+            return
+        with self._locale(job.locale):
+            if job.inline:
+                parts, keyboard = await self._inline_answer(job)
+            else:
+                parts = render(job.result) or [Part(_("(empty answer)"))]
+                keyboard = answer_keyboard(job.id)
+        try:
+            for index in range(job.parts_delivered, len(parts)):
+                buttons = keyboard if index == len(parts) - 1 else None
+                if index == 0:
+                    await self.delivery.show(job, parts[0], buttons)
+                else:
+                    await self.delivery.send(job, parts[index], buttons)
+                if index < len(parts) - 1:  # the last is stored with the delivery
+                    await self._jobs.set_parts_delivered(job.id, index + 1)
+                    crashpoints.reach(crashpoints.BETWEEN_PARTS)
+        except TelegramForbiddenError:
+            await self._end_blocked(job)
+            return
+        await self._jobs.mark_delivered(job.id, len(parts))
+        log.info("job %s delivered in %d part(s)", job.id, len(parts),
+                 extra=job_event(job, "delivered"))
+
+    async def _inline_answer(self, job: Job) -> tuple[list[Part], InlineKeyboardMarkup | None]:
+        """An inline message gets no parts after it and no buttons that act on the answer
+        (they would need a chat): a long answer is cut, with a link to all of it."""
+        assert job.result is not None
+        part, cut = first_part(job.result)
+        link = await create_start_link(self._bot, answer_payload(job.id)) if cut else None
+        return [part or Part(_("(empty answer)"))], full_answer_keyboard(link) if link else None
+
+    async def _end_blocked(self, job: Job) -> None:
+        """The user blocked the bot: nobody to tell, nothing to retry."""
+        await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED, told=True)
+        if job.upstream_id is None and job.quota_day is not None:
+            await self._quotas.give_back(job.user_id, job.quota_day)  # never sent
+        log.info("job %s ended: the user blocked the bot", job.id,
+                 extra=job_event(job, Failure.BLOCKED))
+
+    async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
+        """End the job and tell the user why, on its placeholder."""
+        await self._indicators.forget(job.id)
+        if job.cancelled:  # the user stopped waiting for it and was told so then
+            await self._jobs.end(job.id, JobState.FAILED, failure, told=True)
+            self._quiet.discard(job.id)
+            return
+        log.warning("job %s ended: %s (%s)", job.id, failure, detail,
+                    extra=job_event(job, failure))
+        state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED
+        # Stored before it is shown, and marked told only after: a crash or an outage in
+        # between leaves an untold ending, which the next go at the job shows again.
+        await self._jobs.end(job.id, state, failure)
+        never_sent = job.upstream_id is None and failure is not Failure.UNKNOWN_OUTCOME
+        if never_sent and job.quota_day is not None:
+            await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
+        await self._show_failure(job, failure)
+
+    async def _show_failure(self, job: Job, failure: Failure) -> None:
+        inline_bot = ((await self._bot.me()).username or "") if job.inline else None
+        with self._locale(job.locale):
+            text = failure_text(failure, sent=job.upstream_id is not None, inline_bot=inline_bot)
+            keyboard = retry_keyboard(job.id) if failure.retryable and not job.inline else None
+        with suppress(TelegramForbiddenError):
+            await self.delivery.show(job, Part(text), keyboard)
+        await self._jobs.mark_told(job.id)
+
+    async def _show_queue_position(self, job: Job) -> None:
+        ahead = self.queue.ahead_of_new(job.user_id)
+        seconds = self.queue.eta(ahead)
+        if not ahead and seconds < 1 and not self.queue.held:
+            return  # sent at once: "working on it" is the truth
+        with self._locale(job.locale):
+            text = queue_text(ahead, seconds, held=self.queue.held)
+        await self.delivery.progress(job.chat_id, job.placeholder_id, text)
+
+    def _progress_text(self, job_id: int, locale: str, seconds: float) -> str:
+        """The placeholder while the job waits: its place in the queue until it is sent."""
+        ahead = self.queue.ahead(job_id)
+        wait = self.queue.eta(ahead or 0)
+        with self._locale(locale):
+            if job_id in self._settling:
+                return settling_text()
+            if ahead is None or (not ahead and wait < 1 and not self.queue.held):
+                return waiting_text(seconds)  # sent, or about to be
+            return queue_text(ahead, wait, held=self.queue.held)
+
+    async def _reload(self, job: Job) -> Job:
+        fresh = await self._jobs.get(job.id)
+        assert fresh is not None
+        return fresh
+
+    @contextmanager
+    def _locale(self, locale: str) -> Iterator[None]:
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            yield

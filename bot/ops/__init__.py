@@ -1,0 +1,1 @@
+"""Operations: serving (polling or webhook), health, metrics, backups, the healthcheck probe."""

@@ -1,0 +1,251 @@
+"""Prometheus metrics for `GET /metrics`, on a registry of their own.
+
+Two kinds of source:
+
+- events counted as they happen: chatinfo calls (the client's observer) and Telegram
+  calls (a request middleware on the bot's session);
+- state read when scraped: jobs from SQLite (bot/ops/job_stats.py, in a worker thread),
+  the rate limiters' windows, the unit balance, the runner's queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from aiogram import Bot
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import TelegramMethod
+from aiogram.methods.base import Response, TelegramType
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from bot.ops.job_stats import BucketCounts, JobStats, JobStatsReader
+from bot.upstream.client import CREATE, POLL, UNITS, ChatinfoClient
+
+if TYPE_CHECKING:
+    from bot.jobs.runner import JobRunner
+    from bot.upstream.units import UnitsTracker
+
+log = logging.getLogger(__name__)
+# A `_created` series beside every counter doubles the page and tells nothing a restart
+# would not; the setting is process-wide, and this process is the bot.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+PREFIX = "chatinfo_bot"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = (CREATE, POLL, UNITS)
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+# Most specific first: TelegramEntityTooLarge is a TelegramNetworkError, and so on.
+TELEGRAM_ERROR_KINDS: tuple[tuple[type[TelegramAPIError], str], ...] = (
+    (TelegramRetryAfter, "retry_after"),
+    (TelegramMigrateToChat, "migrate_to_chat"),
+    (TelegramNotFound, "not_found"),
+    (TelegramBadRequest, "bad_request"),
+    (TelegramForbiddenError, "forbidden"),
+    (TelegramUnauthorizedError, "unauthorized"),
+    (TelegramConflictError, "conflict"),
+    (TelegramEntityTooLarge, "entity_too_large"),
+    (TelegramNetworkError, "network"),
+    (TelegramServerError, "server_error"),
+)
+
+
+def telegram_error_kind(error: TelegramAPIError) -> str:
+    return next((kind for cls, kind in TELEGRAM_ERROR_KINDS if isinstance(error, cls)), "other")
+
+
+def upstream_status(outcome: int | httpx.HTTPError) -> str:
+    """The `status` label: the HTTP status, or what kept the call from getting one."""
+    if isinstance(outcome, int):
+        return str(outcome)
+    if isinstance(outcome, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(outcome, httpx.NetworkError):
+        return "network_error"
+    return "http_error"
+
+
+class StateCollector:
+    """Families read at scrape time; `refresh()` reads SQLite before each scrape."""
+
+    def __init__(self, database: Path, client: ChatinfoClient, tracker: UnitsTracker,
+                 runner: JobRunner) -> None:
+        self._reader = JobStatsReader(database)
+        self._client = client
+        self._tracker = tracker
+        self._runner = runner
+        self._jobs: JobStats | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self._jobs = await asyncio.to_thread(self._reader.read)
+        except sqlite3.Error as error:
+            self._jobs = None  # the job families are left out rather than shown stale
+            log.warning("metrics could not read the jobs: %s", error)
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._limits()
+        if self._tracker.balance is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_units_balance",
+                                    "The API unit balance last reported by chatinfo.",
+                                    value=self._tracker.balance)
+        yield GaugeMetricFamily(f"{PREFIX}_job_tasks",
+                                "Jobs the runner is working on in this process.",
+                                value=self._runner.active)
+        yield GaugeMetricFamily(f"{PREFIX}_queued_jobs",
+                                "Jobs waiting for a create_request slot (the fair queue).",
+                                value=self._runner.queue.queued)
+        reconciled = CounterMetricFamily(
+            f"{PREFIX}_reconciled_creates", "Failed create_requests the balance settled since "
+            "the start: unspent (sent again), spent (its id lost), assumed_spent (the balance "
+            "could not tell).", labels=["verdict"])
+        for verdict in ("unspent", "spent", "assumed_spent"):
+            reconciled.add_metric([verdict], self._runner.reconciled[verdict])
+        yield reconciled
+        yield GaugeMetricFamily(f"{PREFIX}_polled_jobs",
+                                "Jobs waiting for their answer in the poll scheduler.",
+                                value=self._runner.scheduler.pending)
+        if self._jobs is not None:
+            yield from _job_families(self._jobs)
+
+    def _limits(self) -> Iterable[Metric]:
+        used = GaugeMetricFamily(
+            f"{PREFIX}_rate_limit_used",
+            "Calls made in the current 60-second window, per chatinfo endpoint "
+            "(get_response: the poll budget in use).", labels=["endpoint"])
+        limit = GaugeMetricFamily(f"{PREFIX}_rate_limit", "Calls allowed per 60-second window.",
+                                  labels=["endpoint"])
+        for endpoint, limiter in self._client.limiters.items():
+            used.add_metric([endpoint], limiter.in_use())
+            limit.add_metric([endpoint], limiter.limit)
+        return used, limit
+
+
+def _job_families(jobs: JobStats) -> Iterable[Metric]:
+    in_progress = GaugeMetricFamily(
+        f"{PREFIX}_jobs_in_progress",
+        "Unfinished jobs by state: new (queued for create_request), creating, pending "
+        "(waiting for the answer), answered (being delivered).", labels=["state"])
+    for state, count in jobs.in_progress.items():
+        in_progress.add_metric([state], count)
+    yield in_progress
+    requests = CounterMetricFamily(
+        f"{PREFIX}_requests", "Finished requests by mode and outcome (delivered or the "
+        "failure kind).", labels=["mode", "outcome"])
+    for (mode, outcome), count in sorted(jobs.finished.counts.items()):
+        requests.add_metric([mode, outcome], count)
+    yield requests
+    yield _histogram_family(f"{PREFIX}_answer_lag_seconds",
+                            "From the stored answer to Telegram accepting it.",
+                            jobs.finished.answer_lag)
+    yield _histogram_family(f"{PREFIX}_time_to_answer_seconds",
+                            "From the user's request to the delivered answer.",
+                            jobs.finished.time_to_answer)
+
+
+def _histogram_family(name: str, documentation: str, data: BucketCounts) -> Metric:
+    # `le` as prometheus_client's own Histogram writes it: 1.0, not 1.
+    bounds = [repr(float(bound)) for bound in data.bounds] + ["+Inf"]
+    return HistogramMetricFamily(name, documentation, sum_value=data.total,
+                                 buckets=list(zip(bounds, data.cumulative, strict=True)))
+
+
+class TelegramCallMetrics(BaseRequestMiddleware):
+    """Counts every Bot API call and each failure by kind (`bot.session.middleware(...)`)."""
+
+    def __init__(self, calls: Counter, errors: Counter) -> None:
+        self._calls = calls
+        self._errors = errors
+
+    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
+                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
+        name = method.__api_method__
+        self._calls.labels(method=name).inc()
+        try:
+            return await make_request(bot, method)
+        except TelegramAPIError as error:
+            self._errors.labels(method=name, kind=telegram_error_kind(error)).inc()
+            raise
+
+
+class Metrics:
+    """Everything `/metrics` shows. Wire `observe_upstream` into the chatinfo client and
+    `telegram_middleware` into the bot's session; `render()` answers a scrape."""
+
+    def __init__(self, *, database: Path, client: ChatinfoClient, tracker: UnitsTracker,
+                 runner: JobRunner, update_source: str,
+                 loop_lag: Callable[[], float] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._state = StateCollector(database, client, tracker, runner)
+        self.registry.register(self._state)
+        self._upstream_calls = Counter(
+            f"{PREFIX}_upstream_requests", "chatinfo HTTP attempts by endpoint and status.",
+            ["endpoint", "status"], registry=self.registry)
+        self._upstream_seconds = Histogram(
+            f"{PREFIX}_upstream_request_duration_seconds",
+            "chatinfo HTTP attempt latency by endpoint and status.", ["endpoint", "status"],
+            buckets=UPSTREAM_BUCKETS, registry=self.registry)
+        self._upstream_429 = Counter(
+            f"{PREFIX}_upstream_rate_limited", "chatinfo 429 answers by endpoint.",
+            ["endpoint"], registry=self.registry)
+        for endpoint in ENDPOINTS:
+            self._upstream_429.labels(endpoint=endpoint)  # shown as 0 before the first
+        telegram_calls = Counter(f"{PREFIX}_telegram_requests", "Bot API calls by method.",
+                                 ["method"], registry=self.registry)
+        telegram_errors = Counter(f"{PREFIX}_telegram_errors",
+                                  "Bot API calls that failed, by method and kind.",
+                                  ["method", "kind"], registry=self.registry)
+        self.telegram_middleware = TelegramCallMetrics(telegram_calls, telegram_errors)
+        Info(f"{PREFIX}_updates", "How updates reach the bot.",
+             registry=self.registry).info({"source": update_source})
+        if loop_lag is not None:
+            Gauge(f"{PREFIX}_event_loop_lag_seconds",
+                  "How late the event loop ran its last heartbeat.",
+                  registry=self.registry).set_function(loop_lag)
+
+    def observe_upstream(self, endpoint: str, outcome: int | httpx.HTTPError,
+                         seconds: float) -> None:
+        status = upstream_status(outcome)
+        self._upstream_calls.labels(endpoint=endpoint, status=status).inc()
+        self._upstream_seconds.labels(endpoint=endpoint, status=status).observe(seconds)
+        if outcome == 429:
+            self._upstream_429.labels(endpoint=endpoint).inc()
+
+    async def render(self) -> bytes:
+        await self._state.refresh()
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Telegram's side: retries, throttle, delivery, rendering, keyboards, filters, access, texts."""

@@ -1,0 +1,1 @@
+"""The chatinfo.ru account: HTTP client, rate limiters, unit balance, and the sandbox server."""
