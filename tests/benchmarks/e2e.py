@@ -180,21 +180,36 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "WEBHOOK_SECRET": WEBHOOK_SECRET, "DAILY_QUOTA": "0", "MAX_PENDING_PER_USER": "10000",
         "TELEGRAM_MESSAGES_PER_SECOND": str(args.telegram_rate), "LOG_LEVEL": "WARNING",
     }
+    if args.profile:
+        # py-spy starts the bot as its child: no ptrace rights needed.
+        bot.launcher = ["py-spy", "record", "--format", "raw", "--rate", "200",
+                        "--output", str(args.profile), "--"]
     await bot.start()
-    assert bot.process is not None
     await wait_healthy(bot)
-    cpu_at_start, _ = process_usage(bot.process.pid)
+    pid = bot_pid(bot)
+    cpu_at_start, _ = process_usage(pid)
     sent_for = await feed(bot, args)
     deadline = time.monotonic() + args.drain
     jobs = int(args.rate * args.duration)
     while time.monotonic() < deadline and finished_jobs(bot) < jobs:  # noqa: ASYNC110
         await asyncio.sleep(0.5)  # another process's database: nothing to await but time
-    cpu, rss = process_usage(bot.process.pid)
-    await bot.stop(signal.SIGTERM, timeout=60)
+    cpu, rss = process_usage(pid)
+    if bot.launcher:  # the bot stops; the profiler writes its file and follows
+        os.kill(pid, signal.SIGTERM)
+    await bot.stop(signal.SIGCONT if bot.launcher else signal.SIGTERM, timeout=60)
     records, statuses, polls = upstream.finish()
     sent = telegram.finish()
     return summarise(args, jobs, sent_for, records, statuses, polls, sent,
                      cpu - cpu_at_start, rss)
+
+
+def bot_pid(bot: BotProcess) -> int:
+    """The bot's own process: the launched one, or its only child under a profiler."""
+    assert bot.process is not None
+    if not bot.launcher:
+        return bot.process.pid
+    children = Path(f"/proc/{bot.process.pid}/task/{bot.process.pid}/children").read_text()
+    return int(children.split()[0])
 
 
 def finished_jobs(bot: BotProcess) -> int:
@@ -293,6 +308,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="σ 0.1-0.9, cold and warm, throttle on and off")
     parser.add_argument("--no-loop", action="store_true", help="skip the sample loop runs")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record the bot with py-spy (pip install py-spy) into this file "
+                             "of collapsed stacks; see tests/benchmarks/hotspots.py")
     args = parser.parse_args()
     lines = [HEADER]
     for label, plan in runs(args):
