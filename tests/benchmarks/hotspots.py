@@ -1,7 +1,10 @@
 """The top entries of a py-spy profile in collapsed-stack ("raw") form, by self and total time.
 
     python -m tests.benchmarks.e2e --no-loop --duration 60 --profile /tmp/bot.prof
-    python -m tests.benchmarks.hotspots /tmp/bot.prof --top 25
+    python -m tests.benchmarks.hotspots /tmp/bot.prof --top 25 --within run_bot
+
+`--within run_bot` keeps the event loop's stacks only: py-spy counts a worker thread
+blocked on its queue (aiosqlite's, the default executor's) as busy.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ def frames(stack: str) -> list[str]:
     return [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
 
 
-def tally(lines: list[str]) -> tuple[Counter[str], Counter[str], int]:
+def tally(lines: list[str], within: str = "") -> tuple[Counter[str], Counter[str], int]:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
     for line in lines:
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        if not stack or not count.isdigit() or within not in stack:
             continue
         names, n = frames(stack), int(count)
         samples += n
@@ -40,8 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--within", default="", help="only stacks through this function")
     args = parser.parse_args()
-    own, total, samples = tally(args.profile.read_text().splitlines())
+    own, total, samples = tally(args.profile.read_text().splitlines(), args.within)
     for title, counts in (("self", own), ("total (incl. callees)", total)):
         print(f"\nby {title}, {samples} samples")
         for name, n in counts.most_common(args.top):
