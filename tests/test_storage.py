@@ -13,7 +13,7 @@ from storage.quotas import QuotaRepo
 
 async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     db = await open_database(tmp_path / "a.sqlite3")
-    await migrate(db)  # a second run must change nothing
+    await migrate(db.connection)  # a second run must change nothing
     async with db.execute("PRAGMA user_version") as cursor:
         assert tuple(await cursor.fetchone() or ()) == (len(MIGRATIONS),)
     async with db.execute("PRAGMA journal_mode") as cursor:
