@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bot.modes import DEFAULT_MODE, MODES_BY_NAME
 from storage.db import Database, placeholders
 from storage.jobs import JobState
+from storage.users import NEW_USER_MODE
 
 # A job that ended without an answer (or was sent again as another job) is no turn.
 NOT_TURNS = (JobState.FAILED, JobState.UNKNOWN, JobState.RETRIED)
@@ -29,9 +29,9 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
-class MemorySetting:
+class MemoryChoice:
     mode: str  # the user's current mode
-    remembers: bool  # whether their new messages carry the conversation
+    remember: bool | None  # their choice for that mode; None: they made none
 
 
 class ConversationRepo:
@@ -84,18 +84,16 @@ class ConversationRepo:
                        started_at = excluded.started_at""",
                 (chat_id, user_id, now))
 
-    async def memory(self, user_id: int) -> MemorySetting:
-        """The user's mode and whether it remembers for them; one query."""
+    async def memory(self, user_id: int) -> MemoryChoice:
+        """The user's mode and their choice of memory for it; one query."""
         row = await self._db.fetch_one(
             """SELECT users.mode, mode_memory.remember FROM users
                LEFT JOIN mode_memory ON mode_memory.user_id = users.id
                                     AND mode_memory.mode = users.mode
                WHERE users.id = ?""", (user_id,))
-        mode = str(row["mode"]) if row else DEFAULT_MODE
+        mode = str(row["mode"]) if row else NEW_USER_MODE
         choice = row["remember"] if row else None
-        known = MODES_BY_NAME.get(mode)
-        default = known.remembers if known else False
-        return MemorySetting(mode, default if choice is None else bool(choice))
+        return MemoryChoice(mode, None if choice is None else bool(choice))
 
     async def set_memory(self, user_id: int, mode: str, remembers: bool) -> None:
         await self._db.write(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bot.modes import DEFAULT_MODE
 from storage.db import Database
+
+# The users.mode column's default (migration 1): the mode of a user who never chose one.
+# bot/modes.py's DEFAULT_MODE names the same (tests/test_storage.py checks).
+NEW_USER_MODE = "chat"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class UserRepo:
 
     async def mode(self, user_id: int) -> str:
         row = await self._db.fetch_one("SELECT mode FROM users WHERE id = ?", (user_id,))
-        return str(row["mode"]) if row else DEFAULT_MODE
+        return str(row["mode"]) if row else NEW_USER_MODE
 
     async def set_mode(self, user_id: int, mode: str) -> None:
         """A different mode also starts the user's conversations afresh, in every chat."""

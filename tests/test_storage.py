@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import storage.db
+from bot.modes import DEFAULT_MODE
 from storage.db import MIGRATIONS, migrate, open_database
 from storage.jobs import JobRepo, JobState
 from storage.quotas import QuotaRepo
+from storage.users import NEW_USER_MODE, UserRepo
 
 
 async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
@@ -79,3 +81,18 @@ async def test_migration_7_keeps_an_unlimited_quota_unlimited(tmp_path: Path,
     usages = [await quotas.usage(user, "2026-12-02") for user in (1, 2, 3)]
     await db.close()
     assert [(u.quota, u.personal) for u in usages] == [(None, True), (5, True), (30, False)]
+
+
+async def test_storage_and_the_modes_agree_on_the_mode_of_a_new_user(tmp_path: Path) -> None:
+    """Storage knows it from its schema (the users.mode column's default), the bot from its
+    modes: a user who never chose a mode has the same one, stored yet or not."""
+    db = await open_database(tmp_path / "d.sqlite3")
+    [column] = await db.execute_fetchall(
+        "SELECT dflt_value FROM pragma_table_info('users') WHERE name = 'mode'")
+    users = UserRepo(db)
+    not_stored = await users.mode(1)
+    await users.touch(1, "en")
+    stored = await users.mode(1)
+    await db.close()
+    assert column[0] == f"'{DEFAULT_MODE}'"
+    assert NEW_USER_MODE == not_stored == stored == DEFAULT_MODE
