@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
@@ -22,7 +21,7 @@ from bot.jobs.scheduler import PollTiming
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import FakeChatinfo
-from storage.db import open_database
+from storage.db import Database, open_database
 from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot
 
@@ -55,7 +54,7 @@ class App:
     dp: Dispatcher
     bot: Bot
     session: RecordingSession
-    db: aiosqlite.Connection
+    db: Database
     chatinfo: FakeChatinfo
 
     @property

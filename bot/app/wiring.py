@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 
-import aiosqlite
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -27,6 +26,7 @@ from bot.upstream.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
 from storage.conversations import ConversationRepo
+from storage.db import Database
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
 from storage.stats import StatsRepo
@@ -64,7 +64,7 @@ def make_client(settings: Settings) -> ChatinfoClient:
 
 
 def make_dispatcher(
-    bot: Bot, db: aiosqlite.Connection, client: ChatinfoClient, i18n: I18n,
+    bot: Bot, db: Database, client: ChatinfoClient, i18n: I18n,
     settings: Settings, *, policy: RunnerPolicy | None = None,
 ) -> Dispatcher:
     users, jobs = UserRepo(db), JobRepo(db)
@@ -75,7 +75,7 @@ def make_dispatcher(
     policy = policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds))
     runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker, policy=policy)
     admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user,
-                          late_after=policy.max_wait)
+                          late_after=policy.max_wait, database=db)
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
                     tracker=tracker, runner=runner, client=client, settings=settings,
                     submitter=Submitter(admission, jobs, runner, clock),

@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 
-import aiosqlite
-
 from bot.jobs.runner import JobRunner
 
 Probe = Callable[[], Awaitable[None]]
@@ -60,14 +58,6 @@ class Heartbeat:
             await asyncio.sleep(self._interval)
             self._last_tick = self._clock()
             self.lag = max(0.0, self._last_tick - before - self._interval)
-
-
-def database_probe(db: aiosqlite.Connection) -> Probe:
-    async def probe() -> None:
-        # In one step: a cursor left open on the shared connection breaks others' commits.
-        await db.execute_fetchall("SELECT 1")
-
-    return probe
 
 
 def task_probe(name: str) -> Probe:

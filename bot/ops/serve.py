@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-import aiosqlite
 from aiogram import BaseMiddleware, Bot, Dispatcher
 from aiogram.client.session.middlewares.base import (
     BaseRequestMiddleware,
@@ -42,7 +41,6 @@ from bot.ops.health import (
     Heartbeat,
     Probe,
     Unhealthy,
-    database_probe,
     task_probe,
     workers_probe,
 )
@@ -50,6 +48,7 @@ from bot.ops.metrics import Metrics
 from bot.ops.web import Webhook, WebServer, make_web_app
 from bot.telegram.retries import with_retries
 from bot.upstream.client import ChatinfoClient
+from storage.db import Database
 
 log = logging.getLogger(__name__)
 UPDATES_GRACE = 3.0  # for updates being handled when the stop begins
@@ -113,7 +112,7 @@ class CallsInFlight(BaseRequestMiddleware):
             return await make_request(bot, method)
 
 
-def instrument(bot: Bot, dp: Dispatcher, db: aiosqlite.Connection,
+def instrument(bot: Bot, dp: Dispatcher, db: Database,
                heartbeat: Heartbeat) -> tuple[Metrics, HealthCheck]:
     """Metrics fed by the chatinfo client and the bot's session, and the health checks."""
     settings: Settings = dp["settings"]
@@ -124,14 +123,14 @@ def instrument(bot: Bot, dp: Dispatcher, db: aiosqlite.Connection,
                       loop_lag=lambda: heartbeat.lag)
     client.observer = metrics.observe_upstream
     bot.session.middleware(metrics.telegram_middleware)
-    health = HealthCheck({"event_loop": heartbeat.probe, "database": database_probe(db),
+    health = HealthCheck({"event_loop": heartbeat.probe, "database": db.probe,
                           "units_refresher": task_probe(UNITS_REFRESHER_TASK),
                           "job_workers": workers_probe(dp["runner"])})
     return metrics, health
 
 
 async def serve(settings: Settings, *, bot: Bot, dp: Dispatcher,
-                db: aiosqlite.Connection) -> None:
+                db: Database) -> None:
     """Serve updates until a stop signal; the caller closes the clients and the database."""
     stop = _stop_on_signals()
     heartbeat = Heartbeat()
