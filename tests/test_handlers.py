@@ -28,7 +28,7 @@ async def test_start_in_english_shows_all_modes_with_chat_marked(app: App) -> No
     assert reply.chat_id == 1
     assert reply.text.startswith("👋 Hi!")
     keyboard = buttons(reply.reply_markup)
-    assert len(keyboard) == 22
+    assert len(keyboard) == len(MODES)
     assert keyboard[0] == ("✅ 💬 Chat", "mode:chat")
     assert [data for _, data in keyboard] == [f"mode:{mode.name}" for mode in MODES]
     assert sum(text.startswith("✅") for text, _ in keyboard) == 1

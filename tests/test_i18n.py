@@ -13,6 +13,7 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
 
+from bot.modes import MODES
 from bot.telegram.i18n import LOCALES_PATH, locale_for, make_i18n
 from bot.telegram.menus import set_command_menus
 from storage.users import UserRepo
@@ -156,6 +157,6 @@ async def test_mode_keyboard_is_wholly_translated(app: App) -> None:
     english, russian = (
         [b.text for row in m.reply_markup.inline_keyboard for b in row]
         for m in app.sent(SendMessage))
-    assert len(english) == len(russian) == 22
+    assert len(english) == len(russian) == len(MODES)
     assert all(en != ru for en, ru in zip(english, russian, strict=True))
     assert app.sent(SendMessage)[1].text.startswith("Текущий режим: 💬 Чат")

@@ -22,6 +22,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from bot.modes import MODES_BY_NAME
+
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("create_request", "get_response", "units")
@@ -29,13 +31,6 @@ DEFAULT_LIMITS: Mapping[str, int] = {"create_request": 1500, "get_response": 150
 MAX_CONTENT = 5000
 WINDOW = 60.0
 IN_FLIGHT = -1  # Served.status of a call still being answered
-# fmt: off
-MODES = frozenset((
-    "chat", "shorter", "continue", "names", "task", "text", "poems", "books_list", "song_text",
-    "summary", "paper", "report", "originality", "rewrite", "essay", "plan", "post", "code",
-    "synopsis", "story", "article", "answer",
-))
-# fmt: on
 BAD_KEY = "Неверный ключ API"
 NOT_PRESTIGE = "Использовать API можно только на тарифе Престиж. Ваш тариф: Бесплатный."
 NO_UNITS = "Недостаточно API Units для создания запроса. Купить еще: https://chatinfo.ru/prices"
@@ -383,9 +378,10 @@ class FakeChatinfo:
         content, mode = body.get("content"), body.get("mode")
         if not isinstance(content, str):
             raise _RejectError(400, "content must be a string")
-        # The spec lists modes but not what happens to others; we answer as "chat"
-        # rather than invent an error text the real server may not have.
-        if not isinstance(mode, str) or mode not in MODES:
+        # The spec lists modes (the bot's registry holds the same list) but not what
+        # happens to others; we answer as "chat" rather than invent an error text the real
+        # server may not have.
+        if not isinstance(mode, str) or mode not in MODES_BY_NAME:
             mode = "chat"
         if self.units <= 0:
             raise _RejectError(403, NO_UNITS, units=0)
