@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
+from bot.telegram.commands import Commands
 from bot.telegram.keyboards import LANGUAGES, LanguageCallback, languages_keyboard
 from storage.users import UserRepo
 
@@ -32,7 +32,7 @@ async def unknown_language(query: CallbackQuery) -> None:
 
 def make_router() -> Router:
     router = Router(name="settings")
-    router.message.register(show_languages, Command("language"))
+    router.message.register(show_languages, Commands.language.filter())
     router.callback_query.register(choose_language,
                                    LanguageCallback.filter(F.code.in_(LANGUAGES)))
     router.callback_query.register(unknown_language, LanguageCallback.filter())
