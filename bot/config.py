@@ -17,6 +17,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.languages import DEFAULT_LOCALE, LANGUAGES_BY_CODE
+
 # What Telegram accepts as a webhook's secret_token.
 WEBHOOK_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 # Paths the bot's web server answers itself; a webhook there would shadow them.
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(600, gt=0)
     # Silence that ends a conversation; at most 30 days, the oldest turn ever read.
     conversation_idle_minutes: int = Field(30, gt=0, le=30 * 24 * 60)
-    default_locale: Literal["en", "ru"] = "en"
+    default_locale: str = DEFAULT_LOCALE
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     # Declared after telegram_api_url: their validators read it.
@@ -80,6 +82,13 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("default_locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        if value not in LANGUAGES_BY_CODE:
+            raise ValueError(f"must be one of {', '.join(LANGUAGES_BY_CODE)}")
         return value
 
     @field_validator("log_level")
