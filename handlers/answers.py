@@ -12,6 +12,7 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.runner import JobRunner
 from bot.jobs.submit import Submitter
 from bot.modes import MODES_BY_NAME
@@ -25,7 +26,6 @@ from bot.telegram.keyboards import (
     history_keyboard,
 )
 from bot.telegram.render import Part, render
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.jobs import Job, JobRepo, JobState
 
 HISTORY_SIZE = 10

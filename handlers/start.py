@@ -10,13 +10,12 @@ from aiogram.filters import CommandStart
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 
-from bot.config import Settings
+from bot.config import MAX_CONTENT_CHARS, Settings
 from bot.jobs.admission import QuotaClock
 from bot.modes import MODES
 from bot.telegram.commands import COMMANDS, Commands, names
 from bot.telegram.keyboards import modes_keyboard
 from bot.telegram.wording import duration_text
-from bot.upstream.client import MAX_CONTENT_CHARS
 from handlers.account import quota_lines
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo

@@ -9,10 +9,10 @@ import pytest
 from aiogram.methods import SendMessage, SetMyCommands
 from aiogram.types import BotCommand
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.conversation import MIN_EXCERPT, compose, cut
 from bot.telegram.i18n import make_i18n
 from bot.telegram.menus import set_command_menus
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.conversations import Turn
 from tests.conftest import App, AppFactory, asked
 from tests.fakes.mocked_bot import BOT_USERNAME

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from aiogram.utils.i18n import ngettext
 
-from bot.upstream.client import MAX_CONTENT_CHARS
+from bot.config import MAX_CONTENT_CHARS
 from storage.conversations import ConversationRepo, MemorySetting, Turn
 
 HEADER = "Earlier in this conversation:\n"

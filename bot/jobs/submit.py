@@ -13,12 +13,12 @@ from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.admission import Admission, QuotaClock, Refusal
 from bot.jobs.conversation import earlier_text
 from bot.jobs.failures import Failure, failure_text
 from bot.jobs.runner import JobRunner
 from bot.telegram.wording import duration_text, placeholder_text
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.jobs import JobRepo
 
 log = logging.getLogger(__name__)

@@ -22,13 +22,12 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from bot.config import MAX_CONTENT_CHARS, RATE_LIMITS
 from bot.modes import MODES_BY_NAME
 
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("create_request", "get_response", "units")
-DEFAULT_LIMITS: Mapping[str, int] = {"create_request": 1500, "get_response": 15000, "units": 500}
-MAX_CONTENT = 5000
 WINDOW = 60.0
 IN_FLIGHT = -1  # Served.status of a call still being answered
 BAD_KEY = "Неверный ключ API"
@@ -176,7 +175,7 @@ class FakeChatinfo:
         self.units = units  # one account behind every key, like one subscription
         self.solve_time = solve_time
         self.answer = answer or (lambda mode, content: f"[{mode}] {content}")
-        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.limits = {**RATE_LIMITS, **(limits or {})}
         self.clock = clock
         self.window = window  # seconds over which `limits` count; tests may shrink it
         self.calls: Counter[str] = Counter()  # every HTTP call, faults included
@@ -225,7 +224,8 @@ class FakeChatinfo:
 
     def created_for(self, content: str) -> list[FakeRequest]:
         """The requests (each one spent unit) made for `content`."""
-        return [request for request in self.requests if request.content == content[:MAX_CONTENT]]
+        sent = content[:MAX_CONTENT_CHARS]
+        return [request for request in self.requests if request.content == sent]
 
     def served_for(self, endpoint: str, *, content: str | None = None,
                    request_id: int | None = None) -> list[Served]:
@@ -385,7 +385,7 @@ class FakeChatinfo:
             mode = "chat"
         if self.units <= 0:
             raise _RejectError(403, NO_UNITS, units=0)
-        content = content[:MAX_CONTENT]  # the spec cuts silently, so do we
+        content = content[:MAX_CONTENT_CHARS]  # the spec cuts silently, so do we
         self.units -= 1
         now = self.clock()
         solve = self.solve_time(mode, content) if callable(self.solve_time) else self.solve_time
