@@ -10,6 +10,7 @@ from aiogram.utils.i18n import gettext as _
 from bot.modes import MODES_BY_NAME
 from bot.telegram.commands import Commands
 from bot.telegram.keyboards import ModeCallback, modes_keyboard
+from bot.telegram.retries import not_modified
 from storage.users import UserRepo
 
 
@@ -35,7 +36,7 @@ async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: 
                                         message_id=pressed.message_id,
                                         reply_markup=modes_keyboard(mode.name))
     except TelegramBadRequest as error:
-        if "not modified" not in error.message:  # the same mode tapped twice
+        if not not_modified(error):  # the same mode tapped twice
             raise
 
 
