@@ -12,8 +12,8 @@ from aiogram.types import InlineKeyboardMarkup
 from bot.modes import MODES
 from storage.jobs import JobState
 from storage.users import UserRepo
-from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update, photo_update, sticker_update
+from tests.harness import FAST_POLLS, App, AppFactory
 
 
 def buttons(markup: object) -> list[tuple[str, str | None]]:

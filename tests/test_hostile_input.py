@@ -25,9 +25,8 @@ from bot.telegram.commands import names
 from bot.telegram.render import render
 from bot.upstream.sandbox import FakeChatinfo
 from storage.jobs import JobState
-from tests.conftest import App
 from tests.fakes.telegram_api import callback_update, message_update
-from tests.harness import SEED_USER, built_app, wait_until
+from tests.harness import SEED_USER, App, built_app, wait_until
 
 T = TypeVar("T")
 ADMIN = 900

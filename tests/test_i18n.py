@@ -21,9 +21,9 @@ from bot.telegram.i18n import LOCALES_PATH, make_i18n
 from bot.telegram.menus import set_command_menus
 from storage.users import UserRepo
 from tests.botprocess import REPO
-from tests.conftest import App
 from tests.fakes.mocked_bot import mocked_bot
 from tests.fakes.telegram_api import callback_update, message_update
+from tests.harness import App
 
 LOCALES = tuple(language.code for language in LANGUAGES)
 

@@ -24,10 +24,9 @@ from bot.telegram.commands import COMMANDS_BY_NAME
 from bot.telegram.i18n import make_i18n
 from storage.jobs import JobRepo
 from tests.botprocess import REPO
-from tests.conftest import App, AppFactory
 from tests.fakes.mocked_bot import BOT_USERNAME
 from tests.fakes.telegram_api import callback_update, message_update
-from tests.harness import wait_until
+from tests.harness import App, AppFactory, wait_until
 
 ADMIN = 900
 GROUP = -100

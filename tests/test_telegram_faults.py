@@ -27,10 +27,10 @@ from bot.upstream.sandbox import FakeChatinfo, Fault
 from storage.jobs import JobState
 from storage.users import UserRepo
 from tests.botprocess import BOT_TOKEN, BotProcess
-from tests.conftest import App
 from tests.fakes.telegram_api import message_update
 from tests.harness import (
     SEEDED,
+    App,
     FakeTelegram,
     WireSession,
     built_app,
