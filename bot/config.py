@@ -28,6 +28,8 @@ RATE_LIMITS: Mapping[str, int] = MappingProxyType(
 MAX_CONTENT_CHARS = 5000  # the API cuts longer content silently
 # How long a request may wait for its answer before its user is told it is late.
 MAX_WAIT_SECONDS = 600
+# Telegram's own soft limit on a bot's messages (TELEGRAM_MESSAGES_PER_SECOND).
+TELEGRAM_MESSAGES_PER_SECOND = 30
 
 # What Telegram accepts as a webhook's secret_token.
 WEBHOOK_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -48,7 +50,7 @@ class Settings(BaseSettings):
     chatinfo_create_per_min: int = Field(RATE_LIMITS["create_request"], gt=0)
     chatinfo_poll_per_min: int = Field(RATE_LIMITS["get_response"], gt=0)
     chatinfo_units_per_min: int = Field(RATE_LIMITS["units"], gt=0)
-    telegram_messages_per_second: int = Field(30, gt=0)
+    telegram_messages_per_second: int = Field(TELEGRAM_MESSAGES_PER_SECOND, gt=0)
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     daily_quota: int = Field(30, ge=0)
     quota_timezone: ZoneInfo = ZoneInfo("Europe/Moscow")
