@@ -18,8 +18,8 @@ from bot.ops.serve import instrument
 from bot.ops.web import make_web_app
 from bot.upstream.sandbox import TOO_MANY_BODY, Fault
 from bot.upstream.units import UnitsTracker
-from tests.conftest import App
 from tests.fakes.telegram_api import message_update
+from tests.harness import App
 
 Labels = frozenset[tuple[str, str]]
 

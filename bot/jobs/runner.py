@@ -29,6 +29,7 @@ from aiogram.utils.deep_linking import create_start_link
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
+from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
 from bot.jobs.failures import Failure, failure_text
 from bot.jobs.scheduler import (
@@ -80,7 +81,7 @@ TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
 @dataclass(frozen=True)
 class RunnerPolicy:
-    max_wait: float = 600.0  # then the job fails with a clear message
+    max_wait: float = float(MAX_WAIT_SECONDS)  # then the job fails with a clear message
     # A sent request's unit is spent: past max_wait its user is told, and its answer is
     # still awaited this much longer, and posted if it comes.
     late_wait: float = 3600.0
