@@ -100,6 +100,7 @@ async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppF
         dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=policy)
 
         async def cleanup() -> None:
+            await dp["broadcaster"].stop()
             await dp["runner"].stop()
             await client.close()
             await db.close()

@@ -49,6 +49,8 @@ COMMANDS: tuple[BotCommandInfo, ...] = (
                    private=True, read_only=False),
     BotCommandInfo("unban", __("Lift a ban"), "<id>", admin=True, private=True,
                    read_only=False),
+    BotCommandInfo("broadcast", __("A message to every user"), admin=True, private=True,
+                   read_only=False),
 )
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 
