@@ -74,7 +74,7 @@ class Broadcaster:
         self._i18n = i18n
         self._rate = rate
         self._audience = audience
-        self._progress_every = progress_every
+        self.progress_every = progress_every
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}  # set by a stop: ends a wait at once
         self._closing = False
@@ -145,17 +145,20 @@ class Broadcaster:
         return self._closing or self._wake[broadcast_id].is_set()
 
     async def _run(self, broadcast: Broadcast) -> None:
-        tally = await self._repo.tally(broadcast.id)
-        progress = Progress(tally, self._rate)
-        await self._show(broadcast, tally, progress.eta(tally))
+        # Its own task: an edit waiting for the admin's chat never holds up the copies.
+        reporter = asyncio.create_task(self._report(broadcast),
+                                       name=f"broadcast-{broadcast.id}-progress")
         try:
-            await self._send_all(broadcast, progress)
+            await self._send_all(broadcast)
         except SourceGone:
             log.warning("broadcast %s stopped: its message was deleted", broadcast.id)
             await self._repo.stop(broadcast.id, StopReason.SOURCE_GONE)
         except Exception:
             log.exception("broadcast %s failed; it resumes at the next start", broadcast.id)
             return
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
         if self._closing:
             return  # resumes at the next start, where it was
         final = await self._repo.finish(broadcast.id)
@@ -163,7 +166,15 @@ class Broadcaster:
         log.info("broadcast %s %s: %s", broadcast.id, final.state, tally)
         await self._show(final, tally, None)
 
-    async def _send_all(self, broadcast: Broadcast, progress: Progress) -> None:
+    async def _report(self, broadcast: Broadcast) -> None:
+        """The progress, now and every `progress_every` seconds, until cancelled."""
+        progress = Progress(await self._repo.tally(broadcast.id), self._rate)
+        while True:
+            tally = await self._repo.tally(broadcast.id)
+            await self._show(broadcast, tally, progress.eta(tally))
+            await asyncio.sleep(self.progress_every)
+
+    async def _send_all(self, broadcast: Broadcast) -> None:
         while not self._halted(broadcast.id):
             page = await self._repo.next_recipients(broadcast.id, PAGE)
             if not page:
@@ -172,9 +183,6 @@ class Broadcaster:
                 if self._halted(broadcast.id):
                     return
                 await self._send_one(broadcast, user_id)
-                if progress.due(self._progress_every):
-                    tally = await self._repo.tally(broadcast.id)
-                    await self._show(broadcast, tally, progress.eta(tally))
 
     async def _send_one(self, broadcast: Broadcast, user_id: int) -> None:
         await self._repo.mark(broadcast.id, user_id, RecipientState.SENDING)
@@ -261,20 +269,12 @@ class Broadcaster:
 
 
 class Progress:
-    """When the next edit is due, and how long the rest takes at the pace seen so far."""
+    """How long the rest takes at the pace seen so far."""
 
     def __init__(self, tally: Tally, rate: float) -> None:
         self._start = time.monotonic()
-        self._shown = self._start
         self._left_at_start = tally.left
         self._rate = rate  # until there is a pace to go by
-
-    def due(self, every: float) -> bool:
-        now = time.monotonic()
-        if now - self._shown < every:
-            return False
-        self._shown = now
-        return True
 
     def eta(self, tally: Tally) -> float:
         done = self._left_at_start - tally.left

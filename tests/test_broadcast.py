@@ -1,0 +1,320 @@
+"""/broadcast through the real Dispatcher: compose, preview, confirm or cancel, progress,
+stop, who gets it, and the share of Telegram's budget it may use."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from aiogram import Bot
+from aiogram.client.session.middlewares.base import NextRequestMiddlewareType
+from aiogram.methods import (
+    AnswerCallbackQuery,
+    CopyMessage,
+    EditMessageText,
+    SendMessage,
+    TelegramMethod,
+)
+from aiogram.methods.base import Response, TelegramType
+from aiogram.types import InlineKeyboardMarkup
+
+from bot.jobs.broadcast import Broadcaster
+from bot.telegram.throttle import TelegramThrottle
+from storage.broadcasts import BroadcastRepo, BroadcastState
+from storage.db import fetch_one
+from storage.users import UserRepo
+from tests.conftest import App, AppFactory
+from tests.fakes.telegram_api import (
+    callback_update,
+    message_update,
+    photo_update,
+    sticker_update,
+)
+from tests.harness import wait_until
+
+ADMIN = 900
+UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."
+PROMPT = "📣 Send me the message to broadcast"
+GROUP = -100777
+
+
+def buttons(markup: object) -> list[tuple[str, str | None]]:
+    assert isinstance(markup, InlineKeyboardMarkup)
+    return [(b.text, b.callback_data) for row in markup.inline_keyboard for b in row]
+
+
+def texts(app: App, to: int | None = None) -> list[str]:
+    return [m.text for m in app.sent(SendMessage) if to is None or m.chat_id == to]
+
+
+def copies(app: App, previews: int = 1) -> list[int]:
+    """Whom the broadcast was copied to: the copies after the admin's `previews`."""
+    return [m.chat_id for m in app.sent(CopyMessage)][previews:]
+
+
+def reports(app: App) -> list[EditMessageText]:
+    """Edits of the progress message (the confirmation, message 5004 in these tests)."""
+    return [e for e in app.sent(EditMessageText) if e.message_id == 5004]
+
+
+def preview(app: App) -> CopyMessage:
+    return app.sent(CopyMessage)[0]
+
+
+async def users(app: App, *user_ids: int) -> None:
+    repo = UserRepo(app.db)
+    for user_id in user_ids:
+        await repo.touch(user_id, "en")
+
+
+async def compose(app: App, update: dict[str, Any]) -> tuple[SendMessage, int]:
+    """/broadcast, then `update` as the message: the preview's count message and its id."""
+    await app.feed(message_update(ADMIN, "/broadcast"))
+    await app.feed(update)
+    confirm = app.sent(SendMessage)[-1]
+    [(_, send), _] = buttons(confirm.reply_markup)
+    assert send is not None
+    return confirm, int(send.split(":")[2])
+
+
+async def confirm_and_finish(app: App, broadcast_id: int) -> EditMessageText:
+    await app.feed(callback_update(ADMIN, f"bc:s:{broadcast_id}", message_id=5000))
+    repo = BroadcastRepo(app.db)
+    await wait_until(lambda: not app.dp["broadcaster"].sending, timeout=10,
+                     what="the broadcast ends")
+    broadcast = await repo.get(broadcast_id)
+    assert broadcast is not None and broadcast.state is BroadcastState.DONE
+    return [e for e in app.sent(EditMessageText) if e.message_id == 5000][-1]
+
+
+async def test_preview_then_send_copies_it_once_to_each_reachable_user(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 11, 12, 13, 14, 15)
+    await UserRepo(app.db).set_banned(14, True)
+    await UserRepo(app.db).ensure(16)  # known to the admins, never wrote: not a recipient
+
+    await app.feed(message_update(ADMIN, "/broadcast"))
+    [prompt] = texts(app, ADMIN)
+    assert prompt.startswith(PROMPT)
+    announcement = message_update(ADMIN, "New modes are here!", message_id=321)
+    announcement["message"]["entities"] = [{"type": "bold", "offset": 0, "length": 9}]
+    await app.feed(announcement)
+
+    assert (preview(app).chat_id, preview(app).from_chat_id, preview(app).message_id) == (
+        ADMIN, ADMIN, 321)
+    confirm = app.sent(SendMessage)[-1]
+    # 11, 12, 13, 15 and the admin, who wrote too; not the banned one, nor the silent one.
+    assert confirm.text.startswith("☝️ This is how it looks. It goes to 5 users.")
+    [(send_label, send), (cancel_label, _)] = buttons(confirm.reply_markup)
+    assert (send_label, cancel_label) == ("📣 Send", "✖️ Cancel")
+    assert send is not None
+
+    app.session.fail_next(CopyMessage, 403, "Forbidden: bot was blocked by the user")
+    report = await confirm_and_finish(app, int(send.split(":")[2]))
+
+    assert app.sent(AnswerCallbackQuery)[-1].text == "Sending…"
+    assert sorted(copies(app)) == [11, 12, 13, 15, ADMIN]  # 11 got a 403
+    assert all((c.from_chat_id, c.message_id) == (ADMIN, 321) for c in app.sent(CopyMessage))
+    assert report.text == ("📣 Broadcast finished.\n✅ Sent to 4 users\n"
+                           "🚫 1 user has blocked the bot\n⚠️ Could not be sent to 0 users")
+    assert report.reply_markup is None
+    row = await fetch_one(app.db, "SELECT blocked_at FROM users WHERE id = 11")
+    assert row is not None and row["blocked_at"] is not None
+
+
+async def test_the_next_broadcast_skips_who_blocked_the_bot_until_they_write_again(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 21, 22)
+    _, first = await compose(app, message_update(ADMIN, "one"))
+    app.session.fail_next(CopyMessage, 403, "Forbidden: bot was blocked by the user")
+    await confirm_and_finish(app, first)  # to 21 first: the lowest id
+    assert await BroadcastRepo(app.db).reachable_users() == [22, ADMIN]
+
+    confirm, _ = await compose(app, message_update(ADMIN, "two"))
+    assert confirm.text.startswith("☝️ This is how it looks. It goes to 2 users.")
+    await app.feed(message_update(21, "/start"))  # unblocked: Telegram sends /start
+    confirm, _ = await compose(app, message_update(ADMIN, "three"))
+    assert confirm.text.startswith("☝️ This is how it looks. It goes to 3 users.")
+
+
+async def test_cancel_sends_nothing_and_the_send_button_is_then_dead(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 31)
+    confirm, broadcast_id = await compose(app, photo_update(ADMIN, caption="look"))
+    assert confirm.text.startswith("☝️ This is how it looks. It goes to 2 users.")
+
+    await app.feed(callback_update(ADMIN, f"bc:c:{broadcast_id}", message_id=5001))
+    assert app.sent(AnswerCallbackQuery)[-1].text == "Broadcast cancelled. Nothing was sent."
+    assert app.sent(EditMessageText)[-1].text == "Broadcast cancelled. Nothing was sent."
+    await app.feed(callback_update(ADMIN, f"bc:s:{broadcast_id}", message_id=5001))
+    ack = app.sent(AnswerCallbackQuery)[-1]
+    assert (ack.text, ack.show_alert) == ("This broadcast was already sent or cancelled.", True)
+    assert len(app.sent(CopyMessage)) == 1  # the preview only
+
+
+async def test_cancel_while_composing_and_a_later_message_is_a_question(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(ADMIN, "/broadcast"))
+    [(label, data)] = buttons(app.sent(SendMessage)[-1].reply_markup)
+    assert label == "✖️ Cancel" and data is not None
+    await app.feed(callback_update(ADMIN, data, message_id=5002))
+    await app.feed(message_update(ADMIN, "what is a black hole"))
+    await app.settle()
+
+    assert app.sent(CopyMessage) == []
+    assert app.sent(SendMessage)[-1].text == "⏳ Working on it…"
+
+
+async def test_what_cannot_be_broadcast_is_refused_and_commands_stay_commands(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(ADMIN, "/broadcast"))
+    await app.feed(sticker_update(ADMIN))
+    assert texts(app, ADMIN)[-1].startswith("I can broadcast a text, or one photo, video, "
+                                            "animation or document with its caption")
+    album = photo_update(ADMIN, caption="one of three")
+    album["message"]["media_group_id"] = "album-1"
+    await app.feed(album)
+    assert texts(app, ADMIN)[-1].startswith("I can broadcast a text")
+    await app.feed(message_update(ADMIN, "/stats"))
+    assert texts(app, ADMIN)[-1].startswith("👥 Users:")
+    assert app.sent(CopyMessage) == []
+
+    await app.feed(message_update(ADMIN, "the real one"))  # still waiting for its message
+    assert len(app.sent(CopyMessage)) == 1
+    assert texts(app, ADMIN)[-1].startswith("☝️ This is how it looks.")
+
+
+async def test_a_restart_between_preview_and_send_keeps_the_draft(make_app: AppFactory) -> None:
+    first = await make_app(admin_ids=str(ADMIN))
+    await users(first, 41)
+    _, broadcast_id = await compose(first, message_update(ADMIN, "hello all"))
+    second = await make_app(admin_ids=str(ADMIN))  # the same database, a new process
+
+    report = await confirm_and_finish(second, broadcast_id)
+
+    assert sorted(copies(second, previews=0)) == [41, ADMIN]
+    assert report.text.startswith("📣 Broadcast finished.\n✅ Sent to 2 users")
+
+
+async def test_non_admins_get_the_unknown_command_reply(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(51, "/broadcast"))
+    await app.feed(callback_update(51, "bc:s:1", message_id=5003))
+
+    assert texts(app) == [UNKNOWN_COMMAND]
+    assert app.sent(AnswerCallbackQuery)[-1].text == "This button is no longer valid."
+    assert await fetch_one(app.db, "SELECT 1 FROM broadcasts") is None
+
+
+async def test_in_a_group_the_admin_is_told_in_private(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await app.feed(message_update(ADMIN, "/broadcast", chat_id=GROUP, chat_type="supergroup"))
+
+    [told] = app.sent(SendMessage)
+    assert told.chat_id == ADMIN
+    assert told.text.startswith("You sent /broadcast in a group.")
+    assert await fetch_one(app.db, "SELECT 1 FROM broadcasts") is None
+
+
+class Timeline:
+    """A session middleware: when each Bot API call went out, and to which chat."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, float]] = []
+
+    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
+                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
+        self.calls.append((type(method).__name__, getattr(method, "chat_id", None),
+                           time.monotonic()))
+        return await make_request(bot, method)
+
+    def times(self, name: str) -> list[float]:
+        return [at for method, _, at in self.calls if method == name]
+
+
+async def broadcasting_app(make_app: AppFactory, recipients: int) -> tuple[App, Timeline, int]:
+    """An app whose session keeps Telegram's pace (30 a second, a third for broadcasts),
+    with a broadcast to `recipients` users started."""
+    app = await make_app(admin_ids=str(ADMIN))
+    timeline = Timeline()
+    app.bot.session.middleware(TelegramThrottle(30, 1 / 3))
+    app.bot.session.middleware(timeline)  # inner: sees each call as it goes out
+    await users(app, *range(1000, 1000 + recipients - 1))
+    broadcaster: Broadcaster = app.dp["broadcaster"]
+    broadcaster.progress_every = 0.3
+    _, broadcast_id = await compose(app, message_update(ADMIN, "news"))
+    await app.feed(callback_update(ADMIN, f"bc:s:{broadcast_id}", message_id=5004))
+    return app, timeline, broadcast_id
+
+
+async def test_progress_is_edited_and_stop_ends_it_with_the_report_kept(
+        make_app: AppFactory) -> None:
+    app, _, broadcast_id = await broadcasting_app(make_app, 200)
+    await wait_until(lambda: len(reports(app)) >= 2, timeout=10, what="two progress edits")
+    first, second = reports(app)[:2]
+    assert buttons(first.reply_markup) == [("⏹ Stop", f"bc:x:{broadcast_id}")]
+    for report in (first, second):
+        shown = re.fullmatch(r"📣 Broadcast: sending…\n✅ Sent to (\d+) users?\n"
+                             r"🚫 0 users have blocked the bot\n⚠️ Could not be sent to 0 users\n"
+                             r"⏳ (\d+) users left\n⏱ About (\d+) seconds to go\.", report.text)
+        assert shown, report.text
+        sent, left, eta = map(int, shown.groups())
+        assert sent + left == 200
+        # A copy every 0.1 s (a third of 30 a second): the ETA is the rest at that pace.
+        assert left / 10 - 2 <= eta <= left / 10 + 2
+
+    await app.feed(callback_update(ADMIN, f"bc:x:{broadcast_id}", message_id=5004))
+    assert app.sent(AnswerCallbackQuery)[-1].text == "Stopping: the copy on its way is the last."
+    await wait_until(lambda: not app.dp["broadcaster"].sending, timeout=5, what="the stop")
+    sent = len(copies(app))
+    await asyncio.sleep(0.3)
+    assert len(copies(app)) == sent < 60  # nothing after the stop, far from all 200
+    report = reports(app)[-1]
+    assert report.text == (f"📣 Broadcast stopped.\n✅ Sent to {sent} users\n"
+                           "🚫 0 users have blocked the bot\n⚠️ Could not be sent to 0 users\n"
+                           f"⏹ Not sent to {200 - sent} users")
+    assert report.reply_markup is None
+    await app.feed(callback_update(ADMIN, f"bc:x:{broadcast_id}", message_id=5004))
+    assert app.sent(AnswerCallbackQuery)[-1].text == "This broadcast is no longer being sent."
+    await app.feed(message_update(ADMIN, "/broadcast"))  # the next one may begin
+    assert texts(app, ADMIN)[-1].startswith(PROMPT)
+
+
+async def test_a_second_broadcast_waits_for_the_first(make_app: AppFactory) -> None:
+    app, _, broadcast_id = await broadcasting_app(make_app, 50)
+    await app.feed(message_update(ADMIN, "/broadcast"))
+    assert texts(app, ADMIN)[-1].startswith("A broadcast is being sent now.")
+    await app.dp["broadcaster"].request_stop(broadcast_id)
+
+
+async def test_answers_keep_flowing_while_a_broadcast_takes_its_share(
+        make_app: AppFactory) -> None:
+    app, timeline, broadcast_id = await broadcasting_app(make_app, 200)
+    await wait_until(lambda: len(app.sent(CopyMessage)) >= 20, timeout=10, what="copies")
+
+    # Ten users ask at once: twenty messages (placeholders and answers) in a second or so.
+    asked_at = time.monotonic()
+    await asyncio.gather(*(app.feed(message_update(2000 + n, f"question {n}"))
+                           for n in range(10)))
+    await app.settle()
+    answered = [at for method, chat, at in timeline.calls
+                if method == "EditMessageText" and chat is not None and chat >= 2000]
+    placeholders = [at for method, chat, at in timeline.calls
+                    if method == "SendMessage" and chat is not None and chat >= 2000]
+    assert len(placeholders) == len(answered) == 10
+    # As fast as with no broadcast: the answers never waited for a copy.
+    assert max(placeholders) - asked_at < 0.3
+    assert max(answered) - asked_at < 2.0
+
+    await wait_until(lambda: len(app.sent(CopyMessage)) >= 50, timeout=10, what="copies")
+    copied = timeline.times("CopyMessage")[1:]  # not the preview
+    # A third of 30 a second, answers or not.
+    assert (len(copied) - 1) / (copied[-1] - copied[0]) <= 10.5
+    await app.dp["broadcaster"].request_stop(broadcast_id)
