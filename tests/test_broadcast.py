@@ -38,6 +38,8 @@ ADMIN = 900
 UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."
 PROMPT = "📣 Send me the message to broadcast"
 GROUP = -100777
+PROGRESS = (r"📣 Broadcast: sending…\n✅ Sent to (\d+) users?\n🚫 0 users have blocked the bot\n"
+            r"⚠️ Could not be sent to 0 users\n⏳ (\d+) users left\n⏱ About (\d+) seconds to go\.")
 
 
 def buttons(markup: object) -> list[tuple[str, str | None]]:
@@ -56,11 +58,11 @@ def copies(app: App, previews: int = 1) -> list[int]:
 
 def reports(app: App) -> list[EditMessageText]:
     """Edits of the progress message (the confirmation, message 5004 in these tests)."""
-    return [e for e in app.sent(EditMessageText) if e.message_id == 5004]
+    return [e for e in app.session.sent(EditMessageText) if e.message_id == 5004]
 
 
 def preview(app: App) -> CopyMessage:
-    return app.sent(CopyMessage)[0]
+    return app.session.sent(CopyMessage)[0]
 
 
 async def users(app: App, *user_ids: int) -> None:
@@ -86,7 +88,7 @@ async def confirm_and_finish(app: App, broadcast_id: int) -> EditMessageText:
                      what="the broadcast ends")
     broadcast = await repo.get(broadcast_id)
     assert broadcast is not None and broadcast.state is BroadcastState.DONE
-    return [e for e in app.sent(EditMessageText) if e.message_id == 5000][-1]
+    return [e for e in app.session.sent(EditMessageText) if e.message_id == 5000][-1]
 
 
 async def test_preview_then_send_copies_it_once_to_each_reachable_user(
@@ -200,7 +202,7 @@ async def test_a_restart_between_preview_and_send_keeps_the_draft(make_app: AppF
     report = await confirm_and_finish(second, broadcast_id)
 
     assert sorted(copies(second, previews=0)) == [41, ADMIN]
-    assert report.text.startswith("📣 Broadcast finished.\n✅ Sent to 2 users")
+    assert (report.text or "").startswith("📣 Broadcast finished.\n✅ Sent to 2 users")
 
 
 async def test_non_admins_get_the_unknown_command_reply(make_app: AppFactory) -> None:
@@ -261,9 +263,7 @@ async def test_progress_is_edited_and_stop_ends_it_with_the_report_kept(
     first, second = reports(app)[:2]
     assert buttons(first.reply_markup) == [("⏹ Stop", f"bc:x:{broadcast_id}")]
     for report in (first, second):
-        shown = re.fullmatch(r"📣 Broadcast: sending…\n✅ Sent to (\d+) users?\n"
-                             r"🚫 0 users have blocked the bot\n⚠️ Could not be sent to 0 users\n"
-                             r"⏳ (\d+) users left\n⏱ About (\d+) seconds to go\.", report.text)
+        shown = re.fullmatch(PROGRESS, report.text or "")
         assert shown, report.text
         sent, left, eta = map(int, shown.groups())
         assert sent + left == 200
