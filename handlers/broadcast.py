@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 
 from aiogram import Bot, F, Router
-from aiogram.enums import ChatType, ContentType
+from aiogram.enums import ChatMemberStatus, ChatType, ContentType
 from aiogram.filters import Command, Filter
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
@@ -119,6 +119,13 @@ async def stop(query: CallbackQuery, callback_data: BroadcastCallback,
         await query.answer(_("This broadcast is no longer being sent."), show_alert=True)
 
 
+async def membership(update: ChatMemberUpdated, broadcasts: BroadcastRepo) -> None:
+    """Telegram tells when a user blocks the bot (kicked) and unblocks it (member again),
+    so a broadcast need not try to learn it from a 403."""
+    blocked = update.new_chat_member.status == ChatMemberStatus.KICKED
+    await broadcasts.set_blocked(update.from_user.id, blocked)
+
+
 def make_router(admin_ids: frozenset[int]) -> Router:
     router = Router(name="broadcast")
     router.message.filter(F.from_user.id.in_(admin_ids), F.chat.type == ChatType.PRIVATE)
@@ -132,4 +139,5 @@ def make_router(admin_ids: frozenset[int]) -> Router:
         cancel, BroadcastCallback.filter(F.action == BroadcastAction.CANCEL))
     router.callback_query.register(
         stop, BroadcastCallback.filter(F.action == BroadcastAction.STOP))
+    router.my_chat_member.register(membership, F.chat.type == ChatType.PRIVATE)
     return router

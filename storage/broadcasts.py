@@ -136,6 +136,14 @@ class BroadcastRepo:
         rows = await self._db.execute_fetchall(_RECIPIENTS)
         return [row["id"] for row in rows if only is None or row["id"] in only]
 
+    async def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """What Telegram reported: the user blocked the bot, or let it write again."""
+        await self._db.execute(
+            """UPDATE users SET blocked_at = CASE WHEN :blocked THEN coalesce(blocked_at, :now)
+                                                  ELSE NULL END WHERE id = :user""",
+            {"blocked": blocked, "now": time.time(), "user": user_id})
+        await self._db.commit()
+
     async def sending(self) -> list[Broadcast]:
         rows = await self._db.execute_fetchall(
             f"SELECT {_COLUMNS} FROM broadcasts WHERE state = ? ORDER BY id",

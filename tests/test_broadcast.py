@@ -144,6 +144,31 @@ async def test_the_next_broadcast_skips_who_blocked_the_bot_until_they_write_aga
     assert confirm.text.startswith("☝️ This is how it looks. It goes to 3 users.")
 
 
+def membership_update(user_id: int, status: str) -> dict[str, Any]:
+    """Telegram's word that a user blocked the bot ("kicked") or unblocked it ("member")."""
+    user = {"id": user_id, "is_bot": False, "first_name": "Ann"}
+    bot = {"id": 42, "is_bot": True, "first_name": "Bot"}
+    old = "member" if status == "kicked" else "kicked"
+    return {"my_chat_member": {
+        "chat": {"id": user_id, "type": "private", "first_name": "Ann"}, "from": user,
+        "date": int(time.time()),
+        "old_chat_member": {"status": old, "user": bot, **({"until_date": 0} if old == "kicked"
+                                                           else {})},
+        "new_chat_member": {"status": status, "user": bot, **({"until_date": 0}
+                                                              if status == "kicked" else {})}}}
+
+
+async def test_telegram_saying_a_user_blocked_the_bot_spares_the_broadcast_a_403(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 61, 62)
+    await app.feed(membership_update(61, "kicked"))
+    assert await BroadcastRepo(app.db).reachable_users() == [62]
+    await app.feed(membership_update(61, "member"))
+    assert await BroadcastRepo(app.db).reachable_users() == [61, 62]
+    assert app.session.requests == []  # nothing said to anyone
+
+
 async def test_cancel_sends_nothing_and_the_send_button_is_then_dead(
         make_app: AppFactory) -> None:
     app = await make_app(admin_ids=str(ADMIN))
