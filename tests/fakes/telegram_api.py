@@ -54,6 +54,7 @@ class Call:
     token: str
     at: float
     failed: bool = False
+    result: Any = None  # what the fake answered, if it succeeded
 
 
 @dataclass
@@ -251,7 +252,7 @@ class FakeTelegramAPI:
             if not await self._held_then_wanted(call, request):
                 call.failed = True
                 return web.Response()  # nobody is left to read it
-            result = await self._dispatch(call)
+            result = call.result = await self._dispatch(call)
         except _ApiError as e:
             call.failed = True
             body: JSON = {"ok": False, "error_code": e.status, "description": e.description}
