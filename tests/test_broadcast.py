@@ -21,9 +21,10 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import InlineKeyboardMarkup
 
-from bot.jobs.broadcast import Broadcaster
+from bot.jobs.broadcast import Broadcaster, report_text
+from bot.telegram.i18n import make_i18n
 from bot.telegram.throttle import TelegramThrottle
-from storage.broadcasts import BroadcastRepo, BroadcastState
+from storage.broadcasts import Broadcast, BroadcastRepo, BroadcastState, Tally
 from storage.db import fetch_one
 from storage.users import UserRepo
 from tests.conftest import App, AppFactory
@@ -359,3 +360,15 @@ async def test_answers_keep_flowing_while_a_broadcast_takes_its_share(
     # A third of 30 a second, answers or not (the first is the preview).
     assert (len(copied) - 1) / (copied[-1] - copied[0]) <= 10.5
     await app.dp["broadcaster"].request_stop(broadcast_id)
+
+
+def test_the_report_in_russian_counts_in_all_three_plural_forms() -> None:
+    i18n = make_i18n()
+    broadcast = Broadcast(id=1, admin_id=ADMIN, locale="ru", state=BroadcastState.SENDING,
+                          from_chat_id=ADMIN, message_id=1, report_id=2, reason=None,
+                          created_at=0.0, started_at=0.0)
+    with i18n.context(), i18n.use_locale("ru"):
+        text = report_text(broadcast, Tally(sent=21, blocked=2, failed=5, left=1), eta=90)
+    assert text == ("📣 Рассылка: отправляю…\n✅ Отправлено 21 пользователю\n"
+                    "🚫 2 пользователя заблокировали бота\n⚠️ Не удалось отправить 5 пользователям\n"
+                    "⏳ Остался 1 пользователь\n⏱ Ждать ещё примерно 2 минуты.")
