@@ -18,7 +18,7 @@ from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
-from bot.jobs.broadcast import Broadcaster
+from bot.jobs.broadcast import Broadcaster, Busy
 from bot.telegram.keyboards import (
     BroadcastAction,
     BroadcastCallback,
@@ -91,10 +91,12 @@ async def send(query: CallbackQuery, callback_data: BroadcastCallback,
     if not isinstance(query.message, Message):
         await query.answer(_("This button is no longer valid."), show_alert=True)
         return
-    if broadcaster.sending:
+    try:
+        started = await broadcaster.begin(callback_data.broadcast_id, query.message.message_id)
+    except Busy:
         await query.answer(busy_text(), show_alert=True)
         return
-    if await broadcaster.begin(callback_data.broadcast_id, query.message.message_id) is None:
+    if started is None:
         await query.answer(_("This broadcast was already sent or cancelled."), show_alert=True)
         return
     await query.answer(_("Sending…"))

@@ -331,10 +331,29 @@ async def test_progress_is_edited_and_stop_ends_it_with_the_report_kept(
 
 
 async def test_a_second_broadcast_waits_for_the_first(make_app: AppFactory) -> None:
-    app, _, broadcast_id = await broadcasting_app(make_app, 50)
+    app = await make_app(admin_ids=f"{ADMIN},{ADMIN + 1}")
+    app.bot.session.middleware(TelegramThrottle(30, 1 / 3))
+    await users(app, *range(1000, 1050))
+    _, first = await compose(app, message_update(ADMIN, "news"))
+    # Another admin prepared one meanwhile: both tap Send at once, one broadcast starts.
+    await app.feed(message_update(ADMIN + 1, "/broadcast"))
+    await app.feed(message_update(ADMIN + 1, "other news"))
+    second = first + 1
+    await asyncio.gather(
+        app.feed(callback_update(ADMIN, f"bc:s:{first}", message_id=5005)),
+        app.feed(callback_update(ADMIN + 1, f"bc:s:{second}", message_id=5006)))
+
+    acks = sorted(str(ack.text) for ack in app.sent(AnswerCallbackQuery))
+    assert acks == ["A broadcast is being sent now. Wait for it to finish, or stop it with ⏹ "
+                    "under its progress.", "Sending…"]
     await app.feed(message_update(ADMIN, "/broadcast"))
     assert texts(app, ADMIN)[-1].startswith("A broadcast is being sent now.")
-    await app.dp["broadcaster"].request_stop(broadcast_id)
+    repo = BroadcastRepo(app.db)
+    for broadcast_id in (first, second):
+        await app.dp["broadcaster"].request_stop(broadcast_id)
+    states = [(await repo.get(broadcast_id)).state  # type: ignore[union-attr]
+              for broadcast_id in (first, second)]
+    assert sorted(states) == [BroadcastState.DRAFT, BroadcastState.STOPPED]
 
 
 async def test_answers_keep_flowing_while_a_broadcast_takes_its_share(

@@ -63,6 +63,10 @@ class SourceGone(Exception):
     """The admin's message was deleted; no copy can be made any more."""
 
 
+class Busy(Exception):
+    """Another broadcast is being sent; one runs at a time."""
+
+
 class Broadcaster:
     def __init__(self, bot: Bot, repo: BroadcastRepo, i18n: I18n, *, rate: float,
                  audience: frozenset[int] | None = None,
@@ -78,6 +82,7 @@ class Broadcaster:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}  # set by a stop: ends a wait at once
         self._closing = False
+        self._beginning = asyncio.Lock()  # two admins' Send at once: one wins
 
     @property
     def sending(self) -> bool:
@@ -99,14 +104,18 @@ class Broadcaster:
 
     async def begin(self, broadcast_id: int, report_id: int) -> int | None:
         """Start sending a draft, its progress shown in message `report_id` of the admin's
-        chat; how many it goes to, or None if it was no longer a draft."""
-        recipients = await self._repo.reachable_users(self._audience)
-        if not await self._repo.start(broadcast_id, recipients, report_id):
-            return None
-        broadcast = await self._repo.get(broadcast_id)
-        assert broadcast is not None
-        log.info("broadcast %s starts: %d recipient(s)", broadcast_id, len(recipients))
-        self._start(broadcast)
+        chat; how many it goes to, or None if it was no longer a draft. Busy if another
+        broadcast is being sent."""
+        async with self._beginning:
+            if self.sending:
+                raise Busy
+            recipients = await self._repo.reachable_users(self._audience)
+            if not await self._repo.start(broadcast_id, recipients, report_id):
+                return None
+            broadcast = await self._repo.get(broadcast_id)
+            assert broadcast is not None
+            log.info("broadcast %s starts: %d recipient(s)", broadcast_id, len(recipients))
+            self._start(broadcast)
         return len(recipients)
 
     async def request_stop(self, broadcast_id: int) -> bool:
