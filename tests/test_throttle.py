@@ -85,3 +85,10 @@ async def test_background_gets_its_share_and_only_what_answers_leave() -> None:
     assert (len(early) - 1) / (early[-1] - started) <= 10.5  # half of 20 a second
     during_flood = [at for at in copies if flood_at + 0.3 < at < flood_at + flood_took]
     assert flood_took < 2.6 and len(during_flood) <= 1
+
+
+async def test_background_goes_even_at_one_message_a_second() -> None:
+    throttle = TelegramThrottle(per_bot_per_second=1, background_share=1)
+    sent: list[tuple[str, float]] = []
+    await asyncio.wait_for(recorder(throttle, sent)(7, "background"), 2)
+    assert [whose for whose, _ in sent] == ["background"]

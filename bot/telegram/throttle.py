@@ -66,8 +66,9 @@ class TelegramThrottle(BaseRequestMiddleware):
         # One at a time, evenly spaced: a background burst would take answers' room.
         self.background_rate = per_bot_per_second * background_share
         self._background = AsyncLimiter(1, 1 / self.background_rate)
-        # Room in the bot's bucket that background messages leave to answers.
-        self._answers_room = per_bot_per_second / 2
+        # Room in the bot's bucket that background messages leave to answers (and at one
+        # message a second, none: or the background would never go).
+        self._answers_room = min(per_bot_per_second / 2, per_bot_per_second - 1)
 
     async def __call__(
         self,
