@@ -80,6 +80,7 @@ class Tally:
         return self.sent + self.blocked + self.failed + self.left
 
 
+KEEP_RECIPIENTS_DAYS = 30  # who got a finished broadcast, for looking into it afterwards
 _COLUMNS = ", ".join(field.name for field in fields(Broadcast))
 _RECIPIENTS = """SELECT id FROM users WHERE first_seen > 0 AND banned = 0
                  AND blocked_at IS NULL ORDER BY id"""
@@ -159,6 +160,12 @@ class BroadcastRepo:
             await self._db.executemany(
                 "INSERT INTO broadcast_recipients (broadcast_id, user_id) VALUES (?, ?)",
                 ((broadcast_id, user_id) for user_id in recipients))
+            # A row per user per broadcast would grow for ever; the counts stay in the
+            # admin's report.
+            await self._db.execute(
+                """DELETE FROM broadcast_recipients WHERE broadcast_id IN
+                   (SELECT id FROM broadcasts WHERE finished_at < ?)""",
+                (time.time() - KEEP_RECIPIENTS_DAYS * 86400,))
         await self._db.commit()
         return started
 

@@ -391,3 +391,19 @@ def test_the_report_in_russian_counts_in_all_three_plural_forms() -> None:
     assert text == ("📣 Рассылка: отправляю…\n✅ Отправлено 21 пользователю\n"
                     "🚫 2 пользователя заблокировали бота\n⚠️ Не удалось отправить 5 пользователям\n"
                     "⏳ Остался 1 пользователь\n⏱ Ждать ещё примерно 2 минуты.")
+
+
+async def test_recipients_of_a_broadcast_a_month_old_are_forgotten_at_the_next(
+        make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 71)
+    _, old = await compose(app, message_update(ADMIN, "old news"))
+    await confirm_and_finish(app, old)
+    await app.db.execute("UPDATE broadcasts SET finished_at = finished_at - 31 * 86400")
+    await app.db.commit()
+    _, new = await compose(app, message_update(ADMIN, "news"))
+    await confirm_and_finish(app, new)
+
+    rows = await app.db.execute_fetchall(
+        "SELECT broadcast_id, count(*) FROM broadcast_recipients GROUP BY broadcast_id")
+    assert [tuple(row) for row in rows] == [(new, 2)]
