@@ -407,3 +407,31 @@ async def test_recipients_of_a_broadcast_a_month_old_are_forgotten_at_the_next(
     rows = await app.db.execute_fetchall(
         "SELECT broadcast_id, count(*) FROM broadcast_recipients GROUP BY broadcast_id")
     assert [tuple(row) for row in rows] == [(new, 2)]
+
+
+async def test_a_429_is_waited_out_and_the_same_user_tried_again(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 81, 82)
+    _, broadcast_id = await compose(app, message_update(ADMIN, "news"))
+    app.session.fail_next(CopyMessage, 429, "Too Many Requests: retry after 1", retry_after=1)
+    started = time.monotonic()
+    report = await confirm_and_finish(app, broadcast_id)
+
+    assert time.monotonic() - started >= 1
+    assert copies(app) == [81, 81, 82, ADMIN]  # 81 refused once, then sent
+    assert (report.text or "").startswith("📣 Broadcast finished.\n✅ Sent to 3 users\n")
+
+
+async def test_a_deleted_message_stops_the_broadcast_and_says_why(make_app: AppFactory) -> None:
+    app = await make_app(admin_ids=str(ADMIN))
+    await users(app, 91, 92)
+    _, broadcast_id = await compose(app, message_update(ADMIN, "news"))
+    app.session.fail_next(CopyMessage, 400, "Bad Request: message to copy not found")
+    await app.feed(callback_update(ADMIN, f"bc:s:{broadcast_id}", message_id=5000))
+    await wait_until(lambda: not app.dp["broadcaster"].sending, timeout=10, what="the end")
+
+    report = [e for e in app.session.sent(EditMessageText) if e.message_id == 5000][-1]
+    assert report.text == ("📣 Broadcast stopped: the message to copy was deleted from this "
+                           "chat.\n✅ Sent to 0 users\n🚫 0 users have blocked the bot\n"
+                           "⚠️ Could not be sent to 0 users\n⏹ Not sent to 3 users")
+    assert copies(app) == [91]  # the one that failed; no other was tried
