@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     chatinfo_poll_per_min: int = Field(RATE_LIMITS["get_response"], gt=0)
     chatinfo_units_per_min: int = Field(RATE_LIMITS["units"], gt=0)
     telegram_messages_per_second: int = Field(TELEGRAM_MESSAGES_PER_SECOND, gt=0)
+    # The most of that a broadcast may use, and only what answers leave (bot/telegram/throttle.py).
+    broadcast_share: float = Field(1 / 3, gt=0, le=1)
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     daily_quota: int = Field(30, ge=0)
     quota_timezone: ZoneInfo = ZoneInfo("Europe/Moscow")
@@ -76,6 +78,18 @@ class Settings(BaseSettings):
                 return ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError("must be an IANA time zone such as Europe/Moscow") from None
+        return value
+
+    @field_validator("broadcast_share", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> object:
+        # "1/3" reads better in .env than 0.3333333333333333.
+        if isinstance(value, str) and "/" in value:
+            numerator, _, denominator = value.partition("/")
+            try:
+                return float(numerator) / float(denominator)
+            except (ValueError, ZeroDivisionError):
+                raise ValueError("must be a number or a fraction such as 1/3") from None
         return value
 
     @field_validator("admin_ids", "allowed_user_ids", mode="before")

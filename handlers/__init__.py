@@ -13,6 +13,7 @@ from handlers import (
     account,
     admin,
     answers,
+    broadcast,
     chat,
     fallback,
     inline,
@@ -27,5 +28,6 @@ from handlers import (
 def get_routers(admin_ids: frozenset[int]) -> list[Router]:
     return [private.make_router(admin_ids), inline.make_router(), start.make_router(),
             mode_choice.make_router(), memory.make_router(), language.make_router(),
-            account.make_router(), admin.make_router(admin_ids), answers.make_router(),
+            account.make_router(), admin.make_router(admin_ids),
+            broadcast.make_router(admin_ids), answers.make_router(),
             chat.make_router(), fallback.make_router()]

@@ -21,10 +21,15 @@ from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
 
 
-async def greet(message: Message, users: UserRepo) -> None:
+async def greet(message: Message, users: UserRepo, settings: Settings, sandbox: bool) -> None:
     assert message.from_user is not None
     mode = await users.mode(message.from_user.id)
-    await message.answer(greeting_text(), reply_markup=modes_keyboard(mode))
+    text = greeting_text()
+    private = message.chat.type == ChatType.PRIVATE
+    if sandbox and private and message.from_user.id in settings.admin_ids:
+        text += "\n\n" + _("🧪 Sandbox: the answers come from the built-in fake chatinfo "
+                           "server, and no units are spent. (Only admins see this line.)")
+    await message.answer(text, reply_markup=modes_keyboard(mode))
 
 
 def greeting_text() -> str:

@@ -139,6 +139,37 @@ MIGRATIONS: tuple[str, ...] = (
     -- A conversation's latest turns, newest first, in one index range.
     CREATE INDEX jobs_by_conversation ON jobs (chat_id, user_id, created_at);
     """,
+    """
+    -- When Telegram last refused a message to the user (403: they blocked the bot, or
+    -- never opened its private chat); broadcasts skip them. A private message clears it.
+    ALTER TABLE users ADD COLUMN blocked_at REAL;
+    -- A broadcast: an admin's message copied to every reachable user. It is composed
+    -- (waiting for the message), a draft (previewed, waiting for the admin's word), then
+    -- sending, and ends done, stopped or cancelled.
+    CREATE TABLE broadcasts (
+        id           INTEGER PRIMARY KEY,
+        admin_id     INTEGER NOT NULL,
+        locale       TEXT    NOT NULL,          -- the admin's, for the progress report
+        state        TEXT    NOT NULL,
+        from_chat_id INTEGER,                   -- the admin's message, copied to everyone
+        message_id   INTEGER,
+        report_id    INTEGER,                   -- our message in the admin's chat: progress
+        reason       TEXT,                      -- why it stopped before the end
+        created_at   REAL    NOT NULL,
+        started_at   REAL,
+        finished_at  REAL
+    );
+    CREATE INDEX broadcasts_by_state ON broadcasts (state);
+    -- Who gets it, fixed when the admin confirms. A row is "sending" from just before its
+    -- copyMessage to just after: found so after a crash, it is sent again.
+    CREATE TABLE broadcast_recipients (
+        broadcast_id INTEGER NOT NULL REFERENCES broadcasts(id),
+        user_id      INTEGER NOT NULL,
+        state        TEXT    NOT NULL DEFAULT 'queued',  -- sending, sent, blocked, failed
+        PRIMARY KEY (broadcast_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX broadcast_recipients_by_state ON broadcast_recipients (broadcast_id, state);
+    """,
 )
 
 

@@ -22,8 +22,13 @@ class UserRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def touch(self, user_id: int, language_code: str | None) -> Profile:
-        """Record that the user was seen (creating the row); what the bot knows of them."""
+    async def touch(self, user_id: int, language_code: str | None, *,
+                    reachable: bool = False) -> Profile:
+        """Record that the user was seen (creating the row); what the bot knows of them.
+
+        `reachable`: they wrote in the private chat, so the bot may write to them there
+        again, whatever Telegram said before (they unblocked it).
+        """
         now = time.time()
         async with self._db.transaction():  # a write that returns its row
             row = await self._db.fetch_one(
@@ -32,9 +37,10 @@ class UserRepo:
                    ON CONFLICT (id) DO UPDATE SET
                        language_code = excluded.language_code, last_seen = excluded.last_seen,
                        first_seen = CASE users.first_seen WHEN 0 THEN excluded.first_seen
-                                    ELSE users.first_seen END
+                                    ELSE users.first_seen END,
+                       blocked_at = CASE WHEN ? THEN NULL ELSE users.blocked_at END
                    RETURNING locale, banned""",
-                (user_id, language_code, now, now),
+                (user_id, language_code, now, now, reachable),
             )
         assert row is not None  # an upsert always returns its row
         return Profile(locale=row["locale"], banned=bool(row["banned"]))

@@ -26,8 +26,10 @@ def free_port() -> int:
 
 
 class BotProcess:
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        """`args` after `python -m bot`, e.g. ("--sandbox",)."""
         self.workdir = workdir
+        self.args = args
         self.database = workdir / "data" / "bot.sqlite3"
         self.port = free_port()
         self.web_url = f"http://127.0.0.1:{self.port}"
@@ -44,7 +46,7 @@ class BotProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.launcher, sys.executable, "-m", "bot", cwd=self.workdir, env=self.env,
+            *self.launcher, sys.executable, "-m", "bot", *self.args, cwd=self.workdir, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
 

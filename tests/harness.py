@@ -168,6 +168,7 @@ async def built_app(
     try:
         yield App(dp, bot, session, db, chatinfo)
     finally:
+        await dp["broadcaster"].stop()
         await dp["runner"].stop()
         await client.close()
         await db.close()

@@ -11,6 +11,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramBadRequest,
+    TelegramForbiddenError,
     TelegramNetworkError,
     TelegramNotFound,
     TelegramRetryAfter,
@@ -171,3 +172,33 @@ async def test_aiogram_error_classes(tg: FakeTelegramAPI) -> None:
         with pytest.raises(TelegramNotFound):
             await b.get_me()
     assert NOT_MODIFIED.startswith("Bad Request: message is not modified")
+
+
+async def test_copies_are_counted_and_blocked_users_get_a_403(tg: FakeTelegramAPI,
+                                                               bot: Bot) -> None:
+    tg.blocked.add(8)
+    copied = await bot.copy_message(7, from_chat_id=1, message_id=55)
+    assert copied.message_id == 1000
+    with pytest.raises(TelegramForbiddenError, match="bot was blocked by the user"):
+        await bot.copy_message(8, from_chat_id=1, message_id=55)
+    with pytest.raises(TelegramForbiddenError):
+        await bot.send_message(8, "hello")
+    await bot.copy_message(7, from_chat_id=1, message_id=55)
+    assert tg.copies_of(1, 55) == {7: 2}
+
+
+async def test_a_held_call_is_acted_on_only_if_its_caller_still_waits(
+        tg: FakeTelegramAPI, bot: Bot) -> None:
+    tg.hold("copyMessage", after=1)
+    await bot.copy_message(7, from_chat_id=1, message_id=55)  # the one let through
+    waiting = asyncio.create_task(bot.copy_message(8, from_chat_id=1, message_id=55))
+    await tg.wait_for(lambda: len(tg.held) == 1)
+    abandoned = asyncio.create_task(bot.copy_message(9, from_chat_id=1, message_id=55,
+                                                     request_timeout=1))
+    await tg.wait_for(lambda: len(tg.held) == 2)
+    with pytest.raises(TelegramNetworkError):
+        await abandoned  # the bot gave up on it: as if it had been killed
+    await tg.wait_for(lambda: tg.abandoned() == 1)
+    tg.release()
+    assert (await waiting).message_id == 1000
+    assert tg.copies_of(1, 55) == {7: 1, 8: 1}

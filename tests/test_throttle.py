@@ -10,7 +10,7 @@ from aiogram import Bot
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
-from bot.telegram.throttle import TelegramThrottle
+from bot.telegram.throttle import TelegramThrottle, in_background
 
 
 async def test_messages_keep_one_a_second_per_chat_and_the_bot_wide_rate() -> None:
@@ -35,3 +35,60 @@ async def test_messages_keep_one_a_second_per_chat_and_the_bot_wide_rate() -> No
     # A burst of 20, then 20 a second: the other 23 messages need at least a second more.
     assert max(moment for _, moment in sent) - started >= 0.9
     assert len(sent) == 43
+
+
+def recorder(throttle: TelegramThrottle, sent: list[tuple[str, float]]) -> Any:
+    """Sends through `throttle`, noting when each message went out and whose it was."""
+    loop = asyncio.get_running_loop()
+
+    async def make_request(bot: Bot, method: TelegramMethod[TelegramType],
+                           timeout: int | None = None) -> Response[TelegramType]:
+        sent.append((cast(str, cast(Any, method).text), loop.time()))
+        return cast(Response[TelegramType], None)
+
+    async def send(chat_id: int, whose: str) -> None:
+        if whose == "background":
+            with in_background():
+                await throttle(make_request, cast(Bot, None),
+                               SendMessage(chat_id=chat_id, text=whose))
+        else:
+            await throttle(make_request, cast(Bot, None), SendMessage(chat_id=chat_id, text=whose))
+
+    return send
+
+
+async def test_background_gets_its_share_and_only_what_answers_leave() -> None:
+    throttle = TelegramThrottle(per_bot_per_second=20, background_share=1 / 2)
+    loop = asyncio.get_running_loop()
+    sent: list[tuple[str, float]] = []
+    send = recorder(throttle, sent)
+
+    async def broadcast() -> None:
+        for n in range(1000):
+            await send(10_000 + n, "background")
+
+    started = loop.time()
+    background = asyncio.create_task(broadcast())
+    await asyncio.sleep(1.0)
+    # A burst of answers while the broadcast runs: all at once, as with no broadcast.
+    burst_at = loop.time()
+    await asyncio.gather(*(send(100 + n, "answer") for n in range(10)))
+    assert loop.time() - burst_at < 0.05
+    # Then answers that need the whole rate for two seconds: the broadcast steps aside.
+    flood_at = loop.time()
+    await asyncio.gather(*(send(200 + n, "answer") for n in range(50)))
+    flood_took = loop.time() - flood_at
+    background.cancel()
+
+    copies = [at for whose, at in sent if whose == "background"]
+    early = [at for at in copies if at < burst_at]
+    assert (len(early) - 1) / (early[-1] - started) <= 10.5  # half of 20 a second
+    during_flood = [at for at in copies if flood_at + 0.3 < at < flood_at + flood_took]
+    assert flood_took < 2.6 and len(during_flood) <= 1
+
+
+async def test_background_goes_even_at_one_message_a_second() -> None:
+    throttle = TelegramThrottle(per_bot_per_second=1, background_share=1)
+    sent: list[tuple[str, float]] = []
+    await asyncio.wait_for(recorder(throttle, sent)(7, "background"), 2)
+    assert [whose for whose, _ in sent] == ["background"]

@@ -13,6 +13,7 @@ from aiogram.utils.i18n import I18n
 
 from bot.config import Settings
 from bot.jobs.admission import Admission, QuotaClock
+from bot.jobs.broadcast import Broadcaster
 from bot.jobs.conversation import Conversations
 from bot.jobs.runner import JobRunner, RunnerPolicy
 from bot.jobs.submit import Submitter
@@ -25,6 +26,7 @@ from bot.upstream.client import ChatinfoClient
 from bot.upstream.units import UnitsTracker
 from handlers import get_routers
 from handlers.fallback import on_error
+from storage.broadcasts import BroadcastRepo
 from storage.conversations import ConversationRepo
 from storage.db import Database
 from storage.jobs import JobRepo
@@ -50,7 +52,8 @@ def make_bot(settings: Settings) -> Bot:
            if settings.telegram_api_url else PRODUCTION)
     bot = Bot(settings.bot_token.get_secret_value(), session=AiohttpSession(api=api),
               default=DefaultBotProperties(link_preview_is_disabled=True))
-    bot.session.middleware(TelegramThrottle(settings.telegram_messages_per_second))
+    bot.session.middleware(TelegramThrottle(settings.telegram_messages_per_second,
+                                            settings.broadcast_share))
     return bot
 
 
@@ -65,8 +68,9 @@ def make_client(settings: Settings) -> ChatinfoClient:
 
 def make_dispatcher(
     bot: Bot, db: Database, client: ChatinfoClient, i18n: I18n,
-    settings: Settings, *, policy: RunnerPolicy | None = None,
+    settings: Settings, *, policy: RunnerPolicy | None = None, sandbox: bool = False,
 ) -> Dispatcher:
+    """`sandbox`: the API is the built-in fake (python -m bot --sandbox); admins are told."""
     users, jobs = UserRepo(db), JobRepo(db)
     quotas = QuotaRepo(db, settings.default_quota)
     clock = QuotaClock(settings.quota_timezone)
@@ -76,12 +80,19 @@ def make_dispatcher(
     runner = JobRunner(bot, client, jobs, i18n, quotas=quotas, units=tracker, policy=policy)
     admission = Admission(jobs, quotas, tracker, clock, settings.max_pending_per_user,
                           late_after=policy.max_wait, database=db)
+    broadcasts = BroadcastRepo(db)
+    broadcaster = Broadcaster(
+        bot, broadcasts, i18n,
+        rate=settings.telegram_messages_per_second * settings.broadcast_share,
+        audience=settings.allowed_user_ids | settings.admin_ids if settings.allowed_user_ids
+        else None)
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
                     tracker=tracker, runner=runner, client=client, settings=settings,
                     submitter=Submitter(admission, jobs, runner, clock),
                     conversations=Conversations(ConversationRepo(db),
                                                 settings.conversation_idle_minutes),
-                    delivery=runner.delivery, i18n=i18n)
+                    delivery=runner.delivery, i18n=i18n, broadcasts=broadcasts,
+                    broadcaster=broadcaster, sandbox=sandbox)
     UserLocaleMiddleware(i18n, users).setup(dp)
     access = AccessMiddleware(settings.admin_ids, settings.allowed_user_ids)
     dp.message.outer_middleware(access)
@@ -96,12 +107,15 @@ def make_dispatcher(
 
 
 async def _on_startup(bot: Bot, runner: JobRunner, tracker: UnitsTracker, i18n: I18n,
-                      settings: Settings) -> None:
+                      settings: Settings, broadcaster: Broadcaster) -> None:
     await runner.resume()
+    await broadcaster.resume()
     tracker.start()
     await set_command_menus(bot, i18n, settings.admin_ids)
 
 
-async def _on_shutdown(runner: JobRunner, tracker: UnitsTracker) -> None:
+async def _on_shutdown(runner: JobRunner, tracker: UnitsTracker,
+                       broadcaster: Broadcaster) -> None:
+    await broadcaster.stop()
     await tracker.stop()
     await runner.stop()

@@ -60,6 +60,8 @@ class Commands:
     ban = BotCommandInfo(__("Ban a user, also before they write"), "<id>", admin=True,
                          private=True, read_only=False)
     unban = BotCommandInfo(__("Lift a ban"), "<id>", admin=True, private=True, read_only=False)
+    broadcast = BotCommandInfo(__("A message to every user"), admin=True, private=True,
+                               read_only=False)
 
 
 COMMANDS: tuple[BotCommandInfo, ...] = tuple(

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aiogram.types import TelegramObject, User
+from aiogram.enums import ChatType
+from aiogram.types import Message, TelegramObject, User
 from aiogram.utils.i18n import I18n, I18nMiddleware
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -58,7 +59,8 @@ class UserLocaleMiddleware(I18nMiddleware):
         user: User | None = data.get("event_from_user")
         if user is None:
             return self.i18n.default_locale
-        profile = await self._users.touch(user.id, user.language_code)
+        in_private = isinstance(event, Message) and event.chat.type == ChatType.PRIVATE
+        profile = await self._users.touch(user.id, user.language_code, reachable=in_private)
         locale = profile.locale or locale_for(user.language_code, self.i18n.default_locale)
         data["profile"] = profile
         data["locale"] = locale

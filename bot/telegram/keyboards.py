@@ -48,6 +48,17 @@ class HistoryCallback(CallbackData, prefix="hist"):
     job_id: JobId
 
 
+class BroadcastAction(StrEnum):
+    SEND = "s"
+    CANCEL = "c"
+    STOP = "x"
+
+
+class BroadcastCallback(CallbackData, prefix="bc"):
+    action: BroadcastAction
+    broadcast_id: JobId  # a row id as well
+
+
 def modes_keyboard(current: str) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for mode in MODES:
@@ -105,4 +116,30 @@ def open_bot_keyboard(link: str) -> InlineKeyboardMarkup:
     became (its inline_message_id, which the answer edits) only if it has a keyboard."""
     builder = InlineKeyboardBuilder()
     builder.button(text=_("🤖 Open the bot"), url=link)
+    return builder.as_markup()
+
+
+def broadcast_cancel_keyboard(broadcast_id: int) -> InlineKeyboardMarkup:
+    """Under "send me the message to broadcast"."""
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("✖️ Cancel"), callback_data=BroadcastCallback(
+        action=BroadcastAction.CANCEL, broadcast_id=broadcast_id))
+    return builder.as_markup()
+
+
+def broadcast_confirm_keyboard(broadcast_id: int) -> InlineKeyboardMarkup:
+    """Under the preview's count of recipients."""
+    builder = InlineKeyboardBuilder()
+    for action, label in ((BroadcastAction.SEND, _("📣 Send")),
+                          (BroadcastAction.CANCEL, _("✖️ Cancel"))):
+        builder.button(text=label, callback_data=BroadcastCallback(
+            action=action, broadcast_id=broadcast_id))
+    return builder.as_markup()
+
+
+def broadcast_stop_keyboard(broadcast_id: int) -> InlineKeyboardMarkup:
+    """Under a broadcast's progress while it is being sent."""
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("⏹ Stop"), callback_data=BroadcastCallback(
+        action=BroadcastAction.STOP, broadcast_id=broadcast_id))
     return builder.as_markup()

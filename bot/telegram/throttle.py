@@ -4,10 +4,19 @@ Telegram asks for about 30 messages a second per bot, one a second per chat and 
 minute per group. aiolimiter's leaky bucket fits these soft limits: a short burst is
 fine, a sustained rate is not. (The upstream's hard per-minute limits need the
 stricter sliding window in bot/upstream/limiter.py.)
+
+Work nobody waits for (a broadcast) runs `in_background()`: it gets at most its share of
+the per-bot rate, and only what answers leave. A background message goes out only while
+the bot's bucket is at most half full, so answers always have half a second's burst at
+once and the whole rate when they need it; the background waits while they use it.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from aiogram import Bot
@@ -36,12 +45,32 @@ MESSAGE_METHODS = (SendMessage, EditMessageText, EditMessageReplyMarkup, CopyMes
 PER_CHAT_PER_SECOND = 1
 PER_GROUP_PER_MINUTE = 20
 IDLE_LIMITERS_KEPT = 10_000  # per-chat limiters are forgotten once idle beyond this many
+DEFAULT_BACKGROUND_SHARE = 1 / 3
+
+_background: ContextVar[bool] = ContextVar("telegram_background", default=False)
+
+
+@contextmanager
+def in_background() -> Iterator[None]:
+    """Bot API calls made inside yield to everyone else's (see the module docstring)."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
 
 
 class TelegramThrottle(BaseRequestMiddleware):
-    def __init__(self, per_bot_per_second: int = TELEGRAM_MESSAGES_PER_SECOND) -> None:
+    def __init__(self, per_bot_per_second: int = TELEGRAM_MESSAGES_PER_SECOND,
+                 background_share: float = DEFAULT_BACKGROUND_SHARE) -> None:
         self._bot = AsyncLimiter(per_bot_per_second, 1)
         self._chats: dict[int, AsyncLimiter] = {}
+        # One at a time, evenly spaced: a background burst would take answers' room.
+        self.background_rate = per_bot_per_second * background_share
+        self._background = AsyncLimiter(1, 1 / self.background_rate)
+        # Room in the bot's bucket that background messages leave to answers (and at one
+        # message a second, none: or the background would never go).
+        self._answers_room = min(per_bot_per_second / 2, per_bot_per_second - 1)
 
     async def __call__(
         self,
@@ -50,13 +79,29 @@ class TelegramThrottle(BaseRequestMiddleware):
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
         if isinstance(method, MESSAGE_METHODS):
-            chat_id: Any = getattr(method, "chat_id", None)
-            if isinstance(chat_id, int):
-                async with self._chat(chat_id):
-                    pass
-            async with self._bot:
-                pass
+            if _background.get():
+                await self._background_turn()
+            else:
+                await self._foreground_turn(getattr(method, "chat_id", None))
         return await make_request(bot, method)
+
+    async def _foreground_turn(self, chat_id: Any) -> None:
+        if isinstance(chat_id, int):
+            async with self._chat(chat_id):
+                pass
+        async with self._bot:
+            pass
+
+    async def _background_turn(self) -> None:
+        """Its share, then a slot answers do not need. No per-chat limiter: a background
+        task sends one message to a chat, which cannot keep up a rate there."""
+        async with self._background:
+            pass
+        # The bucket drains with time and no event marks room in it: look again after
+        # the time one message takes to drain.
+        while not self._bot.has_capacity(self._answers_room + 1):  # noqa: ASYNC110
+            await asyncio.sleep(1 / self._bot.max_rate)
+        await self._bot.acquire()  # no await between the check and this: it is at once
 
     def _chat(self, chat_id: int) -> AsyncLimiter:
         limiter = self._chats.get(chat_id)

@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 
 from aiogram import Bot
 from aiogram.client.session.base import BaseSession
-from aiogram.methods import EditMessageText, GetFile, GetMe, SendMessage, TelegramMethod
+from aiogram.methods import (
+    CopyMessage,
+    EditMessageText,
+    GetFile,
+    GetMe,
+    SendMessage,
+    TelegramMethod,
+)
 from aiogram.methods.base import TelegramType
 
 M = TypeVar("M", bound=TelegramMethod[Any])
@@ -64,9 +71,8 @@ class RecordingSession(BaseSession):
         return response.result  # type: ignore[return-value]
 
     def _result(self, method: TelegramMethod[Any]) -> Any:
-        if isinstance(method, SendMessage):
-            self._next_message_id += 1
-            return self._message(method.chat_id, self._next_message_id, method.text)
+        if isinstance(method, SendMessage | CopyMessage):
+            return self._new_message(method)
         if isinstance(method, EditMessageText):
             if method.inline_message_id is not None:
                 return True  # Telegram answers an inline message's edit with True
@@ -79,6 +85,12 @@ class RecordingSession(BaseSession):
                     "file_size": len(self.files[method.file_id]),
                     "file_path": f"documents/{method.file_id}"}
         return True
+
+    def _new_message(self, method: SendMessage | CopyMessage) -> dict[str, Any]:
+        self._next_message_id += 1
+        if isinstance(method, CopyMessage):  # Telegram answers a copy with its id only
+            return {"message_id": self._next_message_id}
+        return self._message(method.chat_id, self._next_message_id, method.text)
 
     @staticmethod
     def _message(chat_id: Any, message_id: Any, text: str | None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ assert on the recorded calls::
     async with FakeTelegramAPI() as tg:
         tg.push_update(message_update(1, "/start"))
         [call] = await tg.wait_calls("sendMessage", 1)
+
+Users in ``blocked`` have blocked the bot: a message to them gets Telegram's 403.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ _TRUE_METHODS = (
 _KNOWN_METHODS = {
     name.lower(): name
     for name in (*_TRUE_METHODS, "getMe", "getUpdates", "sendMessage", "editMessageText",
-                 "editMessageReplyMarkup", "deleteMessage", "getMyCommands")
+                 "editMessageReplyMarkup", "deleteMessage", "getMyCommands", "copyMessage")
 }  # fmt: skip
+BLOCKED = "Forbidden: bot was blocked by the user"
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are "
     "exactly the same as a current content and reply markup of the message"
@@ -51,6 +54,7 @@ class Call:
     token: str
     at: float
     failed: bool = False
+    result: Any = None  # what the fake answered, if it succeeded
 
 
 @dataclass
@@ -62,6 +66,13 @@ class _Fault:
     retry_after: int | None = None
     chat_id: int | None = None
     disconnect: bool = False
+
+
+@dataclass
+class _Hold:
+    method: str  # lower-case
+    passing: int  # calls still let through before the hold begins
+    released: asyncio.Event
 
 
 class _ApiError(Exception):
@@ -96,8 +107,12 @@ class FakeTelegramAPI:
         # Messages posted through inline mode, by inline_message_id: what each was edited into.
         self.inline_messages: dict[str, JSON] = {}
         self.updates: list[JSON] = []
+        self.blocked: set[int] = set()  # users who blocked the bot
+        self.held: list[Call] = []  # calls waiting for `release` (see `hold`)
+        self._held_requests: list[web.Request] = []
         self.base_url = ""
         self._faults: list[_Fault] = []
+        self._hold: _Hold | None = None
         self._next_update_id = 1
         self._next_message_id: dict[int, int] = {}
         # Replaced on every push so each long poll waiting on the old one wakes up exactly once.
@@ -159,6 +174,21 @@ class FakeTelegramAPI:
             _Fault(method.lower(), times, status, description, retry_after, chat_id)
         )
 
+    def hold(self, method: str, *, after: int) -> None:
+        """Calls of `method` after the next `after` wait, unanswered, until `release`: the
+        bot sent them and Telegram has not acted on them yet. One whose connection is gone
+        by then (the bot was killed) is never acted on."""
+        self._hold = _Hold(method.lower(), after, asyncio.Event())
+
+    def abandoned(self) -> int:
+        """Held calls whose caller is gone (killed, or gave up waiting)."""
+        return sum(1 for request in self._held_requests if not _connected(request))
+
+    def release(self) -> None:
+        if self._hold is not None:
+            self._hold.released.set()
+            self._hold = None
+
     def inject_disconnect(self, method: str, times: int = 1) -> None:
         self._faults.append(_Fault(method.lower(), times, disconnect=True))
 
@@ -219,7 +249,10 @@ class FakeTelegramAPI:
                 return web.Response()
             if fault is not None:
                 raise _ApiError(fault.status, fault.description, fault.retry_after)
-            result = await self._dispatch(call)
+            if not await self._held_then_wanted(call, request):
+                call.failed = True
+                return web.Response()  # nobody is left to read it
+            result = call.result = await self._dispatch(call)
         except _ApiError as e:
             call.failed = True
             body: JSON = {"ok": False, "error_code": e.status, "description": e.description}
@@ -238,6 +271,19 @@ class FakeTelegramAPI:
                 # Uploaded files are only recorded by name; no test needs their bytes.
                 params[key] = value.filename if isinstance(value, web.FileField) else value
         return {key: _decode(key, value) for key, value in params.items()}
+
+    async def _held_then_wanted(self, call: Call, request: web.Request) -> bool:
+        """Wait while `hold` holds the call; whether its caller still waits for the answer."""
+        hold = self._hold
+        if hold is None or hold.method != call.method.lower():
+            return True
+        if hold.passing > 0:
+            hold.passing -= 1
+            return True
+        self.held.append(call)
+        self._held_requests.append(request)
+        await hold.released.wait()
+        return _connected(request)
 
     def _take_fault(self, call: Call) -> _Fault | None:
         for fault in self._faults:
@@ -262,6 +308,7 @@ class FakeTelegramAPI:
             "editMessageText": self._edit_message_text,
             "editMessageReplyMarkup": self._edit_reply_markup,
             "deleteMessage": self._delete_message,
+            "copyMessage": self._copy_message,
         }
         if handler := handlers.get(call.method):
             return handler(call)
@@ -289,10 +336,16 @@ class FakeTelegramAPI:
                 break
         return self.updates[:limit]
 
-    def _send_message(self, call: Call) -> JSON:
-        chat_id = int(call.params["chat_id"])
+    def _new_message_id(self, chat_id: int) -> int:
+        if chat_id in self.blocked:
+            raise _ApiError(403, BLOCKED)
         message_id = self._next_message_id.get(chat_id, 1000)
         self._next_message_id[chat_id] = message_id + 1
+        return message_id
+
+    def _send_message(self, call: Call) -> JSON:
+        chat_id = int(call.params["chat_id"])
+        message_id = self._new_message_id(chat_id)
         message = {
             "message_id": message_id,
             "date": int(time.time()),
@@ -304,6 +357,23 @@ class FakeTelegramAPI:
             message["reply_markup"] = markup
         self.messages[(chat_id, message_id)] = message
         return message
+
+    def _copy_message(self, call: Call) -> JSON:
+        """Any message may be copied (the fake does not keep the users' own messages)."""
+        chat_id = int(call.params["chat_id"])
+        message_id = self._new_message_id(chat_id)
+        self.messages[(chat_id, message_id)] = {
+            "message_id": message_id, "date": int(time.time()), "chat": _chat(chat_id),
+            "copy_of": (int(call.params["from_chat_id"]), int(call.params["message_id"]))}
+        return {"message_id": message_id}
+
+    def copies_of(self, from_chat_id: int, message_id: int) -> dict[int, int]:
+        """How many copies of that message each chat got."""
+        counts: dict[int, int] = {}
+        for (chat_id, _), message in self.messages.items():
+            if message.get("copy_of") == (from_chat_id, message_id):
+                counts[chat_id] = counts.get(chat_id, 0) + 1
+        return counts
 
     def _edit_message_text(self, call: Call) -> JSON | bool:
         if (inline_id := call.params.get("inline_message_id")) is not None:
@@ -338,6 +408,10 @@ class FakeTelegramAPI:
         if self.messages.pop(_key(call.params), None) is None:
             raise _ApiError(400, "Bad Request: message to delete not found")
         return True
+
+
+def _connected(request: web.Request) -> bool:
+    return request.transport is not None and not request.transport.is_closing()
 
 
 def _key(p: JSON) -> tuple[int, int]:
