@@ -17,8 +17,8 @@ from aiogram.types import Update
 from bot.app.wiring import make_dispatcher
 from bot.config import Settings
 from bot.jobs.conversation import HEADER, NOW
+from bot.jobs.poll_scheduler import PollTiming
 from bot.jobs.runner import JobRunner, RunnerPolicy
-from bot.jobs.scheduler import PollTiming
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import FakeChatinfo

@@ -30,18 +30,17 @@ from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
 from bot.jobs import crashpoints
+from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure, failure_text
-from bot.jobs.scheduler import (
-    PRIOR,
+from bot.jobs.poll_scheduler import (
     Answer,
     Expired,
-    FairQueue,
     Lost,
     PollScheduler,
     PollTiming,
-    SolveTimes,
     wait_event,
 )
+from bot.jobs.solve_times import PRIOR, SolveTimes
 from bot.logs import job_event
 from bot.telegram.commands import answer_payload
 from bot.telegram.delivery import Delivery
