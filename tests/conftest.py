@@ -14,13 +14,12 @@ from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 
-from bot.app.wiring import make_dispatcher
+from bot.app.wiring import Application, make_application
 from bot.config import Settings
 from bot.jobs.conversation import HEADER, NOW
 from bot.jobs.poll_scheduler import PollTiming
 from bot.jobs.runner import JobRunner, RunnerPolicy
 from bot.telegram.i18n import make_i18n
-from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import FakeChatinfo
 from storage.db import open_database
 from storage.jobs import JobRepo
@@ -50,18 +49,23 @@ async def chatinfo() -> AsyncIterator[FakeChatinfo]:
 
 @dataclass
 class App:
-    """The bot as handlers see it, wired exactly as in production."""
+    """The bot as handlers see it, wired exactly as in production. Its job workers run,
+    as after a start; the rest of the start (jobs resumed, the units refresher, command
+    menus) is the test's to do: `runner.resume()`, `dp.emit_startup(...)`."""
 
-    dp: Dispatcher
+    application: Application
     bot: Bot
     session: RecordingSession
     db: aiosqlite.Connection
     chatinfo: FakeChatinfo
 
     @property
+    def dp(self) -> Dispatcher:
+        return self.application.dp
+
+    @property
     def runner(self) -> JobRunner:
-        runner: JobRunner = self.dp["runner"]
-        return runner
+        return self.application.runner
 
     @property
     def jobs(self) -> JobRepo:
@@ -92,20 +96,22 @@ async def make_app(tmp_path: Path, chatinfo: FakeChatinfo) -> AsyncIterator[AppF
     async def build(policy: RunnerPolicy = FAST_POLLS, client_options: dict[str, Any] | None = None,
                     **overrides: Any) -> App:
         db = await open_database(tmp_path / "bot.sqlite3")
-        client = ChatinfoClient(chatinfo.base_url, "test-key", backoff=0.01,
-                                **{"window": TEST_WINDOW, **(client_options or {})})
         bot, session = mocked_bot()
         settings = Settings(bot_token="42:TEST-TOKEN", chatinfo_api_key="test-key",
+                            chatinfo_base_url=chatinfo.base_url,
                             database_path=tmp_path / "bot.sqlite3", **overrides)
-        dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=policy)
+        application = make_application(
+            bot, db, make_i18n(), settings, policy=policy,
+            client_options={"backoff": 0.01, "window": TEST_WINDOW, **(client_options or {})})
+        application.runner.workers.start()
 
         async def cleanup() -> None:
-            await dp["runner"].stop()
-            await client.close()
+            await application.services.stop()
+            await application.upstream.close()
             await db.close()
 
         cleanups.append(cleanup)
-        return App(dp, bot, session, db, chatinfo)
+        return App(application, bot, session, db, chatinfo)
 
     yield build
     for cleanup in cleanups:

@@ -22,7 +22,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import TelegramType
 
-from bot.app.wiring import make_dispatcher
+from bot.app.wiring import make_application
 from bot.config import Settings
 from bot.jobs.runner import RunnerPolicy
 from bot.telegram.i18n import make_i18n
@@ -104,13 +104,15 @@ async def built_app(
     bot = Bot(token, session=session)
     options: dict[str, Any] = {"bot_token": token, "chatinfo_api_key": key,
                                "database_path": database, **settings}
-    dp = make_dispatcher(bot, db, client, make_i18n(), Settings(**options), policy=policy)
+    application = make_application(bot, db, make_i18n(), Settings(**options), client=client,
+                                   policy=policy)
+    application.runner.workers.start()
     if history:
-        await dp["runner"].resume()
+        await application.runner.resume()
     try:
-        yield App(dp, bot, session, db, chatinfo)
+        yield App(application, bot, session, db, chatinfo)
     finally:
-        await dp["runner"].stop()
+        await application.services.stop()
         await client.close()
         await db.close()
 

@@ -1,4 +1,4 @@
-"""Running the bot: settings -> logging -> database -> clients -> dispatcher -> serving."""
+"""Running the bot: settings -> logging -> database -> the application -> serving."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from aiogram.exceptions import TelegramUnauthorizedError
 from pydantic import ValidationError
 
-from bot.app.wiring import freeze_startup_objects, make_bot, make_client, make_dispatcher
+from bot.app.wiring import freeze_startup_objects, make_application, make_bot
 from bot.config import Settings, describe_problems
 from bot.logs import setup_logging
 from bot.ops.serve import StartupError, serve
@@ -23,14 +23,13 @@ EXIT_CANNOT_SERVE = 1
 
 async def run(settings: Settings) -> None:
     db = await open_database(settings.database_path)
-    client = make_client(settings)
     bot = make_bot(settings)
+    app = make_application(bot, db, make_i18n(settings.default_locale), settings)
     try:
-        dp = make_dispatcher(bot, db, client, make_i18n(settings.default_locale), settings)
         freeze_startup_objects()
-        await serve(settings, bot=bot, dp=dp, db=db)
+        await serve(settings, bot=bot, app=app)
     finally:
-        await client.close()
+        await app.upstream.close()
         await bot.session.close()
         await db.close()
 

@@ -9,12 +9,13 @@ import time
 from collections import OrderedDict, deque
 from contextlib import suppress
 
+from bot.services import Worker
 from bot.upstream.limiter import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
 
-class FairQueue:
+class FairQueue(Worker):
     """create_request slots, handed out round-robin between users as the budget allows.
 
     After a 429 (which spent nothing) the queue honours the server's window: it grants
@@ -23,6 +24,7 @@ class FairQueue:
     While paused (a balance check), it grants nothing at all.
     """
 
+    name = "create-queue"
     PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
 
     def __init__(self, limiter: SlidingWindowLimiter) -> None:
@@ -30,7 +32,6 @@ class FairQueue:
         # user -> their waiting (job id, ticket)s, users in round-robin order
         self._waiting: OrderedDict[int, deque[tuple[int, asyncio.Future[None]]]] = OrderedDict()
         self._changed = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
         self._hold_until = 0.0  # monotonic; no grant before it
         self._need_probe = False  # a 429 came: the next grant is a probe
         self._probe_job: int | None = None  # the probe out now
@@ -38,10 +39,6 @@ class FairQueue:
         self._open = asyncio.Event()  # cleared while the balance is checked
         self._open.set()
         self.outstanding = 0  # granted calls whose outcome (`sent`) is not known yet
-
-    @property
-    def running(self) -> bool:
-        return self._loop_task is not None and not self._loop_task.done()
 
     @property
     def queued(self) -> int:
@@ -74,14 +71,6 @@ class FairQueue:
         """Seconds until the request with `ahead` others before it is sent, at the budget."""
         held = max(0.0, self._hold_until - time.monotonic(), self._limiter.delay())
         return held + ahead * self._limiter.period / self._limiter.limit
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._serve(), name="create-queue")
-
-    async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
 
     async def turn(self, user_id: int, job_id: int, *, first: bool = False) -> None:
         """Wait until this user's request may be sent; the budget slot is taken for it.

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from bot.jobs import crashpoints
 from bot.jobs.solve_times import MIN_SECONDS, Estimate, SolveTimes
+from bot.services import Worker
 from bot.upstream.client import ChatinfoError, RateLimited, RequestRejected, UpstreamUnavailable
 from bot.upstream.limiter import SlidingWindowLimiter
 
@@ -121,12 +122,14 @@ PACE_PERIOD = 0.02  # 5 polls at most in any 20 ms, at 15,000 a minute
 Settled = Callable[[int, Answer | Exception], None]
 
 
-class PollScheduler:
+class PollScheduler(Worker):
     """One loop that polls every pending job, within the poll budget, earliest due first.
 
     A pending job costs an entry here and nothing else: no task waits for it. When its
     answer arrives (or it ends), `settled` is called and the owner carries it on.
     """
+
+    name = "poll-scheduler"
 
     MAX_IN_FLIGHT = 64  # concurrent get_response calls: 250/s at up to 250 ms each
     CALM_AFTER_429 = 2.0  # seconds without polls after the server says 429
@@ -150,25 +153,19 @@ class PollScheduler:
         self._changed = asyncio.Event()
         self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
         self._polls: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
         self._calm_until = 0.0
 
     @property
     def pending(self) -> int:
         return len(self._entries)
 
-    @property
-    def running(self) -> bool:
-        return self._loop_task is not None and not self._loop_task.done()
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._serve(), name="poll-scheduler")
-
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._polls) if t is not None]
-        for task in tasks:
+        """Stop polling; the watched jobs are forgotten (they stay pending in SQLite)."""
+        await super().stop()
+        polls = list(self._polls)
+        for task in polls:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*polls, return_exceptions=True)
         self._entries.clear()
         self._heap.clear()
 

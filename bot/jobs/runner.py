@@ -42,6 +42,7 @@ from bot.jobs.poll_scheduler import (
 )
 from bot.jobs.solve_times import PRIOR, SolveTimes
 from bot.logs import job_event
+from bot.services import Service, Services
 from bot.telegram.commands import answer_payload
 from bot.telegram.delivery import Delivery
 from bot.telegram.indicators import WaitingIndicators
@@ -54,17 +55,14 @@ from bot.telegram.wording import (
     settling_text,
     waiting_text,
 )
+from bot.upstream.account import Upstream
 from bot.upstream.client import (
-    CREATE,
-    POLL,
     AccessDenied,
-    ChatinfoClient,
     ChatinfoError,
     NotEnoughUnits,
     RateLimited,
     UpstreamUnavailable,
 )
-from bot.upstream.units import UnitsTracker
 from storage.jobs import Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
 
@@ -94,27 +92,28 @@ class RunnerPolicy:
 
 
 class JobRunner:
+    """Carries jobs through their steps. Its workers (the waiting indicators, the create
+    queue, the poll scheduler) run as one service with it: `service`."""
+
     def __init__(
-        self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
-        quotas: QuotaRepo, units: UnitsTracker, policy: RunnerPolicy | None = None,
+        self, jobs: JobRepo, upstream: Upstream, *, scheduler: PollScheduler,
+        queue: FairQueue, solve_times: SolveTimes, indicators: WaitingIndicators,
+        delivery: Delivery, bot: Bot, i18n: I18n, quotas: QuotaRepo, policy: RunnerPolicy,
     ) -> None:
         self._bot = bot
-        self._client = client
+        self._upstream = upstream
         self._jobs = jobs
         self._quotas = quotas
-        self._units = units
         self._i18n = i18n
-        self._policy = policy or RunnerPolicy()
-        self.delivery = Delivery(bot)
-        self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
-                                             self._progress_text)
-        self._solve_times = SolveTimes(self._policy.prior)
-        self.scheduler = PollScheduler(
-            lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
-            client.limiters[POLL], self._solve_times, self._policy.timing,
-            settled=self.start)
-        self.queue = FairQueue(client.limiters[CREATE])
-        self._workers_started = False
+        self._policy = policy
+        self.delivery = delivery
+        self._indicators = indicators
+        self._solve_times = solve_times
+        self.scheduler = scheduler
+        self.queue = queue
+        # Each started before what uses it, and stopped after: the scheduler's answers
+        # start jobs, and jobs use the queue and the indicators.
+        self.workers = Services(indicators, queue, scheduler)
         # A job is in one of these while it is unfinished: a task carries it, or it is
         # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -142,9 +141,13 @@ class JobRunner:
         """Jobs carried on now: with a task, or waiting for their answer."""
         return len(self._tasks) + self.scheduler.pending
 
+    @property
+    def service(self) -> Service:
+        """The runner as a service: its workers start with it, and stop after its jobs."""
+        return _RunnerService(self)
+
     def start(self, job_id: int, outcome: Outcome | None = None) -> None:
         """Carry the job on from its stored step; `outcome` is its poll's, if it has one."""
-        self._start_workers()
         task = asyncio.create_task(self._run(job_id, outcome), name=f"job-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._task_done(job_id, task))
@@ -154,11 +157,6 @@ class JobRunner:
             del self._tasks[job_id]
         self._job_left.set()
 
-    @property
-    def workers_alive(self) -> bool:
-        """False once a started worker (poll scheduler, create queue) has ended."""
-        return not self._workers_started or (self.scheduler.running and self.queue.running)
-
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no job is running (or `timeout` passes); whether none is."""
         deadline = time.monotonic() + timeout
@@ -166,12 +164,6 @@ class JobRunner:
             self._job_left.clear()
             await wait_event(self._job_left, left)
         return not self.active
-
-    def _start_workers(self) -> None:
-        if not self._workers_started:
-            self._workers_started = True
-            self.scheduler.start()
-            self.queue.start()
 
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
@@ -195,7 +187,7 @@ class JobRunner:
 
     async def _read_balance(self) -> int | None:
         try:
-            return await self._client.units()
+            return await self._upstream.read_balance()
         except ChatinfoError as error:
             log.warning("could not read the balance (%s); failed creates count as spent",
                         error)
@@ -208,7 +200,7 @@ class JobRunner:
         self._anchor, self._acked_since_anchor = actual, 0
         await self._jobs.set_balance_anchor(actual, read_at)
         if actual is not None:
-            await self._units.observe(actual)
+            await self._upstream.observe(actual)
 
     async def _end_unknown(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:  # each job's task (or the next start) tells its user
@@ -251,7 +243,8 @@ class JobRunner:
                      "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
 
     async def stop(self) -> None:
-        """Cancel the waiting; let create_request calls in flight store their id first."""
+        """Cancel the waiting, and stop the workers; let create_request calls in flight
+        store their id first. The jobs stay in SQLite for the next start."""
         if self._creating:
             # Short of a graceful deploy's 10 s; a create still unanswered by then stays
             # "creating" and is offered as a retry at the next start, as after a crash.
@@ -260,9 +253,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.scheduler.stop()
-        await self.queue.stop()
-        await self._indicators.stop()
+        await self.workers.stop()
 
     async def cancel(self, user_id: int) -> tuple[int, int]:
         """Stop waiting for the user's unfinished jobs: (how many were stopped before they
@@ -411,7 +402,7 @@ class JobRunner:
         try:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
             await self._jobs.mark_creating(job.id)
-            created = await self._client.create_request(job.content, job.mode, slot_taken=True)
+            created = await self._upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited:
             self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
@@ -419,14 +410,14 @@ class JobRunner:
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
-            await self._units.check_limits()
+            await self._upstream.check_limits()
         except UpstreamUnavailable as error:
             again = await self._after_unavailable(job, error)
         except NotEnoughUnits as error:
-            await self._units.observe(0)
+            await self._upstream.observe(0)
             await self._tell(job, Failure.NO_UNITS, str(error))
         except AccessDenied as error:
-            await self._units.denied(error.upstream_error)
+            await self._upstream.denied(error.upstream_error)
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
@@ -436,7 +427,7 @@ class JobRunner:
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
-                await self._units.observe(created.units, from_create=True)
+                await self._upstream.observe(created.units, from_create=True)
         finally:
             if not reported:
                 self.queue.sent(job.id, rate_limited=False)
@@ -551,7 +542,6 @@ class JobRunner:
     def _park(self, job: Job) -> None:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""
         assert job.upstream_id is not None
-        self._start_workers()
         late = self._late(job)
         if not (job.cancelled or job.id in self._quiet or late):
             self._indicators.watch(job)
@@ -598,11 +588,11 @@ class JobRunner:
             case Lost():
                 await self._tell(job, Failure.LOST, str(outcome))
             case NotEnoughUnits():
-                await self._units.observe(0)
+                await self._upstream.observe(0)
                 await self._tell(job, Failure.NO_UNITS, str(outcome))
             case ChatinfoError():
                 if isinstance(outcome, AccessDenied):
-                    await self._units.denied(outcome.upstream_error)
+                    await self._upstream.denied(outcome.upstream_error)
                 await self._tell(job, Failure.ACCESS_DENIED,
                                  f"{outcome}: {outcome.upstream_error}")
             case _:
@@ -692,7 +682,7 @@ class JobRunner:
             text = queue_text(ahead, seconds, held=self.queue.held)
         await self.delivery.progress(job.chat_id, job.placeholder_id, text)
 
-    def _progress_text(self, job_id: int, locale: str, seconds: float) -> str:
+    def progress_text(self, job_id: int, locale: str, seconds: float) -> str:
         """The placeholder while the job waits: its place in the queue until it is sent."""
         ahead = self.queue.ahead(job_id)
         wait = self.queue.eta(ahead or 0)
@@ -712,3 +702,17 @@ class JobRunner:
     def _locale(self, locale: str) -> Iterator[None]:
         with self._i18n.context(), self._i18n.use_locale(locale):
             yield
+
+
+@dataclass(frozen=True)
+class _RunnerService:
+    runner: JobRunner
+
+    def start(self) -> None:
+        self.runner.workers.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()  # its jobs, then its workers
+
+    def alive(self) -> bool:
+        return self.runner.workers.alive()
