@@ -63,7 +63,7 @@ from bot.upstream.client import (
     RateLimited,
     UpstreamUnavailable,
 )
-from storage.jobs import Job, JobRepo, JobState
+from storage.jobs import UNFINISHED, Job, JobRepo, JobState
 from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ class RunnerPolicy:
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
     create_settles_after: float = 60.0
+    # A step that raises (a bug, the database) is tried again after 1, 2, 4, 8 s; the
+    # fifth failure ends the job, and its user is told.
+    step_attempts: int = 5
+    step_retry_pause: float = 1.0
 
 
 class JobRunner:
@@ -308,6 +312,7 @@ class JobRunner:
 
     async def _run(self, job_id: int, outcome: Outcome | None) -> None:
         pause = TELEGRAM_DOWN_FIRST_PAUSE
+        failures = 0
         while True:
             try:
                 await self._advance(job_id, outcome)
@@ -322,11 +327,38 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # The job stays in SQLite at its last step and resumes at the next start.
+                # A bug, or the database failing: every step is stored, so the job is gone
+                # over again from its last one, a few times, then ended.
                 await self._indicators.forget(job_id)
-                log.exception("job %s stopped unexpectedly", job_id,
-                              extra={"job_id": job_id, "outcome": "crashed"})
-                return
+                failures += 1
+                if failures >= self._policy.step_attempts:
+                    log.exception("job %s stopped unexpectedly: its step failed %d times",
+                                  job_id, failures,
+                                  extra={"job_id": job_id, "outcome": "crashed"})
+                    await self._give_up(job_id)
+                    return
+                retry_in = self._policy.step_retry_pause * 2 ** (failures - 1)
+                log.exception("job %s: its step failed (%d of %d); again in %.1f s", job_id,
+                              failures, self._policy.step_attempts, retry_in,
+                              extra={"job_id": job_id, "outcome": "step_failed"})
+                await asyncio.sleep(retry_in)
+
+    async def _give_up(self, job_id: int) -> None:
+        """End a job whose step kept failing, and tell its user as for any failure (its
+        quota given back if it was never sent). If even that fails, the job stays at its
+        last step, and the next start carries it on."""
+        self.scheduler.drop(job_id)
+        try:
+            job = await self._jobs.get(job_id)
+            if job is None or job.state not in UNFINISHED:
+                return  # ended already: an untold ending is shown at the next start
+            if job.state is JobState.CREATING:  # its create may have counted
+                await self._tell(job, Failure.UNKNOWN_OUTCOME, "its step kept failing")
+            else:
+                await self._tell(job, Failure.INTERNAL, "its step kept failing")
+        except Exception:
+            log.exception("job %s could not be ended; it resumes at the next start", job_id,
+                          extra={"job_id": job_id, "outcome": "crashed"})
 
     async def _advance(self, job_id: int, outcome: Outcome | None) -> None:
         job = await self._jobs.get(job_id)
