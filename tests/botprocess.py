@@ -40,10 +40,11 @@ class BotProcess:
         }
         self.process: asyncio.subprocess.Process | None = None
         self.stderr = b""
+        self.launcher: list[str] = []  # e.g. a profiler that runs the command it is given
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=self.workdir, env=self.env,
+            *self.launcher, sys.executable, "-m", "bot", cwd=self.workdir, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
 

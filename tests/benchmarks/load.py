@@ -39,6 +39,7 @@ from bot.config import Settings
 from bot.jobs.runner import RunnerPolicy
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient, ChatinfoError
+from storage.conversations import ConversationRepo
 from storage.db import open_database
 from storage.jobs import JobState
 from storage.users import UserRepo
@@ -171,6 +172,8 @@ async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
     for user_id, mode in user_modes(args.seed).items():
         await users.touch(user_id, "en")
         await users.set_mode(user_id, mode)
+        # Both variants must send the same text: the loop knows no conversations.
+        await ConversationRepo(db).set_memory(user_id, mode, remembers=False)
     started = time.monotonic()
     feeding: list[asyncio.Task[Any]] = []
     for at, user_id, text in plan_messages(args.seed, args.rate, args.duration):
@@ -265,7 +268,7 @@ async def variant(args: argparse.Namespace) -> dict[str, Any]:
     cpu_before, _ = usage()
     result = await (run_ours(args, url) if args.variant == "ours" else run_baseline(args, url))
     cpu_after, rss = usage()
-    records, statuses = upstream.finish()
+    records, statuses, _ = upstream.finish()
     return summarise(args.variant, result, records, statuses, cpu_after - cpu_before, rss)
 
 

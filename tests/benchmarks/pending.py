@@ -95,7 +95,7 @@ async def measure(args: argparse.Namespace) -> None:
     await runner.wait_idle(args.duration)
     elapsed = time.monotonic() - started
     cpu_end, rss_peak = usage()
-    records, statuses = upstream.finish()
+    records, statuses, _ = upstream.finish()
     edits = {message_id: moment for (_, message_id), moment in session.answered.items()}
     rows = await db.execute_fetchall("SELECT upstream_id, placeholder_id FROM jobs "
                                      "WHERE placeholder_id >= ?", (10**6,))

@@ -12,6 +12,7 @@ import hashlib
 import math
 import multiprocessing
 import random
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -40,6 +41,7 @@ def solve_seconds(seed: int, mode: str, content: str, noise_sigma: float = NOISE
 @dataclass(frozen=True)
 class Record:
     id: int
+    tag: str  # the content's first word: the benchmarks number every message "#n"
     ready_at: float  # time.monotonic(), the same clock in every process on this machine
     created_at: float
 
@@ -53,8 +55,10 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
         conn.send(await server.start())
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # the parent asks for the records
-        conn.send(([Record(r.id, r.ready_at, r.created_at) for r in server.requests],
-                   dict(server.statuses)))
+        polls = Counter(call.request_id for call in server.served
+                        if call.endpoint == "get_response" and call.request_id is not None)
+        conn.send(([Record(r.id, r.content.split(" ", 1)[0], r.ready_at, r.created_at)
+                    for r in server.requests], dict(server.statuses), polls))
         await server.stop()
 
     asyncio.run(main())
@@ -72,8 +76,9 @@ class UpstreamProcess:
         url: str = self._conn.recv()
         return url
 
-    def finish(self) -> tuple[list[Record], dict[tuple[str, int], int]]:
+    def finish(self) -> tuple[list[Record], dict[tuple[str, int], int], Counter[int]]:
+        """Every request made, the status counts, and get_response calls per request."""
         self._conn.send("records")
-        records, statuses = self._conn.recv()
+        records, statuses, polls = self._conn.recv()
         self._process.join(timeout=10)
-        return records, statuses
+        return records, statuses, polls
