@@ -23,6 +23,7 @@ from bot.jobs.poll_scheduler import PollScheduler
 from bot.jobs.runner import JobRunner, Outcome, RunnerPolicy
 from bot.jobs.solve_times import SolveTimes
 from bot.jobs.submit import Submitter
+from bot.jobs.view import JobView
 from bot.ops.health import HealthCheck, Heartbeat, database_probe, services_probe
 from bot.ops.metrics import Metrics, UpstreamCalls
 from bot.services import Services
@@ -156,7 +157,8 @@ def make_application(
 
 def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
                 delivery: Delivery, i18n: I18n, policy: RunnerPolicy) -> JobRunner:
-    """The runner and its workers, which share the upstream's create and poll budgets."""
+    """The runner, its view and its workers, which share the upstream's create and poll
+    budgets."""
     solve_times = SolveTimes(policy.prior)
     runner: JobRunner  # built last: the scheduler and the indicators call back into it
 
@@ -168,9 +170,13 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
 
     scheduler = PollScheduler(upstream.poll, upstream.budget(POLL), solve_times, policy.timing,
                               settled=settled)
+    queue = FairQueue(upstream.budget(CREATE))
     indicators = WaitingIndicators(bot, delivery, policy.progress_every, progress_text)
-    runner = JobRunner(jobs, upstream, scheduler=scheduler,
-                       queue=FairQueue(upstream.budget(CREATE)), solve_times=solve_times,
-                       indicators=indicators, delivery=delivery, bot=bot, i18n=i18n,
-                       quotas=quotas, policy=policy)
+    view = JobView(bot, delivery, indicators, queue, quotas, i18n, max_wait=policy.max_wait,
+                   late_wait=policy.late_wait)
+    # Each started before what uses it, and stopped after: the scheduler's answers start
+    # jobs, and jobs use the queue and the indicators.
+    workers = Services(indicators, queue, scheduler)
+    runner = JobRunner(jobs, upstream, view, scheduler=scheduler, queue=queue,
+                       solve_times=solve_times, workers=workers, policy=policy)
     return runner

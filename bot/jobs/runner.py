@@ -11,27 +11,20 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from aiogram import Bot
 from aiogram.exceptions import (
-    TelegramAPIError,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import InlineKeyboardMarkup
-from aiogram.utils.deep_linking import create_start_link
-from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 
 from bot.jobs import crashpoints
 from bot.jobs.create_queue import FairQueue
-from bot.jobs.failures import Failure, failure_text
+from bot.jobs.failures import Failure
 from bot.jobs.poll_scheduler import (
     Answer,
     Expired,
@@ -41,20 +34,9 @@ from bot.jobs.poll_scheduler import (
     wait_event,
 )
 from bot.jobs.solve_times import PRIOR, SolveTimes
+from bot.jobs.view import JobView
 from bot.logs import job_event
 from bot.services import Service, Services
-from bot.telegram.commands import answer_payload
-from bot.telegram.delivery import Delivery
-from bot.telegram.indicators import WaitingIndicators
-from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
-from bot.telegram.render import Part, first_part, render
-from bot.telegram.wording import (
-    duration_text,
-    placeholder_text,
-    queue_text,
-    settling_text,
-    waiting_text,
-)
 from bot.upstream.account import Upstream
 from bot.upstream.client import (
     AccessDenied,
@@ -64,7 +46,6 @@ from bot.upstream.client import (
     UpstreamUnavailable,
 )
 from storage.jobs import UNFINISHED, Job, JobRepo, JobState
-from storage.quotas import QuotaRepo
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +77,22 @@ class RunnerPolicy:
 
 
 class JobRunner:
-    """Carries jobs through their steps. Its workers (the waiting indicators, the create
-    queue, the poll scheduler) run as one service with it: `service`."""
+    """Carries jobs through their steps, and stores each; `view` shows them to the user.
+    Its `workers` (the create queue and the poll scheduler among them) run as one service
+    with it: `service`."""
 
     def __init__(
-        self, jobs: JobRepo, upstream: Upstream, *, scheduler: PollScheduler,
-        queue: FairQueue, solve_times: SolveTimes, indicators: WaitingIndicators,
-        delivery: Delivery, bot: Bot, i18n: I18n, quotas: QuotaRepo, policy: RunnerPolicy,
+        self, jobs: JobRepo, upstream: Upstream, view: JobView, *, scheduler: PollScheduler,
+        queue: FairQueue, solve_times: SolveTimes, workers: Services, policy: RunnerPolicy,
     ) -> None:
-        self._bot = bot
-        self._upstream = upstream
         self._jobs = jobs
-        self._quotas = quotas
-        self._i18n = i18n
+        self._upstream = upstream
+        self._view = view
         self._policy = policy
-        self.delivery = delivery
-        self._indicators = indicators
         self._solve_times = solve_times
         self.scheduler = scheduler
         self.queue = queue
-        # Each started before what uses it, and stopped after: the scheduler's answers
-        # start jobs, and jobs use the queue and the indicators.
-        self.workers = Services(indicators, queue, scheduler)
+        self.workers = workers
         # A job is in one of these while it is unfinished: a task carries it, or it is
         # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -302,12 +277,7 @@ class JobRunner:
         if not await self._jobs.mark_cancelled(job.id):
             return False
         self._quiet.add(job.id)
-        await self._indicators.forget(job.id)
-        with self._locale(job.locale):
-            text = _("✖️ Stopped waiting. The request had already been sent, so it was "
-                     "counted; its answer will be kept in /history.")
-        with suppress(TelegramAPIError):  # best effort: the answer is what matters
-            await self.delivery.show(job, Part(text))
+        await self._view.stopped_waiting(job)
         return True
 
     async def _run(self, job_id: int, outcome: Outcome | None) -> None:
@@ -329,7 +299,7 @@ class JobRunner:
             except Exception:
                 # A bug, or the database failing: every step is stored, so the job is gone
                 # over again from its last one, a few times, then ended.
-                await self._indicators.forget(job_id)
+                await self._view.forget(job_id)
                 failures += 1
                 if failures >= self._policy.step_attempts:
                     log.exception("job %s stopped unexpectedly: its step failed %d times",
@@ -366,10 +336,8 @@ class JobRunner:
             return
         if (job.placeholder_id is None and not job.inline
                 and job.state in (JobState.NEW, JobState.CREATING)):
-            with self._locale(job.locale):
-                text = placeholder_text()
             try:
-                placeholder = await self.delivery.placeholder(job, text)
+                placeholder = await self._view.placeholder(job)
             except TelegramForbiddenError:
                 await self._end_blocked(job)
                 return
@@ -387,7 +355,7 @@ class JobRunner:
             await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
             return
         if job.state is JobState.NEW:
-            self._indicators.watch(job)
+            self._view.watch(job)
             job = await self._create(job)
         if job.state is JobState.PENDING:
             if outcome is None:
@@ -406,7 +374,7 @@ class JobRunner:
         deadline = job.created_at + self._policy.max_wait
         first = False
         while True:
-            await self._show_queue_position(job)
+            await self._view.queue_position(job)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.time())):
                     await self.queue.turn(job.user_id, job.id, first=first)
@@ -436,20 +404,20 @@ class JobRunner:
             await self._jobs.mark_creating(job.id)
             created = await self._upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
-        except RateLimited:
+        except RateLimited as error:
             self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
             reported = again = True
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
-            await self._upstream.check_limits()
+            await self._upstream.learn(error)
         except UpstreamUnavailable as error:
             again = await self._after_unavailable(job, error)
         except NotEnoughUnits as error:
-            await self._upstream.observe(0)
+            await self._upstream.learn(error)
             await self._tell(job, Failure.NO_UNITS, str(error))
         except AccessDenied as error:
-            await self._upstream.denied(error.upstream_error)
+            await self._upstream.learn(error)
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
@@ -490,7 +458,7 @@ class JobRunner:
     async def _settle(self, job: Job) -> bool:
         """Once the server has surely finished the job's failed create, let the balance
         tell whether it spent a unit: sent again if not (True), else the user is told."""
-        await self._show_settling(job)
+        await self._view.settling(job)
         settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
         while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
             self._verdict_given.clear()
@@ -503,14 +471,6 @@ class JobRunner:
         else:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
         return unspent
-
-    async def _show_settling(self, job: Job) -> None:
-        if job.placeholder_id is None and not job.inline:
-            return
-        with self._locale(job.locale):
-            text = settling_text()
-        with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
-            await self.delivery.show(job, Part(text))
 
     async def _spent_nothing(self, job: Job) -> bool:
         """Whether the balance shows that the job's failed create spent nothing.
@@ -576,7 +536,7 @@ class JobRunner:
         assert job.upstream_id is not None
         late = self._late(job)
         if not (job.cancelled or job.id in self._quiet or late):
-            self._indicators.watch(job)
+            self._view.watch(job)
         sent_at = job.upstream_at or job.created_at
         deadline = self._late_deadline(job) if late else job.created_at + self._policy.max_wait
         self.scheduler.watch(
@@ -591,20 +551,12 @@ class JobRunner:
         return job.created_at + self._policy.max_wait + self._policy.late_wait
 
     async def _show_late(self, job: Job) -> None:
-        if job.cancelled or job.id in self._quiet:
-            return
-        with self._locale(job.locale):
-            text = _("⏳ No answer yet after {wait}. The request was sent, so it was counted, "
-                     "and its answer will still appear here if it comes within {late}. "
-                     "/cancel stops waiting for it.").format(
-                         wait=duration_text(self._policy.max_wait),
-                         late=duration_text(self._policy.late_wait))
-        with suppress(TelegramForbiddenError):  # the answer, if it comes, finds out
-            await self.delivery.show(job, Part(text))
+        if not (job.cancelled or job.id in self._quiet):
+            await self._view.late(job)
 
     async def _conclude(self, job: Job, outcome: Outcome) -> Job:
         """Store the answer the scheduler found, or end the job as its error says."""
-        await self._indicators.forget(job.id)
+        await self._view.forget(job.id)
         match outcome:
             case Answer(text, solved_after):
                 await self._jobs.set_result(job.id, text, solved_after)
@@ -620,11 +572,10 @@ class JobRunner:
             case Lost():
                 await self._tell(job, Failure.LOST, str(outcome))
             case NotEnoughUnits():
-                await self._upstream.observe(0)
+                await self._upstream.learn(outcome)
                 await self._tell(job, Failure.NO_UNITS, str(outcome))
             case ChatinfoError():
-                if isinstance(outcome, AccessDenied):
-                    await self._upstream.denied(outcome.upstream_error)
+                await self._upstream.learn(outcome)
                 await self._tell(job, Failure.ACCESS_DENIED,
                                  f"{outcome}: {outcome.upstream_error}")
             case _:
@@ -639,19 +590,11 @@ class JobRunner:
             log.info("job %s answered after /cancel: kept", job.id,
                      extra=job_event(job, "kept"))
             return
-        with self._locale(job.locale):
-            if job.inline:
-                parts, keyboard = await self._inline_answer(job)
-            else:
-                parts = render(job.result) or [Part(_("(empty answer)"))]
-                keyboard = answer_keyboard(job.id)
+        parts, keyboard = await self._view.answer(job)
         try:
             for index in range(job.parts_delivered, len(parts)):
                 buttons = keyboard if index == len(parts) - 1 else None
-                if index == 0:
-                    await self.delivery.show(job, parts[0], buttons)
-                else:
-                    await self.delivery.send(job, parts[index], buttons)
+                await self._view.show_part(job, index, parts[index], buttons)
                 if index < len(parts) - 1:  # the last is stored with the delivery
                     await self._jobs.set_parts_delivered(job.id, index + 1)
                     crashpoints.reach(crashpoints.BETWEEN_PARTS)
@@ -662,25 +605,17 @@ class JobRunner:
         log.info("job %s delivered in %d part(s)", job.id, len(parts),
                  extra=job_event(job, "delivered"))
 
-    async def _inline_answer(self, job: Job) -> tuple[list[Part], InlineKeyboardMarkup | None]:
-        """An inline message gets no parts after it and no buttons that act on the answer
-        (they would need a chat): a long answer is cut, with a link to all of it."""
-        assert job.result is not None
-        part, cut = first_part(job.result)
-        link = await create_start_link(self._bot, answer_payload(job.id)) if cut else None
-        return [part or Part(_("(empty answer)"))], full_answer_keyboard(link) if link else None
-
     async def _end_blocked(self, job: Job) -> None:
         """The user blocked the bot: nobody to tell, nothing to retry."""
         await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED, told=True)
-        if job.upstream_id is None and job.quota_day is not None:
-            await self._quotas.give_back(job.user_id, job.quota_day)  # never sent
+        if job.upstream_id is None:  # never sent
+            await self._view.refund(job)
         log.info("job %s ended: the user blocked the bot", job.id,
                  extra=job_event(job, Failure.BLOCKED))
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        await self._indicators.forget(job.id)
+        await self._view.forget(job.id)
         if job.cancelled:  # the user stopped waiting for it and was told so then
             await self._jobs.end(job.id, JobState.FAILED, failure, told=True)
             self._quiet.discard(job.id)
@@ -692,48 +627,23 @@ class JobRunner:
         # between leaves an untold ending, which the next go at the job shows again.
         await self._jobs.end(job.id, state, failure)
         never_sent = job.upstream_id is None and failure is not Failure.UNKNOWN_OUTCOME
-        if never_sent and job.quota_day is not None:
-            await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
+        if never_sent:
+            await self._view.refund(job)  # no unit was spent
         await self._show_failure(job, failure)
 
     async def _show_failure(self, job: Job, failure: Failure) -> None:
-        inline_bot = ((await self._bot.me()).username or "") if job.inline else None
-        with self._locale(job.locale):
-            text = failure_text(failure, sent=job.upstream_id is not None, inline_bot=inline_bot)
-            keyboard = retry_keyboard(job.id) if failure.retryable and not job.inline else None
-        with suppress(TelegramForbiddenError):
-            await self.delivery.show(job, Part(text), keyboard)
+        await self._view.failure(job, failure)
         await self._jobs.mark_told(job.id)
 
-    async def _show_queue_position(self, job: Job) -> None:
-        ahead = self.queue.ahead_of_new(job.user_id)
-        seconds = self.queue.eta(ahead)
-        if not ahead and seconds < 1 and not self.queue.held:
-            return  # sent at once: "working on it" is the truth
-        with self._locale(job.locale):
-            text = queue_text(ahead, seconds, held=self.queue.held)
-        await self.delivery.progress(job.chat_id, job.placeholder_id, text)
-
     def progress_text(self, job_id: int, locale: str, seconds: float) -> str:
-        """The placeholder while the job waits: its place in the queue until it is sent."""
-        ahead = self.queue.ahead(job_id)
-        wait = self.queue.eta(ahead or 0)
-        with self._locale(locale):
-            if job_id in self._settling:
-                return settling_text()
-            if ahead is None or (not ahead and wait < 1 and not self.queue.held):
-                return waiting_text(seconds)  # sent, or about to be
-            return queue_text(ahead, wait, held=self.queue.held)
+        """The placeholder's text while the job waits (the waiting indicators ask)."""
+        return self._view.progress_text(job_id, locale, seconds,
+                                        settling=job_id in self._settling)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)
         assert fresh is not None
         return fresh
-
-    @contextmanager
-    def _locale(self, locale: str) -> Iterator[None]:
-        with self._i18n.context(), self._i18n.use_locale(locale):
-            yield
 
 
 @dataclass(frozen=True)

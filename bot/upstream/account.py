@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bot.upstream.client import ChatinfoClient, CreatedRequest
+from bot.upstream.client import (
+    AccessDenied,
+    ChatinfoClient,
+    ChatinfoError,
+    CreatedRequest,
+    NotEnoughUnits,
+    RateLimited,
+)
 from bot.upstream.limiter import SlidingWindowLimiter
 from bot.upstream.units import AdminAlerts, UnitsTracker
 
@@ -75,14 +82,16 @@ class Upstream:
         """Record a balance the API reported, with a create's answer or read."""
         await self._units.observe(units, from_create=from_create)
 
-    async def denied(self, upstream_error: str | None) -> None:
-        """The API refused the key: the admins are told once."""
-        await self._units.denied(upstream_error)
-
-    async def check_limits(self) -> None:
-        """After a 429: the admins are told once when an endpoint runs below its
-        documented rate."""
-        await self._units.check_limits()
+    async def learn(self, error: ChatinfoError) -> None:
+        """What a failed call tells about the account; the admins are told once what is
+        theirs to fix: the balance is spent (403 with units 0), the key was refused (403),
+        an endpoint answers 429 below its documented rate."""
+        if isinstance(error, NotEnoughUnits):
+            await self._units.observe(0)
+        elif isinstance(error, AccessDenied):
+            await self._units.denied(error.upstream_error)
+        elif isinstance(error, RateLimited):
+            await self._units.check_limits()
 
     # --- the service -----------------------------------------------------------------------
 
