@@ -12,11 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
-from bot.modes import DEFAULT_MODE, MODES_BY_NAME
-from storage.db import fetch_one
+from storage.db import Database, placeholders
 from storage.jobs import JobState
+from storage.users import NEW_USER_MODE
 
 # A job that ended without an answer (or was sent again as another job) is no turn.
 NOT_TURNS = (JobState.FAILED, JobState.UNKNOWN, JobState.RETRIED)
@@ -31,13 +29,13 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
-class MemorySetting:
+class MemoryChoice:
     mode: str  # the user's current mode
-    remembers: bool  # whether their new messages carry the conversation
+    remember: bool | None  # their choice for that mode; None: they made none
 
 
 class ConversationRepo:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def latest_turns(self, chat_id: int, user_id: int, *, since: float, chars: int,
@@ -45,7 +43,7 @@ class ConversationRepo:
         """The conversation's latest turns, newest first: at most `limit`, after `since`
         and after the last /new and change of mode, and only as many as `chars` holds
         (the last one may reach past it); each text is read up to `chars` characters."""
-        marks = ",".join("?" * len(NOT_TURNS))
+        marks = placeholders(NOT_TURNS)
         # One index range (jobs_by_conversation), newest first; the texts are read only
         # for the turns the budget can hold.
         rows = await self._db.execute_fetchall(
@@ -77,31 +75,28 @@ class ConversationRepo:
         """/new in this chat; markers older than `forget_before` are deleted on the way,
         since no turn that old is context any more."""
         now = time.time()
-        await self._db.execute("DELETE FROM conversations WHERE started_at < ?",
-                               (forget_before,))
-        await self._db.execute(
-            """INSERT INTO conversations (chat_id, user_id, started_at) VALUES (?, ?, ?)
-               ON CONFLICT (chat_id, user_id) DO UPDATE SET started_at = excluded.started_at""",
-            (chat_id, user_id, now))
-        await self._db.commit()
+        async with self._db.transaction():
+            await self._db.write("DELETE FROM conversations WHERE started_at < ?",
+                                 (forget_before,))
+            await self._db.write(
+                """INSERT INTO conversations (chat_id, user_id, started_at) VALUES (?, ?, ?)
+                   ON CONFLICT (chat_id, user_id) DO UPDATE SET
+                       started_at = excluded.started_at""",
+                (chat_id, user_id, now))
 
-    async def memory(self, user_id: int) -> MemorySetting:
-        """The user's mode and whether it remembers for them; one query."""
-        row = await fetch_one(
-            self._db,
+    async def memory(self, user_id: int) -> MemoryChoice:
+        """The user's mode and their choice of memory for it; one query."""
+        row = await self._db.fetch_one(
             """SELECT users.mode, mode_memory.remember FROM users
                LEFT JOIN mode_memory ON mode_memory.user_id = users.id
                                     AND mode_memory.mode = users.mode
                WHERE users.id = ?""", (user_id,))
-        mode = str(row["mode"]) if row else DEFAULT_MODE
+        mode = str(row["mode"]) if row else NEW_USER_MODE
         choice = row["remember"] if row else None
-        known = MODES_BY_NAME.get(mode)
-        default = known.remembers if known else False
-        return MemorySetting(mode, default if choice is None else bool(choice))
+        return MemoryChoice(mode, None if choice is None else bool(choice))
 
     async def set_memory(self, user_id: int, mode: str, remembers: bool) -> None:
-        await self._db.execute(
+        await self._db.write(
             """INSERT INTO mode_memory (user_id, mode, remember) VALUES (?, ?, ?)
                ON CONFLICT (user_id, mode) DO UPDATE SET remember = excluded.remember""",
             (user_id, mode, remembers))
-        await self._db.commit()

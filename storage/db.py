@@ -1,13 +1,22 @@
-"""The SQLite connection: WAL, a busy timeout, and migrations by schema version."""
+"""The database: one SQLite connection (WAL, a busy timeout), migrations by schema
+version, transactions, and the health probe.
+
+Everything the bot knows of SQLite is in storage/: the rest of the bot sees a `Database`
+and the repositories built on it, so another database would change this package only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sized
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from aiosqlite.context import Result
 
 # Each entry brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -134,10 +143,99 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class DatabaseError(Exception):
-    """The database cannot be opened or is not ours to use."""
+    """The database cannot be opened or read, or is not ours to use."""
 
 
-async def open_database(path: Path) -> aiosqlite.Connection:
+Parameters = Iterable[Any] | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write statement did."""
+
+    rowcount: int  # rows it inserted, changed or deleted
+    lastrowid: int | None  # the id of the row it inserted, if it inserted one
+
+
+class Database:
+    """The bot's one connection, shared by every coroutine, and the rules for writing.
+
+    A write is committed at once, unless it is made inside `transaction()`: then it lands
+    with the transaction's other writes, or (if the block raises) with none of them. So a
+    repository method never commits a transaction its caller holds; it only writes.
+    One transaction is open at a time: another task's write waits for it to end, so it is
+    neither committed by this transaction's commit nor undone by its rollback (so a
+    transaction must not wait for another task that writes).
+    """
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection  # SQLite's own API, for storage's tests and tools
+        self._writing = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None  # the task whose transaction is open
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Writes inside land together or not at all; inside another transaction of the
+        same task, they are part of that one."""
+        if self._holder is not None and self._holder is asyncio.current_task():
+            yield
+            return
+        async with self._writing:
+            self._holder = asyncio.current_task()
+            try:
+                yield
+                await self.connection.commit()
+            except BaseException:
+                await self.connection.rollback()
+                raise
+            finally:
+                self._holder = None
+
+    async def write(self, sql: str, parameters: Parameters = ()) -> Written:
+        """One statement that changes rows: committed now, or with the open transaction."""
+        async with self.transaction():
+            cursor = await self.connection.execute(sql, parameters)
+            return Written(cursor.rowcount, cursor.lastrowid)
+
+    async def fetch_one(self, sql: str, parameters: Parameters = ()) -> aiosqlite.Row | None:
+        """The first row, fetched and closed in one step.
+
+        The connection is shared by all coroutines; a cursor left open across an await
+        would make another coroutine's commit fail with "SQL statements in progress".
+        """
+        rows = await self.connection.execute_fetchall(sql, parameters)
+        return next(iter(rows), None)
+
+    async def execute_fetchall(self, sql: str,
+                               parameters: Parameters = ()) -> Iterable[aiosqlite.Row]:
+        """Every row, fetched and closed in one step (see `fetch_one`)."""
+        return await self.connection.execute_fetchall(sql, parameters)
+
+    async def probe(self) -> None:
+        """For the health check: raises if the database does not answer."""
+        await self.execute_fetchall("SELECT 1")
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    # Statements as they are, neither committed nor waiting for a transaction: for tests
+    # and tools that set up or change rows by hand. The bot writes with `write`.
+    def execute(self, sql: str, parameters: Parameters = ()) -> Result[aiosqlite.Cursor]:
+        return self.connection.execute(sql, parameters)
+
+    async def executemany(self, sql: str, parameters: Iterable[Parameters]) -> None:
+        await self.connection.executemany(sql, parameters)
+
+    async def commit(self) -> None:
+        await self.connection.commit()
+
+
+def placeholders(values: Sized) -> str:
+    """`?,?,?` for a `IN (...)` of as many values."""
+    return ",".join("?" * len(values))
+
+
+async def open_database(path: Path) -> Database:
     try:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,11 +254,12 @@ async def open_database(path: Path) -> aiosqlite.Connection:
     except sqlite3.Error as error:
         await db.close()  # its worker thread would keep the process alive
         raise DatabaseError(f"cannot use database {path}: {error}") from None
-    return db
+    return Database(db)
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    row = await fetch_one(db, "PRAGMA user_version")
+    rows = await db.execute_fetchall("PRAGMA user_version")
+    row = next(iter(rows), None)
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
         raise DatabaseError(f"schema version {version} is newer than this bot knows")
@@ -169,15 +268,3 @@ async def migrate(db: aiosqlite.Connection) -> None:
         await db.executescript(
             f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
         )
-
-
-async def fetch_one(
-    db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] | Mapping[str, Any] = ()
-) -> aiosqlite.Row | None:
-    """The first row, fetched and closed in one step.
-
-    The connection is shared by all coroutines; a cursor left open across an await
-    would make another coroutine's commit fail with "SQL statements in progress".
-    """
-    rows = await db.execute_fetchall(sql, parameters)
-    return next(iter(rows), None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage.db import fetch_one
+from storage.db import Database, placeholders
 
 
 class JobState(StrEnum):
@@ -71,7 +71,7 @@ class Job:
 
 
 class JobRepo:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(
@@ -92,7 +92,7 @@ class JobRepo:
     ) -> int | None:
         """The new job's id, or None if this message (or inline message) already has a job."""
         now = time.time()
-        cursor = await self._db.execute(
+        written = await self._db.write(
             """INSERT INTO jobs (user_id, chat_id, source_message_id, locale, mode, content,
                                  state, quota_day, reply_to, question, action, parent_id,
                                  inline_message_id, created_at, updated_at)
@@ -116,16 +116,15 @@ class JobRepo:
                 now,
             ),
         )
-        await self._db.commit()
-        return cursor.lastrowid if cursor.rowcount == 1 else None
+        return written.lastrowid if written.rowcount == 1 else None
 
     async def get(self, job_id: int) -> Job | None:
-        row = await fetch_one(self._db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = await self._db.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
     async def unfinished(self, *, after: int = 0, limit: int = -1) -> list[Job]:
         """Jobs to carry on at a start, in id order; a page of them with `after`/`limit`."""
-        marks = ",".join("?" * len(UNFINISHED))
+        marks = placeholders(UNFINISHED)
         return [
             Job.from_row(row)
             for row in await self._db.execute_fetchall(
@@ -137,8 +136,7 @@ class JobRepo:
 
     async def exists_for_message(self, chat_id: int, source_message_id: int) -> bool:
         return (
-            await fetch_one(
-                self._db,
+            await self._db.fetch_one(
                 "SELECT 1 FROM jobs WHERE chat_id = ? AND source_message_id = ?",
                 (chat_id, source_message_id),
             )
@@ -146,15 +144,14 @@ class JobRepo:
         )
 
     async def exists_for_inline_message(self, inline_message_id: str) -> bool:
-        return await fetch_one(
-            self._db, "SELECT 1 FROM jobs WHERE inline_message_id = ?", (inline_message_id,),
+        return await self._db.fetch_one(
+            "SELECT 1 FROM jobs WHERE inline_message_id = ?", (inline_message_id,),
         ) is not None
 
     async def has_unfinished_child(self, parent_id: int, action: str) -> bool:
         """Whether a request made with this answer's `action` button is still unanswered."""
-        marks = ",".join("?" * len(UNFINISHED))
-        return await fetch_one(
-            self._db,
+        marks = placeholders(UNFINISHED)
+        return await self._db.fetch_one(
             f"""SELECT 1 FROM jobs WHERE parent_id = ? AND action = ?
                 AND state IN ({marks}) AND cancelled = 0 LIMIT 1""",
             (parent_id, action, *UNFINISHED),
@@ -163,8 +160,7 @@ class JobRepo:
     async def balance_reported_before(self, moment: float) -> int | None:
         """The lowest balance the latest creates reported, if every create acknowledged so
         far had its answer before `moment`; None otherwise, or if none reported one."""
-        row = await fetch_one(
-            self._db,
+        row = await self._db.fetch_one(
             """SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE upstream_at >= :moment)
                       THEN NULL
                       ELSE (SELECT min(units_after) FROM (SELECT units_after FROM jobs
@@ -175,19 +171,17 @@ class JobRepo:
     async def set_balance_anchor(self, units: int | None, read_at: float) -> None:
         """Keep the balance read at `read_at` while no create was in flight (None: unknown)."""
         if units is None:
-            await self._db.execute("DELETE FROM balance_anchor")
+            await self._db.write("DELETE FROM balance_anchor")
         else:
-            await self._db.execute(
+            await self._db.write(
                 """INSERT INTO balance_anchor (id, units, read_at) VALUES (1, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET units = excluded.units,
                                                   read_at = excluded.read_at""",
                 (units, read_at))
-        await self._db.commit()
 
     async def expected_balance(self) -> int | None:
         """The kept balance less the creates acknowledged since it was read, if one is kept."""
-        row = await fetch_one(
-            self._db,
+        row = await self._db.fetch_one(
             """SELECT units - (SELECT count(*) FROM jobs WHERE upstream_at >= read_at)
                FROM balance_anchor""")
         return int(row[0]) if row else None
@@ -201,9 +195,8 @@ class JobRepo:
     async def pending_count(self, user_id: int, *, created_after: float = 0.0) -> int:
         """The user's unfinished jobs they still wait for (not cancelled, not older than
         `created_after`)."""
-        marks = ",".join("?" * len(UNFINISHED))
-        row = await fetch_one(
-            self._db,
+        marks = placeholders(UNFINISHED)
+        row = await self._db.fetch_one(
             f"SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ({marks}) "
             "AND cancelled = 0 AND created_at > ?",
             (user_id, *UNFINISHED, created_after),
@@ -211,7 +204,7 @@ class JobRepo:
         return int(row[0]) if row else 0
 
     async def unfinished_for(self, user_id: int) -> list[Job]:
-        marks = ",".join("?" * len(UNFINISHED))
+        marks = placeholders(UNFINISHED)
         return [
             Job.from_row(row)
             for row in await self._db.execute_fetchall(
@@ -277,11 +270,10 @@ class JobRepo:
 
     async def mark_cancelled(self, job_id: int) -> bool:
         """Mark a job still waiting for its answer; whether it was (not answered meanwhile)."""
-        cursor = await self._db.execute(
+        written = await self._db.write(
             "UPDATE jobs SET cancelled = 1, updated_at = ? WHERE id = ? AND state = ?",
             (time.time(), job_id, JobState.PENDING))
-        await self._db.commit()
-        return cursor.rowcount == 1
+        return written.rowcount == 1
 
     async def mark_told(self, job_id: int) -> None:
         await self._update(job_id, told=True)
@@ -291,12 +283,11 @@ class JobRepo:
         job = await self.get(job_id)
         if job is None or job.user_id != user_id or job.state not in RETRYABLE:
             return None
-        cursor = await self._db.execute(
+        written = await self._db.write(
             "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
             (JobState.RETRIED, time.time(), job_id, job.state),
         )
-        await self._db.commit()
-        return job if cursor.rowcount == 1 else None  # a concurrent tap took it first
+        return job if written.rowcount == 1 else None  # a concurrent tap took it first
 
     async def unclaim_retry(self, job: Job) -> None:
         """Undo claim_retry when the retry could not be admitted, so the button still works."""
@@ -305,7 +296,6 @@ class JobRepo:
     async def _update(self, job_id: int, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self._db.execute(
+        await self._db.write(
             f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id)
         )
-        await self._db.commit()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.db import fetch_one
+from storage.db import Database
 
 UNLIMITED = -1  # users.daily_quota for a user an admin set to unlimited
 
@@ -25,14 +23,13 @@ class Usage:
 
 
 class QuotaRepo:
-    def __init__(self, db: aiosqlite.Connection, default_quota: int | None) -> None:
+    def __init__(self, db: Database, default_quota: int | None) -> None:
         """`default_quota`: requests a day for users without their own; None: unlimited."""
         self._db = db
         self.default = default_quota
 
     async def usage(self, user_id: int, day: str) -> Usage:
-        row = await fetch_one(
-            self._db,
+        row = await self._db.fetch_one(
             """SELECT u.daily_quota AS quota, coalesce(s.used, 0) AS used,
                       coalesce(s.granted, 0) AS granted
                FROM users u LEFT JOIN usage s ON s.user_id = u.id AND s.day = ?
@@ -49,11 +46,12 @@ class QuotaRepo:
     async def reserve(self, user_id: int, day: str) -> bool:
         """Count one request against the day's quota if any is left; whether it was.
 
-        One statement, so two concurrent calls cannot both take the last request. Not
-        committed here: it is committed with the job it admits.
+        One statement, so two concurrent calls cannot both take the last request. Made
+        inside the transaction that adds the job it admits, it lands with that job or not
+        at all.
         """
         quota = (await self.usage(user_id, day)).quota
-        cursor = await self._db.execute(
+        written = await self._db.write(
             # The first request of the day inserts the row; later ones (and grants, which
             # make the row) go through the conflict's condition.
             """INSERT INTO usage (user_id, day, used) SELECT :user, :day, 1
@@ -63,24 +61,21 @@ class QuotaRepo:
                WHERE :quota IS NULL OR usage.used < :quota + usage.granted""",
             {"user": user_id, "day": day, "quota": quota},
         )
-        return cursor.rowcount == 1
+        return written.rowcount == 1
 
     async def give_back(self, user_id: int, day: str) -> None:
-        await self._db.execute(
+        await self._db.write(
             "UPDATE usage SET used = max(0, used - 1) WHERE user_id = ? AND day = ?",
             (user_id, day),
         )
-        await self._db.commit()
 
     async def set_quota(self, user_id: int, quota: int | None) -> None:
         """`quota`: requests a day, UNLIMITED, or None to follow DAILY_QUOTA again."""
-        await self._db.execute("UPDATE users SET daily_quota = ? WHERE id = ?", (quota, user_id))
-        await self._db.commit()
+        await self._db.write("UPDATE users SET daily_quota = ? WHERE id = ?", (quota, user_id))
 
     async def grant(self, user_id: int, day: str, extra: int) -> None:
-        await self._db.execute(
+        await self._db.write(
             """INSERT INTO usage (user_id, day, granted) VALUES (?, ?, ?)
                ON CONFLICT (user_id, day) DO UPDATE SET granted = granted + excluded.granted""",
             (user_id, day, extra),
         )
-        await self._db.commit()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.db import fetch_one
+from storage.db import Database, placeholders
 from storage.jobs import UNFINISHED
 
 
@@ -22,7 +20,7 @@ class Activity:
 
 
 class StatsRepo:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def units_spent_since(self, since: float) -> int:
@@ -39,12 +37,12 @@ class StatsRepo:
 
     async def first_spent_at(self) -> float | None:
         """When the first unit this database knows of was spent: how far back data goes."""
-        row = await fetch_one(self._db,
-                              "SELECT min(created_at) FROM jobs WHERE upstream_id IS NOT NULL")
+        row = await self._db.fetch_one(
+            "SELECT min(created_at) FROM jobs WHERE upstream_id IS NOT NULL")
         return float(row[0]) if row and row[0] is not None else None
 
     async def pending_jobs(self) -> int:
-        marks = ",".join("?" * len(UNFINISHED))
+        marks = placeholders(UNFINISHED)
         return await self._scalar(f"SELECT count(*) FROM jobs WHERE state IN ({marks})", UNFINISHED)
 
     async def activity(self, today: float, week: float) -> Activity:
@@ -86,5 +84,5 @@ class StatsRepo:
         )
 
     async def _scalar(self, sql: str, parameters: tuple[object, ...]) -> int:
-        row = await fetch_one(self._db, sql, parameters)
+        row = await self._db.fetch_one(sql, parameters)
         return int(row[0]) if row else 0

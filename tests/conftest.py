@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
@@ -21,7 +20,7 @@ from bot.jobs.poll_scheduler import PollTiming
 from bot.jobs.runner import JobRunner, RunnerPolicy
 from bot.telegram.i18n import make_i18n
 from bot.upstream.sandbox import FakeChatinfo
-from storage.db import open_database
+from storage.db import Database, open_database
 from storage.jobs import JobRepo
 from tests.fakes.mocked_bot import RecordingSession, mocked_bot
 
@@ -56,7 +55,7 @@ class App:
     application: Application
     bot: Bot
     session: RecordingSession
-    db: aiosqlite.Connection
+    db: Database
     chatinfo: FakeChatinfo
 
     @property

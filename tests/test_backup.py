@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.ops.backup import BackupError, backup_database
+from storage.backup import BackupError, backup_database
 from storage.db import MIGRATIONS, open_database
 from tests.botprocess import REPO
 

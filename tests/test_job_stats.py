@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.ops.job_stats import ANSWER_LAG_BUCKETS, JobStatsReader
 from storage.db import open_database
+from storage.job_stats import ANSWER_LAG_BUCKETS, JobStatsReader
 
 
 @pytest.fixture

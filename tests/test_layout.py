@@ -96,3 +96,19 @@ def test_the_shared_core_imports_nothing_of_ours() -> None:
 def test_the_cycle_finder_sees_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
+
+
+DATABASE_DRIVERS = ("aiosqlite", "sqlite3")
+
+
+def test_only_storage_imports_the_database_driver() -> None:
+    """PostgreSQL instead of SQLite would change storage/ only (README, "Layout")."""
+    offenders = sorted(
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources() if unit_of(module_name(path)) != "storage"
+        for module in imported_modules(path) if module.split(".")[0] in DATABASE_DRIVERS)
+    assert offenders == []
+
+
+def test_storage_imports_nothing_from_bot_or_handlers() -> None:
+    assert unit_graph().get("storage", set()) == set()

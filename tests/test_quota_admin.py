@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
@@ -57,6 +58,31 @@ async def test_over_quota_reply_says_when_it_resets_and_sends_nothing(make_app: 
     assert reply.startswith("🚫 You have used all your requests for today, so this one was not "
                             "sent. New ones arrive at midnight Moscow time, in ")
     assert re.search(r", in \d+ (hours?|minutes?)( \d+ minutes?)?\.$", reply), reply
+
+
+async def test_a_request_whose_job_cannot_be_stored_counts_on_no_quota(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quota is reserved and the job added in one transaction: when the job fails, even
+    after its row was written, neither the row nor the reservation is left."""
+    app = await make_app(daily_quota=1)
+    store = app.jobs.add
+
+    async def store_then_fail(**fields: Any) -> int | None:
+        await store(**fields)
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(app.jobs, "add", store_then_fail)
+    await app.feed(message_update(2, "first"))
+
+    assert texts(app) == ["😔 Something went wrong. Please try again."]
+    assert await usage_used(app, 2) == 0
+    assert not await app.db.execute_fetchall("SELECT 1 FROM jobs")
+
+    monkeypatch.undo()
+    await app.feed(message_update(2, "again"))  # the day's one request is still there
+    await app.settle()
+    assert app.chatinfo.calls["create_request"] == 1
+    assert await usage_used(app, 2) == 1
 
 
 async def test_pending_limit_refuses_and_spends_nothing(make_app: AppFactory) -> None:

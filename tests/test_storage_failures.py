@@ -16,24 +16,23 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 import storage.db
-from storage.db import MIGRATIONS, DatabaseError, open_database
+from storage.db import MIGRATIONS, Database, DatabaseError, open_database
 from storage.jobs import JobRepo
 from storage.users import UserRepo
 from tests.botprocess import REPO
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
     connection = await open_database(tmp_path / "bot.sqlite3")
     yield connection
     await connection.close()
 
 
-async def scalar(db: aiosqlite.Connection, sql: str) -> object:
+async def scalar(db: Database, sql: str) -> object:
     [row] = await db.execute_fetchall(sql)
     return row[0]
 
@@ -44,7 +43,7 @@ def columns(path: Path, table: str) -> set[str]:
 
 
 async def test_a_busy_database_is_waited_for_not_failed(tmp_path: Path,
-                                                        db: aiosqlite.Connection) -> None:
+                                                        db: Database) -> None:
     assert await scalar(db, "PRAGMA busy_timeout") == 5000
     await UserRepo(db).touch(1, "en")
     locked, release = threading.Event(), threading.Event()
@@ -126,7 +125,7 @@ async def test_a_migration_that_fails_halfway_changes_nothing(
     await (await open_database(path)).close()  # and the current version still opens it
 
 
-async def test_a_commit_cannot_land_inside_another_tasks_upsert(db: aiosqlite.Connection,
+async def test_a_commit_cannot_land_inside_another_tasks_upsert(db: Database,
                                                                 ) -> None:
     """Regression: every update's user upsert (INSERT … RETURNING) used to be executed
     and fetched in two steps; a job committing between them failed with "cannot commit
@@ -141,7 +140,7 @@ async def test_a_commit_cannot_land_inside_another_tasks_upsert(db: aiosqlite.Co
         if "RETURNING" in sql:
             loop.call_soon_threadsafe(upserting.set)
 
-    await db.set_trace_callback(watch)
+    await db.connection.set_trace_callback(watch)
     await db.execute("UPDATE jobs SET parts_delivered = 1 WHERE id = ?", (job_id,))
     touching = asyncio.create_task(UserRepo(db).touch(2, "en"))
     await upserting.wait()

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -24,7 +23,7 @@ from bot.jobs.runner import JobRunner, Outcome, RunnerPolicy
 from bot.jobs.solve_times import SolveTimes
 from bot.jobs.submit import Submitter
 from bot.jobs.view import JobView
-from bot.ops.health import HealthCheck, Heartbeat, database_probe, services_probe
+from bot.ops.health import HealthCheck, Heartbeat, services_probe
 from bot.ops.metrics import Metrics, UpstreamCalls
 from bot.services import Services
 from bot.telegram.access import AccessMiddleware
@@ -39,6 +38,7 @@ from bot.upstream.client import CREATE, POLL, AttemptObserver, ChatinfoClient
 from handlers import get_routers
 from handlers.fallback import on_error
 from storage.conversations import ConversationRepo
+from storage.db import Database
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
 from storage.stats import StatsRepo
@@ -92,7 +92,7 @@ class Application:
 
 
 def make_application(
-    bot: Bot, db: aiosqlite.Connection, i18n: I18n, settings: Settings, *,
+    bot: Bot, db: Database, i18n: I18n, settings: Settings, *,
     client: ChatinfoClient | None = None, client_options: Mapping[str, Any] | None = None,
     policy: RunnerPolicy | None = None,
 ) -> Application:
@@ -112,7 +112,7 @@ def make_application(
     delivery = Delivery(bot)
     runner = make_runner(bot, jobs, quotas, upstream, delivery, i18n, policy)
     admission = Admission(jobs, quotas, upstream, clock, settings.max_pending_per_user,
-                          late_after=policy.max_wait)
+                          late_after=policy.max_wait, database=db)
     heartbeat = Heartbeat()
     services = Services(heartbeat, upstream, runner.service)
     metrics = Metrics(database=settings.database_path, upstream=upstream, runner=runner,
@@ -122,7 +122,7 @@ def make_application(
     bot.session.middleware(metrics.telegram_middleware)
     health = HealthCheck({
         "event_loop": heartbeat.probe,
-        "database": database_probe(db),
+        "database": db.probe,
         "units_refresher": services_probe([upstream], "units-refresher is not running"),
         "job_workers": services_probe([runner.scheduler, runner.queue],
                                       "the poll scheduler or the create queue has stopped"),

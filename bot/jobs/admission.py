@@ -13,6 +13,7 @@ from aiogram.utils.i18n import lazy_gettext as __
 from babel.support import LazyProxy
 
 from bot.upstream.account import Upstream
+from storage.db import Database
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
 
@@ -82,7 +83,9 @@ class Refusal(StrEnum):
 
 class Admission:
     def __init__(self, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
-                 clock: QuotaClock, max_pending: int, *, late_after: float) -> None:
+                 clock: QuotaClock, max_pending: int, *, late_after: float,
+                 database: Database) -> None:
+        self._database = database
         self._jobs = jobs
         self._quotas = quotas
         self._upstream = upstream
@@ -112,18 +115,16 @@ class Admission:
                     user_id, created_after=time.time() - self._late_after) >= self.max_pending:
                 return Refusal.TOO_MANY_PENDING
             day = self._clock.today()
-            if not await self._quotas.reserve(user_id, day):
-                usage = await self._quotas.usage(user_id, day)
-                return Refusal.NO_QUOTA if usage.quota == 0 else Refusal.OVER_QUOTA
-            try:
+            # The request counts on the quota if and only if the job is stored.
+            async with self._database.transaction():
+                if not await self._quotas.reserve(user_id, day):
+                    usage = await self._quotas.usage(user_id, day)
+                    return Refusal.NO_QUOTA if usage.quota == 0 else Refusal.OVER_QUOTA
                 return await self._jobs.add(
                     user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
                     locale=locale, mode=mode, content=content, quota_day=day,
                     reply_to=reply_to, question=question, action=action, parent_id=parent_id,
                     inline_message_id=inline_message_id)
-            except Exception:
-                await self._quotas.give_back(user_id, day)  # no job, so nothing to count
-                raise
 
     async def _delivered_again(self, chat_id: int, source_message_id: int | None,
                                inline_message_id: str | None) -> bool:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from aiogram.utils.i18n import ngettext
 
+from bot.modes import MODES_BY_NAME
 from bot.upstream.client import MAX_CONTENT_CHARS
-from storage.conversations import ConversationRepo, MemorySetting, Turn
+from storage.conversations import ConversationRepo, Turn
 
 HEADER = "Earlier in this conversation:\n"
 USER = "User: "
@@ -38,6 +39,12 @@ ELLIPSIS = "…"
 MAX_AGE = 30 * 24 * 3600.0  # seconds; older turns are never context
 MAX_TURNS = 50  # turns read at most; a budget's worth unless every one is a word or two
 MIN_EXCERPT = 100  # characters: a cut text shorter than this tells the model nothing
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySetting:
+    mode: str  # the user's current mode
+    remembers: bool  # whether their new messages carry the conversation
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,12 @@ class Conversations:
         self._clock = clock
 
     async def memory(self, user_id: int) -> MemorySetting:
-        return await self._repo.memory(user_id)
+        """The user's mode and whether it remembers: their choice, or the mode's default."""
+        choice = await self._repo.memory(user_id)
+        if choice.remember is not None:
+            return MemorySetting(choice.mode, choice.remember)
+        known = MODES_BY_NAME.get(choice.mode)
+        return MemorySetting(choice.mode, known.remembers if known else False)
 
     async def set_memory(self, user_id: int, mode: str, remembers: bool) -> None:
         await self._repo.set_memory(user_id, mode, remembers)

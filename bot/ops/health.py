@@ -7,8 +7,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-import aiosqlite
-
 from bot.services import Service, Worker
 
 Probe = Callable[[], Awaitable[None]]
@@ -52,14 +50,6 @@ class Heartbeat(Worker):
             await asyncio.sleep(self._interval)
             self._last_tick = self._clock()
             self.lag = max(0.0, self._last_tick - before - self._interval)
-
-
-def database_probe(db: aiosqlite.Connection) -> Probe:
-    async def probe() -> None:
-        # In one step: a cursor left open on the shared connection breaks others' commits.
-        await db.execute_fetchall("SELECT 1")
-
-    return probe
 
 
 def services_probe(services: Iterable[Service], unhealthy: str) -> Probe:

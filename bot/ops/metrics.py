@@ -4,7 +4,7 @@ Two kinds of source:
 
 - events counted as they happen: chatinfo calls (`UpstreamCalls`, the client's
   observer) and Telegram calls (a request middleware on the bot's session);
-- state read when scraped: jobs from SQLite (bot/ops/job_stats.py, in a worker thread),
+- state read when scraped: jobs from the database (storage/job_stats.py, in a worker thread),
   the rate limiters' windows, the unit balance, the runner's queues.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,8 +53,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from bot.ops.job_stats import BucketCounts, JobStats, JobStatsReader
 from bot.upstream.client import CREATE, POLL, UNITS
+from storage.db import DatabaseError
+from storage.job_stats import BucketCounts, JobStats, JobStatsReader
 
 if TYPE_CHECKING:
     from bot.jobs.runner import JobRunner
@@ -101,7 +101,7 @@ def upstream_status(outcome: int | httpx.HTTPError) -> str:
 
 
 class StateCollector:
-    """Families read at scrape time; `refresh()` reads SQLite before each scrape."""
+    """Families read at scrape time; `refresh()` reads the database before each scrape."""
 
     def __init__(self, database: Path, upstream: Upstream, runner: JobRunner) -> None:
         self._reader = JobStatsReader(database)
@@ -112,7 +112,7 @@ class StateCollector:
     async def refresh(self) -> None:
         try:
             self._jobs = await asyncio.to_thread(self._reader.read)
-        except sqlite3.Error as error:
+        except DatabaseError as error:
             self._jobs = None  # the job families are left out rather than shown stale
             log.warning("metrics could not read the jobs: %s", error)
 

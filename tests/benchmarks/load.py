@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 from aiogram import Bot
 from aiogram.methods import EditMessageText, TelegramMethod
 from aiogram.methods.base import TelegramType
@@ -40,7 +39,7 @@ from bot.jobs.runner import RunnerPolicy
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient, ChatinfoError
 from storage.conversations import ConversationRepo
-from storage.db import open_database
+from storage.db import Database, open_database
 from storage.jobs import JobState
 from storage.users import UserRepo
 from tests.benchmarks.upstream import MODE_BASE, NOISE_SIGMA, UpstreamProcess, solve_seconds
@@ -108,7 +107,7 @@ def user_modes(seed: int) -> dict[int, str]:
     return {1000 + u: rng.choices(modes, weights)[0] for u in range(USERS)}
 
 
-async def seed_history(db: aiosqlite.Connection, args: argparse.Namespace) -> None:
+async def seed_history(db: Database, args: argparse.Namespace) -> None:
     """Answered jobs from an earlier run (another seed), as a bot that has been running has.
 
     The solve-time model learns from them at start; `--history 0` is a cold start.

@@ -1,4 +1,4 @@
-"""Job counts for /metrics, read from SQLite so they survive restarts.
+"""Job counts for /metrics (bot/ops/metrics.py), read from SQLite so they survive restarts.
 
 A finished job never changes its mode, outcome or times, so the jobs up to the oldest
 unfinished one are added up once and kept; each scrape reads only the jobs after it.
@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.db import DatabaseError, placeholders
 from storage.jobs import UNFINISHED, JobState
 
 # From "the answer is stored" to "Telegram accepted the last part".
@@ -25,7 +26,7 @@ ANSWER_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # From the user's message to the delivered answer: what the user waits.
 TIME_TO_ANSWER_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _UNFINISHED = tuple(str(state) for state in UNFINISHED)
-_MARKS = ",".join("?" * len(_UNFINISHED))
+_MARKS = placeholders(_UNFINISHED)
 _DELIVERED = str(JobState.DELIVERED)
 
 
@@ -73,12 +74,16 @@ class JobStatsReader:
         self._lock = threading.Lock()
 
     def read(self) -> JobStats:
-        with self._lock, closing(sqlite3.connect(self._uri, uri=True, timeout=2.0)) as db:
-            db.execute("BEGIN")  # one snapshot for every query below
-            try:
-                return self._read(db)
-            finally:
-                db.rollback()
+        """Raises DatabaseError if the jobs cannot be read."""
+        try:
+            with self._lock, closing(sqlite3.connect(self._uri, uri=True, timeout=2.0)) as db:
+                db.execute("BEGIN")  # one snapshot for every query below
+                try:
+                    return self._read(db)
+                finally:
+                    db.rollback()
+        except sqlite3.Error as error:
+            raise DatabaseError(str(error)) from error
 
     def _read(self, db: sqlite3.Connection) -> JobStats:
         oldest_open, newest = db.execute(
