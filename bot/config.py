@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,6 +18,18 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.languages import DEFAULT_LOCALE, LANGUAGES_BY_CODE
+
+# What the chatinfo API allows, per its spec: the settings' defaults, the client's when it is
+# built without settings, and what the sandbox enforces. Calls a minute, per endpoint.
+RATE_LIMITS: Mapping[str, int] = MappingProxyType(
+    {"create_request": 1500, "get_response": 15000, "units": 500})
+MAX_CONTENT_CHARS = 5000  # the API cuts longer content silently
+# How long a request may wait for its answer before its user is told it is late.
+MAX_WAIT_SECONDS = 600
+# Telegram's own soft limit on a bot's messages (TELEGRAM_MESSAGES_PER_SECOND).
+TELEGRAM_MESSAGES_PER_SECOND = 30
 
 # What Telegram accepts as a webhook's secret_token.
 WEBHOOK_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -33,19 +47,19 @@ class Settings(BaseSettings):
     telegram_api_url: AnyHttpUrl | None = None
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     database_path: Path = Path("data/bot.sqlite3")
-    chatinfo_create_per_min: int = Field(1500, gt=0)
-    chatinfo_poll_per_min: int = Field(15000, gt=0)
-    chatinfo_units_per_min: int = Field(500, gt=0)
-    telegram_messages_per_second: int = Field(30, gt=0)
+    chatinfo_create_per_min: int = Field(RATE_LIMITS["create_request"], gt=0)
+    chatinfo_poll_per_min: int = Field(RATE_LIMITS["get_response"], gt=0)
+    chatinfo_units_per_min: int = Field(RATE_LIMITS["units"], gt=0)
+    telegram_messages_per_second: int = Field(TELEGRAM_MESSAGES_PER_SECOND, gt=0)
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     daily_quota: int = Field(30, ge=0)
     quota_timezone: ZoneInfo = ZoneInfo("Europe/Moscow")
     max_pending_per_user: int = Field(3, gt=0)
     low_units_threshold: int = Field(100, ge=0)
-    max_wait_seconds: int = Field(600, gt=0)
+    max_wait_seconds: int = Field(MAX_WAIT_SECONDS, gt=0)
     # Silence that ends a conversation; at most 30 days, the oldest turn ever read.
     conversation_idle_minutes: int = Field(30, gt=0, le=30 * 24 * 60)
-    default_locale: Literal["en", "ru"] = "en"
+    default_locale: str = DEFAULT_LOCALE
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     # Declared after telegram_api_url: their validators read it.
@@ -80,6 +94,13 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("default_locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        if value not in LANGUAGES_BY_CODE:
+            raise ValueError(f"must be one of {', '.join(LANGUAGES_BY_CODE)}")
         return value
 
     @field_validator("log_level")

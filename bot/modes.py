@@ -1,4 +1,5 @@
-"""The API's 22 modes, in the order the spec lists them.
+"""The API's modes, in the order the spec lists them: the one list the bot, the fake
+chatinfo server and the tests read.
 
 Labels and descriptions are English message ids, translated where they are shown.
 `remembers`: whether a new message carries the recent conversation by default (each user

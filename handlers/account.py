@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiogram import Router
-from aiogram.filters import Command
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
@@ -11,6 +10,7 @@ from aiogram.utils.i18n import ngettext
 from bot.jobs.admission import QuotaClock
 from bot.jobs.submit import until
 from bot.modes import MODES_BY_NAME
+from bot.telegram.commands import Commands
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
 
@@ -55,5 +55,5 @@ def quota_lines(usage: Usage) -> list[str]:
 
 def make_router() -> Router:
     router = Router(name="account")
-    router.message.register(show_me, Command("me"))
+    router.message.register(show_me, Commands.me.filter())
     return router

@@ -11,7 +11,7 @@ import math
 from datetime import datetime, timedelta
 
 from aiogram import F, Router
-from aiogram.filters import Command, CommandObject
+from aiogram.filters import CommandObject
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
@@ -19,6 +19,7 @@ from babel.numbers import format_decimal
 
 from bot.config import Settings
 from bot.jobs.admission import QuotaClock
+from bot.telegram.commands import Commands
 from bot.upstream.account import Upstream
 from bot.upstream.client import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
 from bot.upstream.units import refusal_reason
@@ -254,11 +255,11 @@ def _number(text: str) -> int | None:
 def make_router(admin_ids: frozenset[int]) -> Router:
     router = Router(name="admin")
     router.message.filter(F.from_user.id.in_(admin_ids))
-    router.message.register(units, Command("units"))
-    router.message.register(stats_command, Command("stats"))
-    router.message.register(set_quota, Command("quota"))
-    router.message.register(grant, Command("grant"))
-    router.message.register(ban, Command("ban"))
-    router.message.register(unban, Command("unban"))
-    router.message.register(user_card, Command("user"))
+    router.message.register(units, Commands.units.filter())
+    router.message.register(stats_command, Commands.stats.filter())
+    router.message.register(set_quota, Commands.quota.filter())
+    router.message.register(grant, Commands.grant.filter())
+    router.message.register(ban, Commands.ban.filter())
+    router.message.register(unban, Commands.unban.filter())
+    router.message.register(user_card, Commands.user.filter())
     return router

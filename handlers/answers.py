@@ -8,14 +8,15 @@ from datetime import datetime, tzinfo
 from aiogram import Router
 from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramBadRequest
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.runner import JobRunner
 from bot.jobs.submit import Submitter
 from bot.modes import MODES_BY_NAME
+from bot.telegram.commands import Commands
 from bot.telegram.delivery import Delivery
 from bot.telegram.keyboards import (
     AnswerAction,
@@ -25,7 +26,6 @@ from bot.telegram.keyboards import (
     history_keyboard,
 )
 from bot.telegram.render import Part, render
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.jobs import Job, JobRepo, JobState
 
 HISTORY_SIZE = 10
@@ -173,6 +173,6 @@ def make_router() -> Router:
     router.callback_query.register(act_on_answer, AnswerCallback.filter())
     router.callback_query.register(retry, RetryCallback.filter())
     router.callback_query.register(show_again, HistoryCallback.filter())
-    router.message.register(history, Command("history"))
-    router.message.register(cancel, Command("cancel"))
+    router.message.register(history, Commands.history.filter())
+    router.message.register(cancel, Commands.cancel.filter())
     return router

@@ -10,10 +10,10 @@ from aiogram.types import Document, Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.conversation import Conversations
 from bot.jobs.submit import Submitter, cut_notice
 from bot.telegram.filters import AddressedToBot
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.users import UserRepo
 
 MAX_FILE_BYTES = 1024 * 1024

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
-from bot.telegram.keyboards import LANGUAGES, LanguageCallback, languages_keyboard
+from bot.languages import LANGUAGES_BY_CODE
+from bot.telegram.commands import Commands
+from bot.telegram.i18n import in_locale
+from bot.telegram.keyboards import LanguageCallback, languages_keyboard
 from storage.users import UserRepo
 
 
@@ -19,8 +21,9 @@ async def show_languages(message: Message, locale: str) -> None:
 async def choose_language(query: CallbackQuery, callback_data: LanguageCallback,
                           users: UserRepo, i18n: I18n) -> None:
     await users.set_locale(query.from_user.id, callback_data.code)
-    with i18n.use_locale(callback_data.code):  # answer in the language just chosen
-        text = _("Language: {language}").format(language=LANGUAGES[callback_data.code])
+    with in_locale(i18n, callback_data.code):  # answer in the language just chosen
+        language = LANGUAGES_BY_CODE[callback_data.code]
+        text = _("Language: {language}").format(language=language.label)
         await query.answer(text)
         if isinstance(query.message, Message):
             await query.message.edit_text(text, reply_markup=None)
@@ -32,8 +35,8 @@ async def unknown_language(query: CallbackQuery) -> None:
 
 def make_router() -> Router:
     router = Router(name="settings")
-    router.message.register(show_languages, Command("language"))
+    router.message.register(show_languages, Commands.language.filter())
     router.callback_query.register(choose_language,
-                                   LanguageCallback.filter(F.code.in_(LANGUAGES)))
+                                   LanguageCallback.filter(F.code.in_(LANGUAGES_BY_CODE)))
     router.callback_query.register(unknown_language, LanguageCallback.filter())
     return router

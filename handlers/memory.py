@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from aiogram import Router
-from aiogram.filters import Command
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 
 from bot.jobs.conversation import Conversations
 from bot.modes import MODES_BY_NAME
+from bot.telegram.commands import Commands
 
 
 async def start_afresh(message: Message, conversations: Conversations) -> None:
@@ -41,6 +41,6 @@ async def toggle_memory(message: Message, conversations: Conversations) -> None:
 
 def make_router() -> Router:
     router = Router(name="conversation")
-    router.message.register(start_afresh, Command("new"))
-    router.message.register(toggle_memory, Command("memory"))
+    router.message.register(start_afresh, Commands.new.filter())
+    router.message.register(toggle_memory, Commands.memory.filter())
     return router

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 
 from bot.modes import MODES_BY_NAME
+from bot.telegram.commands import Commands
 from bot.telegram.keyboards import ModeCallback, modes_keyboard
+from bot.telegram.retries import not_modified
 from storage.users import UserRepo
 
 
@@ -35,7 +36,7 @@ async def choose_mode(query: CallbackQuery, callback_data: ModeCallback, users: 
                                         message_id=pressed.message_id,
                                         reply_markup=modes_keyboard(mode.name))
     except TelegramBadRequest as error:
-        if "not modified" not in error.message:  # the same mode tapped twice
+        if not not_modified(error):  # the same mode tapped twice
             raise
 
 
@@ -52,7 +53,7 @@ def current_mode_text(name: str) -> str:
 
 def make_router() -> Router:
     router = Router(name="modes")
-    router.message.register(show_modes, Command("mode"))
+    router.message.register(show_modes, Commands.mode.filter())
     router.callback_query.register(choose_mode, ModeCallback.filter(F.name.in_(MODES_BY_NAME)))
     router.callback_query.register(unknown_mode, ModeCallback.filter())
     return router

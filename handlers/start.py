@@ -6,17 +6,16 @@ import html
 
 from aiogram import Bot, Router
 from aiogram.enums import ChatType
-from aiogram.filters import Command, CommandStart
+from aiogram.filters import CommandStart
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 
-from bot.config import Settings
+from bot.config import MAX_CONTENT_CHARS, Settings
 from bot.jobs.admission import QuotaClock
 from bot.modes import MODES
-from bot.telegram.commands import COMMANDS, names
+from bot.telegram.commands import COMMANDS, Commands, names
 from bot.telegram.keyboards import modes_keyboard
 from bot.telegram.wording import duration_text
-from bot.upstream.client import MAX_CONTENT_CHARS
 from handlers.account import quota_lines
 from storage.quotas import QuotaRepo, Usage
 from storage.users import UserRepo
@@ -94,5 +93,5 @@ def command_lines(*, admin: bool) -> list[str]:
 def make_router() -> Router:
     router = Router(name="start")
     router.message.register(greet, CommandStart())
-    router.message.register(show_help, Command("help"))
+    router.message.register(show_help, Commands.help.filter())
     return router

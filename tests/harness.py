@@ -1,9 +1,10 @@
-"""Shared pieces of the reliability tests (and tests/soak.py).
+"""How a test wires the bot, and the pieces the tests (and tests/soak.py) share.
 
-- `built_app` wires the real Dispatcher exactly as `tests/conftest.py` does, but lets a
-  test choose what `make_app` does not vary: the Bot API session (`WireSession`, which
-  encodes calls like the real one and can drop them), the chatinfo client (a short
-  timeout, tight rate limits), the polling policy, the token and the key.
+- `built_app` is the one wiring of the real Dispatcher for tests: the Bot API session
+  (a `WireSession` by default, which encodes calls like the real one and can drop them),
+  the chatinfo client (or options for it: a short timeout, tight rate limits), the polling
+  policy, the token, the key, settings. The `make_app` and `app` fixtures
+  (tests/conftest.py) are it on a plain recording session with an empty database.
 - `FakeTelegram` is the fake Bot API server with the one method it lacks.
 - `seed_solve_history` gives a real bot process a past, so it polls at once.
 """
@@ -11,32 +12,91 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import TelegramType
+from aiogram.types import Update
 
-from bot.app.wiring import make_application
+from bot.app.wiring import Application, make_application
 from bot.config import Settings
-from bot.jobs.runner import RunnerPolicy
+from bot.jobs.conversation import HEADER, NOW
+from bot.jobs.poll_scheduler import PollTiming
+from bot.jobs.runner import JobRunner, RunnerPolicy
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import FakeChatinfo
-from storage.db import open_database
+from storage.db import Database, open_database
 from storage.jobs import JobRepo
 from storage.users import UserRepo
-from tests.conftest import FAST_POLLS, TEST_WINDOW, App
 from tests.fakes.mocked_bot import BOT_ID, M, RecordingSession
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 TOKEN = f"{BOT_ID}:TEST-TOKEN"
 KEY = "test-key"
+_update_ids = itertools.count(1)
+# The client's rate window in tests, as the server's 60 s would be: after a 429 the create
+# queue waits for the window to clear, which must not take a minute here.
+TEST_WINDOW = 2.0
+# Tests' answers come in a fraction of a second; so does the first poll.
+FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(min_gap=0.02, max_gap=0.05),
+                          prior=(0.05, 0.1, 0.2), balance_check_grace=0.05, late_wait=0.5,
+                          create_settles_after=0.3)
+
+
+def asked(content: str) -> str:
+    """The new message of a request's content, without the conversation it carries: for
+    tests about something else, whose messages follow each other in a mode that remembers."""
+    return content.rpartition(NOW)[2] if content.startswith(HEADER) else content
+
+
+@dataclass
+class App:
+    """The bot as handlers see it, wired exactly as in production. Its job workers run,
+    as after a start; the rest of the start (jobs resumed, the units refresher, command
+    menus) is the test's to do: `runner.resume()`, `dp.emit_startup(...)`."""
+
+    application: Application
+    bot: Bot
+    session: RecordingSession
+    db: Database
+    chatinfo: FakeChatinfo
+
+    @property
+    def dp(self) -> Dispatcher:
+        return self.application.dp
+
+    @property
+    def runner(self) -> JobRunner:
+        return self.application.runner
+
+    @property
+    def jobs(self) -> JobRepo:
+        jobs: JobRepo = self.dp["jobs"]
+        return jobs
+
+    async def feed(self, update: dict[str, Any]) -> None:
+        update = {"update_id": next(_update_ids), **update}
+        parsed = Update.model_validate(update, context={"bot": self.bot})
+        await self.dp.feed_update(self.bot, parsed)
+
+    def sent(self, method: type[TelegramMethod[Any]]) -> list[Any]:
+        return self.session.sent(method)
+
+    async def settle(self) -> None:
+        """Wait until every job the runner started has finished."""
+        assert await self.runner.wait_idle(10.0), "jobs still running after 10 s"
+
+
+AppFactory = Callable[..., Awaitable[App]]  # the make_app fixture: built_app's options
 
 
 class WireSession(RecordingSession):
@@ -87,10 +147,12 @@ class WireSession(RecordingSession):
 @asynccontextmanager
 async def built_app(
     tmp_path: Path, chatinfo: FakeChatinfo, *, session: RecordingSession | None = None,
-    client: ChatinfoClient | None = None, policy: RunnerPolicy = FAST_POLLS,
-    token: str = TOKEN, key: str = KEY, history: bool = True, **settings: Any,
+    client: ChatinfoClient | None = None, client_options: dict[str, Any] | None = None,
+    policy: RunnerPolicy = FAST_POLLS, token: str = TOKEN, key: str = KEY,
+    history: bool = True, **settings: Any,
 ) -> AsyncIterator[App]:
-    """The app on `session` (a WireSession by default) and `client` (closed afterwards).
+    """The app on `session` (a WireSession by default) and `client` (closed afterwards; by
+    default the wiring's for `chatinfo`, with `client_options`), with `settings` overridden.
 
     With `history`, the database starts with SEED_USER's answered jobs and the runner has
     learned from them, as after a start: new jobs are polled within a fraction of a second.
@@ -99,21 +161,22 @@ async def built_app(
     if history:
         await seed_solve_history(database)
     db = await open_database(database)
-    client = client or ChatinfoClient(chatinfo.base_url, key, backoff=0.01, window=TEST_WINDOW)
     session = session or WireSession()
     bot = Bot(token, session=session)
     options: dict[str, Any] = {"bot_token": token, "chatinfo_api_key": key,
+                               "chatinfo_base_url": chatinfo.base_url,
                                "database_path": database, **settings}
-    application = make_application(bot, db, make_i18n(), Settings(**options), client=client,
-                                   policy=policy)
-    application.runner.workers.start()
+    application = make_application(
+        bot, db, make_i18n(), Settings(**options), client=client, policy=policy,
+        client_options={"backoff": 0.01, "window": TEST_WINDOW, **(client_options or {})})
+    application.runner.workers.start()  # as the first job used to; the rest is the test's
     if history:
         await application.runner.resume()
     try:
         yield App(application, bot, session, db, chatinfo)
     finally:
         await application.services.stop()
-        await client.close()
+        await application.upstream.close()
         await db.close()
 
 

@@ -13,9 +13,9 @@ from aiogram.types import InlineKeyboardMarkup
 from bot.telegram.render import TELEGRAM_LIMIT, render, utf16_length
 from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
-from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_ID, BOT_USERNAME
 from tests.fakes.telegram_api import callback_update, message_update
+from tests.harness import FAST_POLLS, App, AppFactory
 
 
 def long_markdown() -> str:

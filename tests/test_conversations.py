@@ -9,18 +9,18 @@ import pytest
 from aiogram.methods import SendMessage, SetMyCommands
 from aiogram.types import BotCommand
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.jobs.conversation import MIN_EXCERPT, compose, cut
 from bot.telegram.i18n import make_i18n
 from bot.telegram.menus import set_command_menus
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.conversations import Turn
-from tests.conftest import App, AppFactory, asked
 from tests.fakes.mocked_bot import BOT_USERNAME
 from tests.fakes.telegram_api import (
     callback_update,
     chosen_inline_result_update,
     message_update,
 )
+from tests.harness import App, AppFactory, asked
 from tests.test_answers import document_update, reply_to_bot
 
 ANSWERS = {"My name is Ann and I keep bees.": "Nice to meet you, Ann! Bees are wonderful.",

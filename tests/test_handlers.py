@@ -12,8 +12,8 @@ from aiogram.types import InlineKeyboardMarkup
 from bot.modes import MODES
 from storage.jobs import JobState
 from storage.users import UserRepo
-from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update, photo_update, sticker_update
+from tests.harness import FAST_POLLS, App, AppFactory
 
 
 def buttons(markup: object) -> list[tuple[str, str | None]]:
@@ -28,7 +28,7 @@ async def test_start_in_english_shows_all_modes_with_chat_marked(app: App) -> No
     assert reply.chat_id == 1
     assert reply.text.startswith("👋 Hi!")
     keyboard = buttons(reply.reply_markup)
-    assert len(keyboard) == 22
+    assert len(keyboard) == len(MODES)
     assert keyboard[0] == ("✅ 💬 Chat", "mode:chat")
     assert [data for _, data in keyboard] == [f"mode:{mode.name}" for mode in MODES]
     assert sum(text.startswith("✅") for text, _ in keyboard) == 1

@@ -21,12 +21,12 @@ from aiogram.methods import AnswerCallbackQuery, EditMessageText, GetMe, SendMes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bot.telegram.commands import names
 from bot.telegram.render import render
 from bot.upstream.sandbox import FakeChatinfo
 from storage.jobs import JobState
-from tests.conftest import App
 from tests.fakes.telegram_api import callback_update, message_update
-from tests.harness import SEED_USER, built_app, wait_until
+from tests.harness import SEED_USER, App, built_app, wait_until
 
 T = TypeVar("T")
 ADMIN = 900
@@ -171,8 +171,8 @@ async def test_any_callback_data_is_answered_once(app: App,
     await explore(check)
 
 
-ADMIN_COMMANDS = ["/quota", "/grant", "/ban", "/unban", "/user", "/units", "/stats"]
-USER_COMMANDS = ["/start", "/help", "/mode", "/language", "/me", "/history", "/cancel"]
+ADMIN_COMMANDS = [f"/{name}" for name in names(admin=True)]
+USER_COMMANDS = [f"/{name}" for name in names(admin=False)]
 
 
 async def test_commands_with_any_arguments_get_one_reply(app: App,

@@ -12,16 +12,20 @@ from aiogram.types import BotCommandScopeChat, BotCommandScopeDefault
 from babel.messages.catalog import Catalog
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
+from pydantic import ValidationError
 
-from bot.telegram.i18n import LOCALES_PATH, locale_for, make_i18n
+from bot.config import Settings, describe_problems
+from bot.languages import LANGUAGES, locale_for
+from bot.modes import MODES
+from bot.telegram.i18n import LOCALES_PATH, make_i18n
 from bot.telegram.menus import set_command_menus
 from storage.users import UserRepo
 from tests.botprocess import REPO
-from tests.conftest import App
 from tests.fakes.mocked_bot import mocked_bot
 from tests.fakes.telegram_api import callback_update, message_update
+from tests.harness import App
 
-LOCALES = ("en", "ru")
+LOCALES = tuple(language.code for language in LANGUAGES)
 
 
 def catalog(locale: str) -> Catalog:
@@ -106,6 +110,16 @@ def test_default_locale_serves_other_languages() -> None:
     assert locale_for("en", "ru") == "en"
 
 
+def test_default_locale_must_be_a_language_the_bot_speaks() -> None:
+    def settings(locale: str) -> Settings:
+        return Settings(bot_token="1:T", chatinfo_api_key="k", default_locale=locale)
+
+    assert settings("ru").default_locale == "ru"
+    with pytest.raises(ValidationError) as caught:
+        settings("de")
+    assert describe_problems(caught.value) == ["DEFAULT_LOCALE: must be one of en, ru"]
+
+
 async def test_language_choice_wins_over_telegrams(app: App) -> None:
     await app.feed(message_update(20, "/language", language_code="en"))
     [menu] = app.sent(SendMessage)
@@ -156,6 +170,6 @@ async def test_mode_keyboard_is_wholly_translated(app: App) -> None:
     english, russian = (
         [b.text for row in m.reply_markup.inline_keyboard for b in row]
         for m in app.sent(SendMessage))
-    assert len(english) == len(russian) == 22
+    assert len(english) == len(russian) == len(MODES)
     assert all(en != ru for en, ru in zip(english, russian, strict=True))
     assert app.sent(SendMessage)[1].text.startswith("Текущий режим: 💬 Чат")

@@ -14,14 +14,13 @@ from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
 from storage.quotas import QuotaRepo
 from storage.users import UserRepo
-from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.mocked_bot import BOT_USERNAME
 from tests.fakes.telegram_api import (
     chosen_inline_result_update,
     inline_query_update,
     message_update,
 )
-from tests.harness import wait_until
+from tests.harness import FAST_POLLS, App, AppFactory, wait_until
 from tests.test_answers import long_markdown
 
 USER = 7

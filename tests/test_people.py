@@ -11,23 +11,25 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from aiogram import Dispatcher
 from aiogram.methods import (
     AnswerCallbackQuery,
     EditMessageText,
     SendMessage,
 )
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardMarkup, Message, Update
 
 from bot.jobs.admission import QuotaClock, Refusal
 from bot.jobs.submit import refusal_text, until
+from bot.telegram.access import AccessMiddleware
 from bot.telegram.commands import COMMANDS_BY_NAME
 from bot.telegram.i18n import make_i18n
 from storage.jobs import JobRepo
+from storage.users import Profile
 from tests.botprocess import REPO
-from tests.conftest import App, AppFactory
-from tests.fakes.mocked_bot import BOT_USERNAME
+from tests.fakes.mocked_bot import BOT_USERNAME, mocked_bot
 from tests.fakes.telegram_api import callback_update, message_update
-from tests.harness import wait_until
+from tests.harness import App, AppFactory, wait_until
 
 ADMIN = 900
 GROUP = -100
@@ -201,6 +203,38 @@ async def test_two_users_and_an_admin_in_one_group(make_app: AppFactory) -> None
 
 
 # -- admin commands ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("user", [17, ADMIN])
+async def test_access_refuses_when_no_profile_was_loaded(
+        user: int, caplog: pytest.LogCaptureFixture) -> None:
+    """The access check reads the profile the locale middleware loads. Wired without it,
+    it refuses everyone, admins too, rather than let a banned user through."""
+    def dispatcher(*, load_profile: bool) -> Dispatcher:
+        dp = Dispatcher()
+        if load_profile:
+            dp.update.outer_middleware(loads_profile)
+        dp.message.outer_middleware(AccessMiddleware(frozenset({ADMIN}), frozenset()))
+        dp.message.register(handle)
+        return dp
+
+    async def handle(message: Message) -> None:
+        handled.append(message.chat.id)
+
+    async def loads_profile(handler: Any, event: Any, data: dict[str, Any]) -> Any:
+        data["profile"] = Profile(locale=None, banned=False)
+        return await handler(event, data)
+
+    bot, session = mocked_bot()
+    handled: list[int] = []
+    for load_profile in (True, False):
+        update = Update.model_validate({"update_id": 1, **message_update(user, "hi")},
+                                       context={"bot": bot})
+        await dispatcher(load_profile=load_profile).feed_update(bot, update)
+
+    assert handled == [user]  # only with the profile loaded
+    assert session.requests == []  # refused without a word: the bot is miswired
+    assert f"no profile for user {user}; refusing the update" in caplog.text
+
 
 async def test_quota_zero_cuts_off_and_unlimited_and_default_are_spelled_out(
         make_app: AppFactory) -> None:

@@ -15,9 +15,8 @@ from bot.jobs.admission import QuotaClock
 from bot.upstream.account import Upstream
 from bot.upstream.sandbox import Fault
 from storage.quotas import QuotaRepo
-from tests.conftest import FAST_POLLS, App, AppFactory, asked
 from tests.fakes.telegram_api import callback_update, message_update
-from tests.harness import wait_until
+from tests.harness import FAST_POLLS, App, AppFactory, asked, wait_until
 
 ADMIN = 900
 UNKNOWN_COMMAND = "I don't know this command. Send /help to see what I can do."

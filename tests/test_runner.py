@@ -20,8 +20,8 @@ from bot.telegram.keyboards import RetryCallback
 from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import Fault
 from storage.jobs import JobState
-from tests.conftest import FAST_POLLS, App, AppFactory
 from tests.fakes.telegram_api import callback_update, message_update
+from tests.harness import FAST_POLLS, App, AppFactory
 
 PLACEHOLDER = 900
 

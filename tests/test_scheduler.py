@@ -24,9 +24,8 @@ from bot.upstream.client import RateLimited, RequestRejected
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import JobState
 from tests.benchmarks.load import peak_in_window
-from tests.conftest import AppFactory, asked
 from tests.fakes.telegram_api import message_update
-from tests.harness import wait_until
+from tests.harness import AppFactory, asked, wait_until
 
 
 class RecordingLimiter(SlidingWindowLimiter):

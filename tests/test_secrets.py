@@ -20,10 +20,10 @@ from aiohttp import web
 
 from bot.upstream.sandbox import FakeChatinfo, Fault, standard_faults
 from tests.botprocess import BOT_TOKEN, BotProcess
-from tests.conftest import App
 from tests.fakes.telegram_api import message_update
 from tests.harness import (
     SEEDED,
+    App,
     FakeTelegram,
     WireSession,
     built_app,

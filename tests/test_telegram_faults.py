@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.methods import EditMessageText, SendMessage
 
 import bot.jobs.runner
@@ -26,10 +27,10 @@ from bot.upstream.sandbox import FakeChatinfo, Fault
 from storage.jobs import JobState
 from storage.users import UserRepo
 from tests.botprocess import BOT_TOKEN, BotProcess
-from tests.conftest import App
 from tests.fakes.telegram_api import message_update
 from tests.harness import (
     SEEDED,
+    App,
     FakeTelegram,
     WireSession,
     built_app,
@@ -256,3 +257,19 @@ def test_the_failure_detector_notices_a_failed_update(caplog: pytest.LogCaptureF
     caplog.set_level(logging.ERROR)
     logging.getLogger("handlers.fallback").error("update 7 failed")
     assert handler_failures(caplog) == ["update 7 failed"]
+
+
+@pytest.mark.parametrize(("description", "meaning"), [
+    (NOT_MODIFIED, "not modified"),
+    ("Bad Request: message to edit not found", "gone"),
+    ("Bad Request: message can't be edited", "gone"),
+    ("Bad Request: MESSAGE_ID_INVALID", "gone"),
+    ("Bad Request: can't parse entities: unclosed start tag at byte offset 3", "entities"),
+    ("Bad Request: message text is empty", None),
+])
+def test_telegrams_refusals_are_read_in_one_place(description: str, meaning: str | None) -> None:
+    error = TelegramBadRequest(method=EditMessageText(text="x"), message=description)
+
+    assert bot.telegram.retries.not_modified(error) == (meaning == "not modified")
+    assert bot.telegram.retries.message_gone(error) == (meaning == "gone")
+    assert bot.telegram.retries.entities_rejected(error) == (meaning == "entities")

@@ -30,9 +30,8 @@ from bot.upstream.sandbox import (
     standard_faults,
 )
 from storage.jobs import Job, JobState
-from tests.conftest import FAST_POLLS, TEST_WINDOW, App, asked
 from tests.fakes.telegram_api import message_update
-from tests.harness import KEY, SEED_USER, built_app, wait_until
+from tests.harness import FAST_POLLS, KEY, SEED_USER, TEST_WINDOW, App, asked, built_app, wait_until
 
 ATTEMPTS = 3  # the client's default
 CLIENT_TIMEOUT = 1.0

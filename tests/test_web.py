@@ -17,8 +17,8 @@ from bot.ops.metrics import Metrics
 from bot.ops.web import make_web_app
 from bot.upstream.account import Upstream
 from bot.upstream.sandbox import TOO_MANY_BODY, Fault
-from tests.conftest import App
 from tests.fakes.telegram_api import message_update
+from tests.harness import App
 
 Labels = frozenset[tuple[str, str]]
 

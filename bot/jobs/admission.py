@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -81,6 +82,24 @@ class Refusal(StrEnum):
     ALREADY_ASKED = "already_asked"  # the same button's request is still unanswered
 
 
+@dataclass(frozen=True)
+class Admitted:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    refusal: Refusal
+
+
+@dataclass(frozen=True)
+class Redelivered:
+    """Telegram delivered the message (or chosen inline result) again: its job exists."""
+
+
+Verdict = Admitted | Refused | Redelivered
+
+
 class Admission:
     def __init__(self, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
                  clock: QuotaClock, max_pending: int, *, late_after: float,
@@ -101,30 +120,32 @@ class Admission:
                     locale: str, mode: str, content: str, reply_to: int | None = None,
                     question: str | None = None, action: str | None = None,
                     parent_id: int | None = None,
-                    inline_message_id: str | None = None) -> int | Refusal | None:
-        """The new job's id, the reason it was refused, or None if it already exists."""
+                    inline_message_id: str | None = None) -> Verdict:
+        """The new job, the reason it was refused, or that it already exists."""
         async with self._lock:
             if await self._delivered_again(chat_id, source_message_id, inline_message_id):
-                return None
+                return Redelivered()
             if parent_id is not None and action is not None and (
                     await self._jobs.has_unfinished_child(parent_id, action)):
-                return Refusal.ALREADY_ASKED  # a double tap: one unit, not two
+                return Refused(Refusal.ALREADY_ASKED)  # a double tap: one unit, not two
             if self._upstream.exhausted:
-                return Refusal.NO_UNITS
+                return Refused(Refusal.NO_UNITS)
             if await self._jobs.pending_count(
                     user_id, created_after=time.time() - self._late_after) >= self.max_pending:
-                return Refusal.TOO_MANY_PENDING
+                return Refused(Refusal.TOO_MANY_PENDING)
             day = self._clock.today()
             # The request counts on the quota if and only if the job is stored.
             async with self._database.transaction():
                 if not await self._quotas.reserve(user_id, day):
                     usage = await self._quotas.usage(user_id, day)
-                    return Refusal.NO_QUOTA if usage.quota == 0 else Refusal.OVER_QUOTA
-                return await self._jobs.add(
+                    return Refused(Refusal.NO_QUOTA if usage.quota == 0
+                                   else Refusal.OVER_QUOTA)
+                job_id = await self._jobs.add(
                     user_id=user_id, chat_id=chat_id, source_message_id=source_message_id,
                     locale=locale, mode=mode, content=content, quota_day=day,
                     reply_to=reply_to, question=question, action=action, parent_id=parent_id,
                     inline_message_id=inline_message_id)
+            return Redelivered() if job_id is None else Admitted(job_id)
 
     async def _delivered_again(self, chat_id: int, source_message_id: int | None,
                                inline_message_id: str | None) -> bool:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from aiogram.utils.i18n import ngettext
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.modes import MODES_BY_NAME
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.conversations import ConversationRepo, Turn
 
 HEADER = "Earlier in this conversation:\n"

@@ -22,6 +22,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 
+from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
 from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure
@@ -58,7 +59,7 @@ TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
 @dataclass(frozen=True)
 class RunnerPolicy:
-    max_wait: float = 600.0  # then the job fails with a clear message
+    max_wait: float = float(MAX_WAIT_SECONDS)  # then the job fails with a clear message
     # A sent request's unit is spent: past max_wait its user is told, and its answer is
     # still awaited this much longer, and posted if it comes.
     late_wait: float = 3600.0

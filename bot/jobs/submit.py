@@ -13,12 +13,12 @@ from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
-from bot.jobs.admission import Admission, QuotaClock, Refusal
+from bot.config import MAX_CONTENT_CHARS
+from bot.jobs.admission import Admission, QuotaClock, Redelivered, Refusal, Refused
 from bot.jobs.conversation import earlier_text
 from bot.jobs.failures import Failure, failure_text
 from bot.jobs.runner import JobRunner
 from bot.telegram.wording import duration_text, placeholder_text
-from bot.upstream.client import MAX_CONTENT_CHARS
 from storage.jobs import JobRepo
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,22 @@ class Submitter:
             await message.reply(_("✋ There is nothing to send: write your request as text, up "
                                   "to {limit} characters.").format(limit=MAX_CONTENT_CHARS))
             return
-        outcome = await self._admission.admit(
+        verdict = await self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
             content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id,
             question=storable(question) if question is not None else None)
-        if outcome is None:
+        if isinstance(verdict, Redelivered):
             return  # Telegram delivered this message again; its job is already under way
-        if isinstance(outcome, Refusal):
-            log.info("request refused: %s", outcome, extra={
-                "user_id": message.from_user.id, "mode": mode, "outcome": f"refused:{outcome}"})
-            await message.reply(self.refusal_text(outcome))
+        if isinstance(verdict, Refused):
+            refusal = verdict.refusal
+            log.info("request refused: %s", refusal, extra={
+                "user_id": message.from_user.id, "mode": mode, "outcome": f"refused:{refusal}"})
+            await message.reply(self.refusal_text(refusal))
             return
-        log.info("job %s accepted", outcome, extra={
-            "job_id": outcome, "user_id": message.from_user.id, "mode": mode,
+        job_id = verdict.job_id
+        log.info("job %s accepted", job_id, extra={
+            "job_id": job_id, "user_id": message.from_user.id, "mode": mode,
             "outcome": "accepted"})
         try:
             for notice in notices:
@@ -69,13 +71,13 @@ class Submitter:
             if earlier:
                 text += "\n" + earlier_text(earlier)
             placeholder = await message.reply(text)
-            await self._jobs.set_placeholder(outcome, placeholder.message_id)
+            await self._jobs.set_placeholder(job_id, placeholder.message_id)
         except Exception as error:
             # The job is admitted: whatever failed here, it goes on (the runner sends the
             # placeholder itself if need be), so the user must not be told to try again.
-            log.warning("replies for job %s failed: %s", outcome, type(error).__name__)
+            log.warning("replies for job %s failed: %s", job_id, type(error).__name__)
         finally:
-            self._runner.start(outcome)  # whatever failed above, the admitted job goes on
+            self._runner.start(job_id)  # whatever failed above, the admitted job goes on
 
     def refusal_text(self, refusal: Refusal) -> str:
         return refusal_text(refusal, self.clock, self._admission.max_pending)
@@ -84,13 +86,15 @@ class Submitter:
                        content: str, locale: str, question: str | None, action: str | None,
                        parent_id: int | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
-        outcome = await self._admission.admit(
+        verdict = await self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
             mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
             question=question, action=action, parent_id=parent_id)
-        if not isinstance(outcome, int):
-            return outcome or Refusal.TOO_MANY_PENDING
-        self._runner.start(outcome)
+        if isinstance(verdict, Refused):
+            return verdict.refusal
+        if isinstance(verdict, Redelivered):  # a button's job has no message to come twice
+            return Refusal.TOO_MANY_PENDING
+        self._runner.start(verdict.job_id)
         return None
 
 
@@ -99,18 +103,18 @@ class Submitter:
         """A job from a chosen inline result, answered by editing that message; the refusal,
         if it was refused. Its chat is the user's private chat, where alone the whole of a
         long answer is shown."""
-        outcome = await self._admission.admit(
+        verdict = await self._admission.admit(
             user_id=user_id, chat_id=user_id, source_message_id=None, locale=locale, mode=mode,
             content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id)
-        if outcome is None:
+        if isinstance(verdict, Redelivered):
             return None  # Telegram reported this choice again; its job is already under way
-        if isinstance(outcome, Refusal):
-            log.info("inline request refused: %s", outcome, extra={
-                "user_id": user_id, "mode": mode, "outcome": f"refused:{outcome}"})
-            return outcome
-        log.info("job %s accepted inline", outcome, extra={
-            "job_id": outcome, "user_id": user_id, "mode": mode, "outcome": "accepted"})
-        self._runner.start(outcome)
+        if isinstance(verdict, Refused):
+            log.info("inline request refused: %s", verdict.refusal, extra={
+                "user_id": user_id, "mode": mode, "outcome": f"refused:{verdict.refusal}"})
+            return verdict.refusal
+        log.info("job %s accepted inline", verdict.job_id, extra={
+            "job_id": verdict.job_id, "user_id": user_id, "mode": mode, "outcome": "accepted"})
+        self._runner.start(verdict.job_id)
         return None
 
 

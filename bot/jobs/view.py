@@ -9,8 +9,7 @@ view to show it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
@@ -23,6 +22,7 @@ from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure, failure_text
 from bot.telegram.commands import answer_payload
 from bot.telegram.delivery import Delivery
+from bot.telegram.i18n import in_locale
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
 from bot.telegram.render import Part, first_part, render
@@ -161,7 +161,5 @@ class JobView:
         if job.quota_day is not None:
             await self._quotas.give_back(job.user_id, job.quota_day)
 
-    @contextmanager
-    def _locale(self, locale: str) -> Iterator[None]:
-        with self._i18n.context(), self._i18n.use_locale(locale):
-            yield
+    def _locale(self, locale: str) -> AbstractContextManager[None]:
+        return in_locale(self._i18n, locale)

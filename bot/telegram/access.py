@@ -30,7 +30,9 @@ PRIVATE_REFUSAL_EVERY = 60.0  # and in their private chat
 
 
 class AccessMiddleware(BaseMiddleware):
-    """Runs after the locale middleware, which puts the user's profile in `data`."""
+    """Runs after the locale middleware, which puts the user's profile in `data`. Without
+    it nothing is known of a ban, so every update from a user is refused (admins' too: a
+    wiring mistake must show at once, not only to those who are not admins)."""
 
     def __init__(self, admin_ids: frozenset[int], allowed_ids: frozenset[int]) -> None:
         self._admin_ids = admin_ids
@@ -45,11 +47,13 @@ class AccessMiddleware(BaseMiddleware):
     ) -> Any:
         user: User | None = data.get("event_from_user")
         profile: Profile | None = data.get("profile")
-        if user is None or user.id in self._admin_ids:
+        if user is None:
             return await handler(event, data)
         if profile is None:  # the profile middleware did not run: nothing is known
             log.error("no profile for user %s; refusing the update", user.id)
             return None
+        if user.id in self._admin_ids:
+            return await handler(event, data)
         if self._allowed_ids and user.id not in self._allowed_ids:
             return await self._refuse(event, data["bot"], _("Sorry, this bot is private."))
         if profile.banned:

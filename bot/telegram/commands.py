@@ -1,4 +1,5 @@
-"""Every command the bot has, written once: the menus, /help and the privacy rule read it.
+"""Every command the bot has, written once: the routers, the menus, /help and the privacy
+rule read it. A handler is registered with `Commands.<name>.filter()`.
 
 A command marked `private` shows the user's own data (or the operator's), so in a group
 the bot answers it with a link to the private chat instead. For a command that only shows
@@ -10,46 +11,59 @@ which anyone can post.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from aiogram.filters import Command
 from aiogram.utils.i18n import lazy_gettext as __
 from babel.support import LazyProxy
 
 
 @dataclass(frozen=True)
 class BotCommandInfo:
-    name: str
+    """One command; its name is the attribute of `Commands` that holds it."""
+
     description: LazyProxy  # one line, for the command menu and /help
     args: str = ""  # how to call it, e.g. "<id> <n>"
     admin: bool = False
     private: bool = False
     read_only: bool = True  # changes nothing: safe to run from a link
+    name: str = field(default="", init=False)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        object.__setattr__(self, "name", name)  # the one place the name is written
+
+    def filter(self) -> Command:
+        """What a router registers the command's handler with."""
+        return Command(self.name)
 
 
-COMMANDS: tuple[BotCommandInfo, ...] = (
-    BotCommandInfo("start", __("Start and choose a mode")),
-    BotCommandInfo("help", __("What I can do")),
-    BotCommandInfo("mode", __("Change the mode")),
-    BotCommandInfo("new", __("Start a new conversation"), read_only=False),
-    BotCommandInfo("memory", __("Remember the conversation in this mode: on or off"),
-                   read_only=False),
-    BotCommandInfo("language", __("Change the language")),
-    BotCommandInfo("me", __("My mode and requests left today"), private=True),
-    BotCommandInfo("history", __("My last requests and their answers"), private=True),
-    BotCommandInfo("cancel", __("Stop waiting for my requests"), private=True,
-                   read_only=False),
-    BotCommandInfo("units", __("Balance, spending, days left"), admin=True, private=True),
-    BotCommandInfo("stats", __("Users, requests, failures"), admin=True, private=True),
-    BotCommandInfo("user", __("A user's card"), "<id>", admin=True, private=True),
-    BotCommandInfo("quota", __("A user's daily quota"), "<id> <n | unlimited | default>",
-                   admin=True, private=True, read_only=False),
-    BotCommandInfo("grant", __("Extra requests for today"), "<id> <n>", admin=True,
-                   private=True, read_only=False),
-    BotCommandInfo("ban", __("Ban a user, also before they write"), "<id>", admin=True,
-                   private=True, read_only=False),
-    BotCommandInfo("unban", __("Lift a ban"), "<id>", admin=True, private=True,
-                   read_only=False),
-)
+class Commands:
+    """Every command, in the order of the menus and /help."""
+
+    start = BotCommandInfo(__("Start and choose a mode"))
+    help = BotCommandInfo(__("What I can do"))
+    mode = BotCommandInfo(__("Change the mode"))
+    new = BotCommandInfo(__("Start a new conversation"), read_only=False)
+    memory = BotCommandInfo(__("Remember the conversation in this mode: on or off"),
+                            read_only=False)
+    language = BotCommandInfo(__("Change the language"))
+    me = BotCommandInfo(__("My mode and requests left today"), private=True)
+    history = BotCommandInfo(__("My last requests and their answers"), private=True)
+    cancel = BotCommandInfo(__("Stop waiting for my requests"), private=True, read_only=False)
+    units = BotCommandInfo(__("Balance, spending, days left"), admin=True, private=True)
+    stats = BotCommandInfo(__("Users, requests, failures"), admin=True, private=True)
+    user = BotCommandInfo(__("A user's card"), "<id>", admin=True, private=True)
+    quota = BotCommandInfo(__("A user's daily quota"), "<id> <n | unlimited | default>",
+                           admin=True, private=True, read_only=False)
+    grant = BotCommandInfo(__("Extra requests for today"), "<id> <n>", admin=True,
+                           private=True, read_only=False)
+    ban = BotCommandInfo(__("Ban a user, also before they write"), "<id>", admin=True,
+                         private=True, read_only=False)
+    unban = BotCommandInfo(__("Lift a ban"), "<id>", admin=True, private=True, read_only=False)
+
+
+COMMANDS: tuple[BotCommandInfo, ...] = tuple(
+    value for value in vars(Commands).values() if isinstance(value, BotCommandInfo))
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 
 

@@ -14,7 +14,7 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import InlineKeyboardMarkup, MessageEntity, ReplyParameters
 
 from bot.telegram.render import Part
-from bot.telegram.retries import with_retries
+from bot.telegram.retries import entities_rejected, message_gone, not_modified, with_retries
 from storage.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 Keyboard = InlineKeyboardMarkup | None
 # A Bot API call taking the entities to use (None: plain text).
 _Call = Callable[[list[MessageEntity] | None], Awaitable[object]]
-# How Telegram says an inline message can no longer be edited (deleted, or a bad id).
-INLINE_MESSAGE_GONE = ("message_id_invalid", "not found", "can't be edited")
 
 
 class Delivery:
@@ -47,9 +45,9 @@ class Delivery:
                     message_id=job.placeholder_id, reply_markup=keyboard))
                 return
             except TelegramBadRequest as error:
-                if "not modified" in error.message:
+                if not_modified(error):
                     return  # already shown: a restart repeated a finished edit
-                if "not found" not in error.message and "can't be edited" not in error.message:
+                if not message_gone(error):
                     raise
         await self.send(job, part, keyboard)
 
@@ -61,9 +59,9 @@ class Delivery:
                 text=part.text, entities=entities, inline_message_id=inline_message_id,
                 reply_markup=keyboard))
         except TelegramBadRequest as error:
-            if "not modified" in error.message:
+            if not_modified(error):
                 return  # already shown: a restart repeated a finished edit
-            if not any(gone in error.message.lower() for gone in INLINE_MESSAGE_GONE):
+            if not message_gone(error):
                 raise
             log.info("inline message %s is gone (%s); the answer stays in /history",
                      inline_message_id, error.message)
@@ -100,7 +98,7 @@ class Delivery:
         try:
             await with_retries(lambda: call(part.entities or None))
         except TelegramBadRequest as error:
-            if not part.entities or "entit" not in error.message.lower():
+            if not part.entities or not entities_rejected(error):
                 raise
             # Rendering should never produce entities Telegram rejects; if it does, the
             # words still matter more than the formatting.

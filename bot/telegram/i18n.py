@@ -7,6 +7,8 @@ step and a compiled file can never be stale.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,14 @@ from aiogram.utils.i18n import I18n, I18nMiddleware
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
+from bot.languages import DEFAULT_LOCALE, locale_for
 from storage.users import UserRepo
 
 LOCALES_PATH = Path(__file__).resolve().parents[2] / "locales"
 DOMAIN = "messages"
-# Telegram language codes whose speakers are best served in Russian.
-RUSSIAN_SPEAKING = frozenset({"ru", "uk", "be", "kk"})
 
 
-def make_i18n(default_locale: str = "en") -> I18n:
+def make_i18n(default_locale: str = DEFAULT_LOCALE) -> I18n:
     """An I18n loaded from catalogs compiled in a scratch folder that is gone afterwards."""
     with tempfile.TemporaryDirectory(prefix="chatinfo-bot-locales-") as scratch:
         for po_path in sorted(LOCALES_PATH.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
@@ -38,12 +39,12 @@ def make_i18n(default_locale: str = "en") -> I18n:
         return I18n(path=scratch, default_locale=default_locale, domain=DOMAIN)
 
 
-def locale_for(language_code: str | None, default: str) -> str:
-    """The locale for a Telegram language code, before the user chooses one."""
-    language = (language_code or "").split("-")[0].lower()
-    if language in RUSSIAN_SPEAKING:
-        return "ru"
-    return "en" if language == "en" else default
+@contextmanager
+def in_locale(i18n: I18n, locale: str) -> Iterator[None]:
+    """Translate in `locale` here, also outside the handling of an update (a job, an alert,
+    the menus at start), where no middleware has made `i18n` the current one."""
+    with i18n.context(), i18n.use_locale(locale):
+        yield
 
 
 class UserLocaleMiddleware(I18nMiddleware):

@@ -15,10 +15,10 @@ from aiogram.types import (
 )
 from aiogram.utils.i18n import gettext as _
 
+from bot.config import MAX_CONTENT_CHARS
 from bot.modes import MODES_BY_NAME, Mode
 from bot.telegram.keyboards import open_bot_keyboard
 from bot.telegram.wording import placeholder_text
-from bot.upstream.client import MAX_CONTENT_CHARS
 
 # Telegram sends at most 256 characters of an inline query, so a query that long may have
 # been cut: answering a cut question would spend a unit on something nobody asked.

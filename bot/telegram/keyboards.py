@@ -11,6 +11,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 from pydantic import Field
 
+from bot.languages import LANGUAGES
 from bot.modes import MODES
 
 MODE_COLUMNS = 2
@@ -26,10 +27,6 @@ class ModeCallback(CallbackData, prefix="mode"):
 
 class LanguageCallback(CallbackData, prefix="lang"):
     code: str
-
-
-# Each language is named in itself, so these names are not translated.
-LANGUAGES = {"en": "🇬🇧 English", "ru": "🇷🇺 Русский"}
 
 
 class RetryCallback(CallbackData, prefix="retry"):
@@ -71,9 +68,10 @@ def retry_keyboard(job_id: int) -> InlineKeyboardMarkup:
 
 def languages_keyboard(current: str) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
-    for code, name in LANGUAGES.items():
-        mark = "✅ " if code == current else ""
-        builder.button(text=f"{mark}{name}", callback_data=LanguageCallback(code=code))
+    for language in LANGUAGES:
+        mark = "✅ " if language.code == current else ""
+        builder.button(text=f"{mark}{language.label}",
+                       callback_data=LanguageCallback(code=language.code))
     return builder.as_markup()
 
 

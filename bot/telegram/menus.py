@@ -16,8 +16,9 @@ from aiogram.types import (
 )
 from aiogram.utils.i18n import I18n
 
+from bot.languages import LANGUAGES
 from bot.telegram.commands import COMMANDS
-from bot.telegram.i18n import RUSSIAN_SPEAKING
+from bot.telegram.i18n import in_locale
 from bot.telegram.retries import with_retries
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,14 @@ def admin_commands() -> list[BotCommand]:
 def _menus(i18n: I18n, commands: Callable[[], list[BotCommand]],
            ) -> list[tuple[str | None, list[BotCommand]]]:
     """(Telegram language code or None for everyone else, the commands in that language)."""
-    def in_locale(locale: str) -> list[BotCommand]:
-        with i18n.context(), i18n.use_locale(locale):
+    def translated(locale: str) -> list[BotCommand]:
+        with in_locale(i18n, locale):
             return commands()
 
-    codes = {"en": "en", **{code: "ru" for code in sorted(RUSSIAN_SPEAKING)}}
-    menus: list[tuple[str | None, list[BotCommand]]] = [(None, in_locale(i18n.default_locale))]
-    menus += [(code, in_locale(locale)) for code, locale in codes.items()]
+    codes = {code: language.code for language in LANGUAGES
+             for code in sorted(language.telegram_codes)}
+    menus: list[tuple[str | None, list[BotCommand]]] = [(None, translated(i18n.default_locale))]
+    menus += [(code, translated(locale)) for code, locale in codes.items()]
     return menus
 
 

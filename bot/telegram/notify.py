@@ -10,7 +10,8 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.utils.i18n import I18n
 
-from bot.telegram.i18n import locale_for
+from bot.languages import locale_for
+from bot.telegram.i18n import in_locale
 from bot.telegram.retries import with_retries
 from storage.users import UserRepo
 
@@ -29,7 +30,7 @@ class AdminNotifier:
         for admin_id in self._admin_ids:
             chosen, telegram_language = await self._users.languages(admin_id)
             locale = chosen or locale_for(telegram_language, self._i18n.default_locale)
-            with self._i18n.context(), self._i18n.use_locale(locale):
+            with in_locale(self._i18n, locale):
                 message = text()
             try:
                 await with_retries(lambda a=admin_id, m=message:  # type: ignore[misc]

@@ -28,6 +28,8 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramType
 from aiolimiter import AsyncLimiter
 
+from bot.config import TELEGRAM_MESSAGES_PER_SECOND
+
 # What puts or changes a message in a chat; callbacks and chat actions are not limited so.
 MESSAGE_METHODS = (SendMessage, EditMessageText, EditMessageReplyMarkup, CopyMessage,
                    ForwardMessage, SendDocument, SendPhoto)
@@ -37,7 +39,7 @@ IDLE_LIMITERS_KEPT = 10_000  # per-chat limiters are forgotten once idle beyond 
 
 
 class TelegramThrottle(BaseRequestMiddleware):
-    def __init__(self, per_bot_per_second: int = 30) -> None:
+    def __init__(self, per_bot_per_second: int = TELEGRAM_MESSAGES_PER_SECOND) -> None:
         self._bot = AsyncLimiter(per_bot_per_second, 1)
         self._chats: dict[int, AsyncLimiter] = {}
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 
+from bot.config import RATE_LIMITS
 from bot.upstream.limiter import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
 CREATE, POLL, UNITS = "create_request", "get_response", "units"
-MAX_CONTENT_CHARS = 5000  # the API cuts longer content silently
 # Our clock and the server's disagree by transit time; a second of slack keeps a burst
 # sent at the edge of our window from landing inside the server's.
 WINDOW_SECONDS = 61.0
@@ -93,9 +93,9 @@ class ChatinfoClient:
         base_url: str,
         api_key: str,
         *,
-        create_per_min: int = 1500,
-        poll_per_min: int = 15000,
-        units_per_min: int = 500,
+        create_per_min: int = RATE_LIMITS[CREATE],
+        poll_per_min: int = RATE_LIMITS[POLL],
+        units_per_min: int = RATE_LIMITS[UNITS],
         attempts: int = 3,
         backoff: float = 0.5,
         timeout: float = 20.0,

@@ -22,20 +22,14 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from bot.config import MAX_CONTENT_CHARS, RATE_LIMITS
+from bot.modes import MODES_BY_NAME
+
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("create_request", "get_response", "units")
-DEFAULT_LIMITS: Mapping[str, int] = {"create_request": 1500, "get_response": 15000, "units": 500}
-MAX_CONTENT = 5000
 WINDOW = 60.0
 IN_FLIGHT = -1  # Served.status of a call still being answered
-# fmt: off
-MODES = frozenset((
-    "chat", "shorter", "continue", "names", "task", "text", "poems", "books_list", "song_text",
-    "summary", "paper", "report", "originality", "rewrite", "essay", "plan", "post", "code",
-    "synopsis", "story", "article", "answer",
-))
-# fmt: on
 BAD_KEY = "Неверный ключ API"
 NOT_PRESTIGE = "Использовать API можно только на тарифе Престиж. Ваш тариф: Бесплатный."
 NO_UNITS = "Недостаточно API Units для создания запроса. Купить еще: https://chatinfo.ru/prices"
@@ -181,7 +175,7 @@ class FakeChatinfo:
         self.units = units  # one account behind every key, like one subscription
         self.solve_time = solve_time
         self.answer = answer or (lambda mode, content: f"[{mode}] {content}")
-        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.limits = {**RATE_LIMITS, **(limits or {})}
         self.clock = clock
         self.window = window  # seconds over which `limits` count; tests may shrink it
         self.calls: Counter[str] = Counter()  # every HTTP call, faults included
@@ -230,7 +224,8 @@ class FakeChatinfo:
 
     def created_for(self, content: str) -> list[FakeRequest]:
         """The requests (each one spent unit) made for `content`."""
-        return [request for request in self.requests if request.content == content[:MAX_CONTENT]]
+        sent = content[:MAX_CONTENT_CHARS]
+        return [request for request in self.requests if request.content == sent]
 
     def served_for(self, endpoint: str, *, content: str | None = None,
                    request_id: int | None = None) -> list[Served]:
@@ -383,13 +378,14 @@ class FakeChatinfo:
         content, mode = body.get("content"), body.get("mode")
         if not isinstance(content, str):
             raise _RejectError(400, "content must be a string")
-        # The spec lists modes but not what happens to others; we answer as "chat"
-        # rather than invent an error text the real server may not have.
-        if not isinstance(mode, str) or mode not in MODES:
+        # The spec lists modes (the bot's registry holds the same list) but not what
+        # happens to others; we answer as "chat" rather than invent an error text the real
+        # server may not have.
+        if not isinstance(mode, str) or mode not in MODES_BY_NAME:
             mode = "chat"
         if self.units <= 0:
             raise _RejectError(403, NO_UNITS, units=0)
-        content = content[:MAX_CONTENT]  # the spec cuts silently, so do we
+        content = content[:MAX_CONTENT_CHARS]  # the spec cuts silently, so do we
         self.units -= 1
         now = self.clock()
         solve = self.solve_time(mode, content) if callable(self.solve_time) else self.solve_time
