@@ -20,8 +20,9 @@ from babel.numbers import format_decimal
 from bot.config import Settings
 from bot.jobs.admission import QuotaClock
 from bot.telegram.commands import Commands
+from bot.upstream.account import Upstream
 from bot.upstream.client import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
-from bot.upstream.units import UnitsTracker, refusal_reason
+from bot.upstream.units import refusal_reason
 from storage.jobs import JobRepo
 from storage.quotas import UNLIMITED, QuotaRepo, Usage
 from storage.stats import StatsRepo
@@ -34,15 +35,15 @@ DAY = 86400.0
 AVERAGE_DAYS = 7
 
 
-async def units(message: Message, tracker: UnitsTracker, stats: StatsRepo,
+async def units(message: Message, upstream: Upstream, stats: StatsRepo,
                 clock: QuotaClock, locale: str) -> None:
     lines = []
     try:
-        live = await tracker.refresh()
+        live = await upstream.refresh()
         balance: int | None = live
         lines.append(balance_line(live))
     except ChatinfoError as error:
-        balance = tracker.balance
+        balance = upstream.balance
         lines += unanswered_lines(error, balance)
     today = await stats.units_spent_since(clock.day_start())
     week = await stats.units_spent_since(clock.day_start(days_ago=AVERAGE_DAYS - 1))

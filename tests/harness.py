@@ -26,11 +26,11 @@ from aiogram.methods import TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
 
-from bot.app.wiring import make_dispatcher
+from bot.app.wiring import Application, make_application
 from bot.config import Settings
 from bot.jobs.conversation import HEADER, NOW
+from bot.jobs.poll_scheduler import PollTiming
 from bot.jobs.runner import JobRunner, RunnerPolicy
-from bot.jobs.scheduler import PollTiming
 from bot.telegram.i18n import make_i18n
 from bot.upstream.client import ChatinfoClient
 from bot.upstream.sandbox import FakeChatinfo
@@ -60,18 +60,23 @@ def asked(content: str) -> str:
 
 @dataclass
 class App:
-    """The bot as handlers see it, wired exactly as in production."""
+    """The bot as handlers see it, wired exactly as in production. Its job workers run,
+    as after a start; the rest of the start (jobs resumed, the units refresher, command
+    menus) is the test's to do: `runner.resume()`, `dp.emit_startup(...)`."""
 
-    dp: Dispatcher
+    application: Application
     bot: Bot
     session: RecordingSession
     db: Database
     chatinfo: FakeChatinfo
 
     @property
+    def dp(self) -> Dispatcher:
+        return self.application.dp
+
+    @property
     def runner(self) -> JobRunner:
-        runner: JobRunner = self.dp["runner"]
-        return runner
+        return self.application.runner
 
     @property
     def jobs(self) -> JobRepo:
@@ -147,7 +152,7 @@ async def built_app(
     history: bool = True, **settings: Any,
 ) -> AsyncIterator[App]:
     """The app on `session` (a WireSession by default) and `client` (closed afterwards; by
-    default one for `chatinfo`, with `client_options`), with `settings` overridden.
+    default the wiring's for `chatinfo`, with `client_options`), with `settings` overridden.
 
     With `history`, the database starts with SEED_USER's answered jobs and the runner has
     learned from them, as after a start: new jobs are polled within a fraction of a second.
@@ -156,21 +161,23 @@ async def built_app(
     if history:
         await seed_solve_history(database)
     db = await open_database(database)
-    client = client or ChatinfoClient(chatinfo.base_url, key, backoff=0.01,
-                                      **{"window": TEST_WINDOW, **(client_options or {})})
     session = session or WireSession()
     bot = Bot(token, session=session)
     options: dict[str, Any] = {"bot_token": token, "chatinfo_api_key": key,
+                               "chatinfo_base_url": chatinfo.base_url,
                                "database_path": database, **settings}
-    dp = make_dispatcher(bot, db, client, make_i18n(), Settings(**options), policy=policy)
+    application = make_application(
+        bot, db, make_i18n(), Settings(**options), client=client, policy=policy,
+        client_options={"backoff": 0.01, "window": TEST_WINDOW, **(client_options or {})})
+    application.runner.workers.start()  # as the first job used to; the rest is the test's
     if history:
-        await dp["runner"].resume()
+        await application.runner.resume()
     try:
-        yield App(dp, bot, session, db, chatinfo)
+        yield App(application, bot, session, db, chatinfo)
     finally:
-        await dp["broadcaster"].stop()
-        await dp["runner"].stop()
-        await client.close()
+        await application.dp["broadcaster"].stop()
+        await application.services.stop()
+        await application.upstream.close()
         await db.close()
 
 

@@ -297,7 +297,7 @@ async def test_only_answered_and_typed_requests_are_turns(app: App) -> None:
     app.chatinfo.units = 0  # the request fails: no turn
     await say(app, 16, "failed")
     app.chatinfo.units = 100
-    await app.dp["tracker"].refresh()
+    await app.dp["upstream"].refresh()
     await say(app, 16, "next")
 
     assert contents(app)[-1] == ("Earlier in this conversation:\nUser: typed\n"

@@ -12,8 +12,8 @@ from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 
 import bot.upstream.units
 from bot.jobs.admission import QuotaClock
+from bot.upstream.account import Upstream
 from bot.upstream.sandbox import Fault
-from bot.upstream.units import UnitsTracker
 from storage.quotas import QuotaRepo
 from tests.fakes.telegram_api import callback_update, message_update
 from tests.harness import FAST_POLLS, App, AppFactory, asked, wait_until
@@ -250,7 +250,7 @@ async def test_empty_balance_refuses_without_calling_and_alerts_once(make_app: A
         "until it is topped up."]
 
     app.chatinfo.units = 50  # the operator topped up; the next refresh notices
-    tracker: UnitsTracker = app.dp["tracker"]
+    tracker: Upstream = app.dp["upstream"]
     assert await tracker.refresh() == 50
     await app.feed(message_update(14, "after top-up"))
     await app.settle()
@@ -280,7 +280,7 @@ async def test_a_top_up_is_seen_within_the_empty_refresh_and_admins_told(
     monkeypatch.setattr(bot.upstream.units, "REFRESH_WHEN_EMPTY", 0.2)
     monkeypatch.setattr(bot.upstream.units, "REFRESH_EVERY", 3600.0)
     app = await make_app(admin_ids=str(ADMIN))
-    tracker: UnitsTracker = app.dp["tracker"]
+    tracker: Upstream = app.dp["upstream"]
     app.chatinfo.units = 1
     tracker.start()
     try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aiogram.methods import (
@@ -381,3 +385,80 @@ async def test_a_key_refused_while_polling_alerts_the_admins(make_app: AppFactor
     assert alerts == [
         "🛑 The API refused our key: the API needs the Prestige tariff and ours is “Бесплатный”. "
         "Users are told the service is unavailable until this is fixed."]
+
+
+# --- a step that raises (a bug, the database) is tried again, then the job ends ----------
+
+QUICK_RETRIES = replace(FAST_POLLS, step_attempts=4, step_retry_pause=0.01)
+
+
+def failing(method: Callable[..., Awaitable[Any]], times: int | None) -> Callable[..., Any]:
+    """`method`, raising the first `times` times it is called (None: every time)."""
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if times is None or calls <= times:
+            raise sqlite3.OperationalError("database is locked")
+        return await method(*args, **kwargs)
+
+    return flaky
+
+
+async def used_today(app: App, user_id: int) -> int:
+    rows = await app.db.execute_fetchall("SELECT used FROM usage WHERE user_id = ?", (user_id,))
+    return sum(row[0] for row in rows)
+
+
+async def test_a_step_that_raises_a_few_times_is_tried_again_and_the_answer_delivered(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = await make_app(policy=QUICK_RETRIES)
+    monkeypatch.setattr(app.jobs, "set_result", failing(app.jobs.set_result, times=3))
+
+    await app.feed(message_update(1, "hello"))
+    await app.settle()
+
+    [job] = await app.jobs.recent(1, 1)
+    assert job.state is JobState.DELIVERED
+    assert edit_texts(app)[-1] == "[chat] hello"
+    assert app.chatinfo.calls["create_request"] == 1  # gone over again, not sent again
+    assert await used_today(app, 1) == 1
+    retries = [r.getMessage() for r in caplog.records if "its step failed" in r.getMessage()]
+    attempts = [found[1] for m in retries if (found := re.search(r"\((\d) of 4\)", m))]
+    assert attempts == ["1", "2", "3"]
+
+
+async def test_a_sent_job_whose_step_always_raises_ends_failed_and_keeps_its_count(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = await make_app(policy=QUICK_RETRIES)
+    monkeypatch.setattr(app.jobs, "set_result", failing(app.jobs.set_result, times=None))
+
+    await app.feed(message_update(1, "hello"))
+    await app.settle()
+
+    [job] = await app.jobs.recent(1, 1)
+    assert (job.state, job.error, job.told) == (JobState.FAILED, "internal", True)
+    [ending] = [edit for edit in app.sent(EditMessageText) if edit.text.startswith("⚠️")]
+    assert ending.text == ("⚠️ Something went wrong on our side after your request was sent, "
+                           "so it was counted. Tap the button to send it again.")
+    assert ending.reply_markup is not None  # the retry button
+    assert await used_today(app, 1) == 1  # its unit was spent: the quota is not given back
+
+
+async def test_a_job_whose_step_always_raises_before_sending_ends_failed_and_gives_back(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = await make_app(policy=QUICK_RETRIES)
+    monkeypatch.setattr(app.jobs, "mark_creating", failing(app.jobs.mark_creating, times=None))
+
+    await app.feed(message_update(1, "hello"))
+    await app.settle()
+
+    [job] = await app.jobs.recent(1, 1)
+    assert (job.state, job.error, job.told) == (JobState.FAILED, "internal", True)
+    assert edit_texts(app)[-1] == (
+        "⚠️ Something went wrong on our side, so your request could not be handled. It was "
+        "not sent, so nothing was counted. Tap the button to try again.")
+    assert app.chatinfo.calls["create_request"] == 0
+    assert await used_today(app, 1) == 0  # never sent: the quota is given back

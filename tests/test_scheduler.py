@@ -10,18 +10,16 @@ import pytest
 from aiogram.methods import EditMessageText
 
 from bot.jobs import runner as runner_module
-from bot.jobs.scheduler import (
-    PRIOR,
+from bot.jobs.create_queue import FairQueue
+from bot.jobs.poll_scheduler import (
     Answer,
-    Estimate,
-    FairQueue,
     Lost,
     Poll,
     PollScheduler,
     PollTiming,
-    SolveTimes,
     next_poll_after,
 )
+from bot.jobs.solve_times import PRIOR, Estimate, SolveTimes
 from bot.upstream.client import RateLimited, RequestRejected
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import JobState

@@ -14,10 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ops.health import Heartbeat, Unhealthy
 from bot.ops.metrics import Metrics
-from bot.ops.serve import instrument
 from bot.ops.web import make_web_app
+from bot.upstream.account import Upstream
 from bot.upstream.sandbox import TOO_MANY_BODY, Fault
-from bot.upstream.units import UnitsTracker
 from tests.fakes.telegram_api import message_update
 from tests.harness import App
 
@@ -31,9 +30,8 @@ class Served:
     metrics: Metrics
 
     @property
-    def tracker(self) -> UnitsTracker:
-        tracker: UnitsTracker = self.app.dp["tracker"]
-        return tracker
+    def tracker(self) -> Upstream:
+        return self.app.application.upstream
 
     async def health(self) -> tuple[int, dict[str, str]]:
         reply = await self.http.get("/healthz")
@@ -54,17 +52,14 @@ class Served:
 
 @pytest.fixture
 async def served(app: App) -> AsyncIterator[Served]:
-    heartbeat = Heartbeat()
-    heartbeat.start()
-    metrics, health = instrument(app.bot, app.dp, app.db, heartbeat)
+    metrics, health = app.application.metrics, app.application.health
     async with TestClient(TestServer(make_web_app(health, metrics))) as http:
-        # As at start: jobs resume, the units refresher starts.
+        # As at start: the background services start, jobs resume.
         await app.dp.emit_startup(bot=app.bot, **app.dp.workflow_data)
         try:
             yield Served(app, http, metrics)
         finally:
             await app.dp.emit_shutdown(bot=app.bot, **app.dp.workflow_data)
-            await heartbeat.stop()
 
 
 async def test_healthz_is_200_when_loop_database_and_workers_are_alive(served: Served) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from aiogram.exceptions import TelegramUnauthorizedError
 from pydantic import AnyHttpUrl, ValidationError
 
-from bot.app.wiring import freeze_startup_objects, make_bot, make_client, make_dispatcher
+from bot.app.wiring import freeze_startup_objects, make_application, make_bot
 from bot.config import Settings, describe_problems
 from bot.logs import setup_logging
 from bot.ops.serve import StartupError, serve
@@ -47,15 +47,14 @@ async def run(settings: Settings, *, sandbox: bool = False) -> None:
 
 async def _run(settings: Settings, *, sandbox: bool) -> None:
     db = await open_database(settings.database_path)
-    client = make_client(settings)
     bot = make_bot(settings)
+    app = make_application(bot, db, make_i18n(settings.default_locale), settings,
+                           sandbox=sandbox)
     try:
-        dp = make_dispatcher(bot, db, client, make_i18n(settings.default_locale), settings,
-                             sandbox=sandbox)
         freeze_startup_objects()
-        await serve(settings, bot=bot, dp=dp, db=db)
+        await serve(settings, bot=bot, app=app)
     finally:
-        await client.close()
+        await app.upstream.close()
         await bot.session.close()
         await db.close()
 

@@ -13,7 +13,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import lazy_gettext as __
 from babel.support import LazyProxy
 
-from bot.upstream.units import UnitsTracker
+from bot.upstream.account import Upstream
 from storage.db import Database
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
@@ -101,13 +101,13 @@ Verdict = Admitted | Refused | Redelivered
 
 
 class Admission:
-    def __init__(self, jobs: JobRepo, quotas: QuotaRepo, units: UnitsTracker,
+    def __init__(self, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
                  clock: QuotaClock, max_pending: int, *, late_after: float,
                  database: Database) -> None:
         self._database = database
         self._jobs = jobs
         self._quotas = quotas
-        self._units = units
+        self._upstream = upstream
         self._clock = clock
         self.max_pending = max_pending
         # A job older than this has its user told it is late: it no longer holds them up.
@@ -128,7 +128,7 @@ class Admission:
             if parent_id is not None and action is not None and (
                     await self._jobs.has_unfinished_child(parent_id, action)):
                 return Refused(Refusal.ALREADY_ASKED)  # a double tap: one unit, not two
-            if self._units.exhausted:
+            if self._upstream.exhausted:
                 return Refused(Refusal.NO_UNITS)
             if await self._jobs.pending_count(
                     user_id, created_after=time.time() - self._late_after) >= self.max_pending:

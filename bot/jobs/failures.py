@@ -22,6 +22,7 @@ class Failure(StrEnum):
     TIMEOUT = "timeout"  # no answer within MAX_WAIT_SECONDS
     BLOCKED = "blocked"  # the user blocked the bot: nobody to tell
     CANCELLED = "cancelled"  # the user stopped waiting with /cancel
+    INTERNAL = "internal"  # a step of ours kept failing (a bug, the database, Telegram)
 
     @property
     def retryable(self) -> bool:
@@ -36,8 +37,11 @@ def failure_text(failure: Failure, *, sent: bool = False, inline_bot: str | None
     `inline_bot`: the bot's username, when the text replaces an inline message; that one
     gets no retry button (it could not work there), so the text says how to ask again.
     """
-    if inline_bot is not None and (inline := inline_failure_text(failure)) is not None:
+    if inline_bot is not None and (inline := inline_failure_text(failure, sent=sent)) is not None:
         return inline.format(bot=inline_bot)
+    if sent and failure is Failure.INTERNAL:
+        return _("⚠️ Something went wrong on our side after your request was sent, so it was "
+                 "counted. Tap the button to send it again.")
     if sent and failure in {Failure.NO_UNITS, Failure.ACCESS_DENIED}:
         return {
             Failure.NO_UNITS: _("😔 The bot has run out of capacity. Your request had been "
@@ -63,6 +67,9 @@ def failure_text(failure: Failure, *, sent: bool = False, inline_bot: str | None
         Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
                            "counted; tap the button to send it again."),
         Failure.CANCELLED: _("✖️ Cancelled before it was sent, so nothing was counted."),
+        Failure.INTERNAL: _("⚠️ Something went wrong on our side, so your request could not "
+                            "be handled. It was not sent, so nothing was counted. Tap the "
+                            "button to try again."),
         Failure.NO_UNITS: _("😔 The bot has run out of capacity for now. Your request was not "
                             "sent, so nothing was counted. Please try again later."),
     }
@@ -71,9 +78,12 @@ def failure_text(failure: Failure, *, sent: bool = False, inline_bot: str | None
                                 "Please try again later."))
 
 
-def inline_failure_text(failure: Failure) -> str | None:
+def inline_failure_text(failure: Failure, *, sent: bool = False) -> str | None:
     """The texts that offer a retry button, as said where there is none; None for the
     others, which offer none anyway."""
+    if sent and failure is Failure.INTERNAL:
+        return _("⚠️ Something went wrong on our side after this request was sent, so it was "
+                 "counted. To send it again, ask @{bot} again.")
     texts = {
         Failure.UNKNOWN_OUTCOME: _(
             "⚠️ Something went wrong while this request was being sent, so I cannot tell "
@@ -90,5 +100,8 @@ def inline_failure_text(failure: Failure) -> str | None:
                         "counted. To send it again, ask @{bot} again."),
         Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
                            "counted; to send it again, ask @{bot} again."),
+        Failure.INTERNAL: _("⚠️ Something went wrong on our side, so this request could not "
+                            "be handled. It was not sent, so nothing was counted. Ask @{bot} "
+                            "again."),
     }
     return texts.get(failure)

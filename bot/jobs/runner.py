@@ -11,64 +11,42 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from aiogram import Bot
 from aiogram.exceptions import (
-    TelegramAPIError,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import InlineKeyboardMarkup
-from aiogram.utils.deep_linking import create_start_link
-from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 
 from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
-from bot.jobs.failures import Failure, failure_text
-from bot.jobs.scheduler import (
-    PRIOR,
+from bot.jobs.create_queue import FairQueue
+from bot.jobs.failures import Failure
+from bot.jobs.poll_scheduler import (
     Answer,
     Expired,
-    FairQueue,
     Lost,
     PollScheduler,
     PollTiming,
-    SolveTimes,
     wait_event,
 )
+from bot.jobs.solve_times import PRIOR, SolveTimes
+from bot.jobs.view import JobView
 from bot.logs import job_event
-from bot.telegram.commands import answer_payload
-from bot.telegram.delivery import Delivery
-from bot.telegram.indicators import WaitingIndicators
-from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
-from bot.telegram.render import Part, first_part, render
-from bot.telegram.wording import (
-    duration_text,
-    placeholder_text,
-    queue_text,
-    settling_text,
-    waiting_text,
-)
+from bot.services import Service, Services
+from bot.upstream.account import Upstream
 from bot.upstream.client import (
-    CREATE,
-    POLL,
     AccessDenied,
-    ChatinfoClient,
     ChatinfoError,
     NotEnoughUnits,
     RateLimited,
     UpstreamUnavailable,
 )
-from bot.upstream.units import UnitsTracker
-from storage.jobs import Job, JobRepo, JobState
-from storage.quotas import QuotaRepo
+from storage.jobs import UNFINISHED, Job, JobRepo, JobState
 
 log = logging.getLogger(__name__)
 
@@ -93,30 +71,29 @@ class RunnerPolicy:
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
     create_settles_after: float = 60.0
+    # A step that raises (a bug, the database) is tried again after 1, 2, 4, 8 s; the
+    # fifth failure ends the job, and its user is told.
+    step_attempts: int = 5
+    step_retry_pause: float = 1.0
 
 
 class JobRunner:
+    """Carries jobs through their steps, and stores each; `view` shows them to the user.
+    Its `workers` (the create queue and the poll scheduler among them) run as one service
+    with it: `service`."""
+
     def __init__(
-        self, bot: Bot, client: ChatinfoClient, jobs: JobRepo, i18n: I18n, *,
-        quotas: QuotaRepo, units: UnitsTracker, policy: RunnerPolicy | None = None,
+        self, jobs: JobRepo, upstream: Upstream, view: JobView, *, scheduler: PollScheduler,
+        queue: FairQueue, solve_times: SolveTimes, workers: Services, policy: RunnerPolicy,
     ) -> None:
-        self._bot = bot
-        self._client = client
         self._jobs = jobs
-        self._quotas = quotas
-        self._units = units
-        self._i18n = i18n
-        self._policy = policy or RunnerPolicy()
-        self.delivery = Delivery(bot)
-        self._indicators = WaitingIndicators(bot, self.delivery, self._policy.progress_every,
-                                             self._progress_text)
-        self._solve_times = SolveTimes(self._policy.prior)
-        self.scheduler = PollScheduler(
-            lambda upstream_id: client.get_response(upstream_id, slot_taken=True),
-            client.limiters[POLL], self._solve_times, self._policy.timing,
-            settled=self.start)
-        self.queue = FairQueue(client.limiters[CREATE])
-        self._workers_started = False
+        self._upstream = upstream
+        self._view = view
+        self._policy = policy
+        self._solve_times = solve_times
+        self.scheduler = scheduler
+        self.queue = queue
+        self.workers = workers
         # A job is in one of these while it is unfinished: a task carries it, or it is
         # parked with the poll scheduler until its answer starts a task again.
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -144,9 +121,13 @@ class JobRunner:
         """Jobs carried on now: with a task, or waiting for their answer."""
         return len(self._tasks) + self.scheduler.pending
 
+    @property
+    def service(self) -> Service:
+        """The runner as a service: its workers start with it, and stop after its jobs."""
+        return _RunnerService(self)
+
     def start(self, job_id: int, outcome: Outcome | None = None) -> None:
         """Carry the job on from its stored step; `outcome` is its poll's, if it has one."""
-        self._start_workers()
         task = asyncio.create_task(self._run(job_id, outcome), name=f"job-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._task_done(job_id, task))
@@ -156,11 +137,6 @@ class JobRunner:
             del self._tasks[job_id]
         self._job_left.set()
 
-    @property
-    def workers_alive(self) -> bool:
-        """False once a started worker (poll scheduler, create queue) has ended."""
-        return not self._workers_started or (self.scheduler.running and self.queue.running)
-
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no job is running (or `timeout` passes); whether none is."""
         deadline = time.monotonic() + timeout
@@ -168,12 +144,6 @@ class JobRunner:
             self._job_left.clear()
             await wait_event(self._job_left, left)
         return not self.active
-
-    def _start_workers(self) -> None:
-        if not self._workers_started:
-            self._workers_started = True
-            self.scheduler.start()
-            self.queue.start()
 
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
@@ -197,7 +167,7 @@ class JobRunner:
 
     async def _read_balance(self) -> int | None:
         try:
-            return await self._client.units()
+            return await self._upstream.read_balance()
         except ChatinfoError as error:
             log.warning("could not read the balance (%s); failed creates count as spent",
                         error)
@@ -210,7 +180,7 @@ class JobRunner:
         self._anchor, self._acked_since_anchor = actual, 0
         await self._jobs.set_balance_anchor(actual, read_at)
         if actual is not None:
-            await self._units.observe(actual)
+            await self._upstream.observe(actual)
 
     async def _end_unknown(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:  # each job's task (or the next start) tells its user
@@ -253,7 +223,8 @@ class JobRunner:
                      "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
 
     async def stop(self) -> None:
-        """Cancel the waiting; let create_request calls in flight store their id first."""
+        """Cancel the waiting, and stop the workers; let create_request calls in flight
+        store their id first. The jobs stay in SQLite for the next start."""
         if self._creating:
             # Short of a graceful deploy's 10 s; a create still unanswered by then stays
             # "creating" and is offered as a retry at the next start, as after a crash.
@@ -262,9 +233,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.scheduler.stop()
-        await self.queue.stop()
-        await self._indicators.stop()
+        await self.workers.stop()
 
     async def cancel(self, user_id: int) -> tuple[int, int]:
         """Stop waiting for the user's unfinished jobs: (how many were stopped before they
@@ -309,16 +278,12 @@ class JobRunner:
         if not await self._jobs.mark_cancelled(job.id):
             return False
         self._quiet.add(job.id)
-        await self._indicators.forget(job.id)
-        with self._locale(job.locale):
-            text = _("✖️ Stopped waiting. The request had already been sent, so it was "
-                     "counted; its answer will be kept in /history.")
-        with suppress(TelegramAPIError):  # best effort: the answer is what matters
-            await self.delivery.show(job, Part(text))
+        await self._view.stopped_waiting(job)
         return True
 
     async def _run(self, job_id: int, outcome: Outcome | None) -> None:
         pause = TELEGRAM_DOWN_FIRST_PAUSE
+        failures = 0
         while True:
             try:
                 await self._advance(job_id, outcome)
@@ -333,11 +298,38 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # The job stays in SQLite at its last step and resumes at the next start.
-                await self._indicators.forget(job_id)
-                log.exception("job %s stopped unexpectedly", job_id,
-                              extra={"job_id": job_id, "outcome": "crashed"})
-                return
+                # A bug, or the database failing: every step is stored, so the job is gone
+                # over again from its last one, a few times, then ended.
+                await self._view.forget(job_id)
+                failures += 1
+                if failures >= self._policy.step_attempts:
+                    log.exception("job %s stopped unexpectedly: its step failed %d times",
+                                  job_id, failures,
+                                  extra={"job_id": job_id, "outcome": "crashed"})
+                    await self._give_up(job_id)
+                    return
+                retry_in = self._policy.step_retry_pause * 2 ** (failures - 1)
+                log.exception("job %s: its step failed (%d of %d); again in %.1f s", job_id,
+                              failures, self._policy.step_attempts, retry_in,
+                              extra={"job_id": job_id, "outcome": "step_failed"})
+                await asyncio.sleep(retry_in)
+
+    async def _give_up(self, job_id: int) -> None:
+        """End a job whose step kept failing, and tell its user as for any failure (its
+        quota given back if it was never sent). If even that fails, the job stays at its
+        last step, and the next start carries it on."""
+        self.scheduler.drop(job_id)
+        try:
+            job = await self._jobs.get(job_id)
+            if job is None or job.state not in UNFINISHED:
+                return  # ended already: an untold ending is shown at the next start
+            if job.state is JobState.CREATING:  # its create may have counted
+                await self._tell(job, Failure.UNKNOWN_OUTCOME, "its step kept failing")
+            else:
+                await self._tell(job, Failure.INTERNAL, "its step kept failing")
+        except Exception:
+            log.exception("job %s could not be ended; it resumes at the next start", job_id,
+                          extra={"job_id": job_id, "outcome": "crashed"})
 
     async def _advance(self, job_id: int, outcome: Outcome | None) -> None:
         job = await self._jobs.get(job_id)
@@ -345,10 +337,8 @@ class JobRunner:
             return
         if (job.placeholder_id is None and not job.inline
                 and job.state in (JobState.NEW, JobState.CREATING)):
-            with self._locale(job.locale):
-                text = placeholder_text()
             try:
-                placeholder = await self.delivery.placeholder(job, text)
+                placeholder = await self._view.placeholder(job)
             except TelegramForbiddenError:
                 await self._end_blocked(job)
                 return
@@ -366,7 +356,7 @@ class JobRunner:
             await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
             return
         if job.state is JobState.NEW:
-            self._indicators.watch(job)
+            self._view.watch(job)
             job = await self._create(job)
         if job.state is JobState.PENDING:
             if outcome is None:
@@ -385,7 +375,7 @@ class JobRunner:
         deadline = job.created_at + self._policy.max_wait
         first = False
         while True:
-            await self._show_queue_position(job)
+            await self._view.queue_position(job)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.time())):
                     await self.queue.turn(job.user_id, job.id, first=first)
@@ -413,22 +403,22 @@ class JobRunner:
         try:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
             await self._jobs.mark_creating(job.id)
-            created = await self._client.create_request(job.content, job.mode, slot_taken=True)
+            created = await self._upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
-        except RateLimited:
+        except RateLimited as error:
             self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
             reported = again = True
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
-            await self._units.check_limits()
+            await self._upstream.learn(error)
         except UpstreamUnavailable as error:
             again = await self._after_unavailable(job, error)
         except NotEnoughUnits as error:
-            await self._units.observe(0)
+            await self._upstream.learn(error)
             await self._tell(job, Failure.NO_UNITS, str(error))
         except AccessDenied as error:
-            await self._units.denied(error.upstream_error)
+            await self._upstream.learn(error)
             await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
@@ -438,7 +428,7 @@ class JobRunner:
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
-                await self._units.observe(created.units, from_create=True)
+                await self._upstream.observe(created.units, from_create=True)
         finally:
             if not reported:
                 self.queue.sent(job.id, rate_limited=False)
@@ -469,7 +459,7 @@ class JobRunner:
     async def _settle(self, job: Job) -> bool:
         """Once the server has surely finished the job's failed create, let the balance
         tell whether it spent a unit: sent again if not (True), else the user is told."""
-        await self._show_settling(job)
+        await self._view.settling(job)
         settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
         while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
             self._verdict_given.clear()
@@ -482,14 +472,6 @@ class JobRunner:
         else:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
         return unspent
-
-    async def _show_settling(self, job: Job) -> None:
-        if job.placeholder_id is None and not job.inline:
-            return
-        with self._locale(job.locale):
-            text = settling_text()
-        with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
-            await self.delivery.show(job, Part(text))
 
     async def _spent_nothing(self, job: Job) -> bool:
         """Whether the balance shows that the job's failed create spent nothing.
@@ -553,10 +535,9 @@ class JobRunner:
     def _park(self, job: Job) -> None:
         """Leave the pending job to the poll scheduler: no task waits for its answer."""
         assert job.upstream_id is not None
-        self._start_workers()
         late = self._late(job)
         if not (job.cancelled or job.id in self._quiet or late):
-            self._indicators.watch(job)
+            self._view.watch(job)
         sent_at = job.upstream_at or job.created_at
         deadline = self._late_deadline(job) if late else job.created_at + self._policy.max_wait
         self.scheduler.watch(
@@ -571,20 +552,12 @@ class JobRunner:
         return job.created_at + self._policy.max_wait + self._policy.late_wait
 
     async def _show_late(self, job: Job) -> None:
-        if job.cancelled or job.id in self._quiet:
-            return
-        with self._locale(job.locale):
-            text = _("⏳ No answer yet after {wait}. The request was sent, so it was counted, "
-                     "and its answer will still appear here if it comes within {late}. "
-                     "/cancel stops waiting for it.").format(
-                         wait=duration_text(self._policy.max_wait),
-                         late=duration_text(self._policy.late_wait))
-        with suppress(TelegramForbiddenError):  # the answer, if it comes, finds out
-            await self.delivery.show(job, Part(text))
+        if not (job.cancelled or job.id in self._quiet):
+            await self._view.late(job)
 
     async def _conclude(self, job: Job, outcome: Outcome) -> Job:
         """Store the answer the scheduler found, or end the job as its error says."""
-        await self._indicators.forget(job.id)
+        await self._view.forget(job.id)
         match outcome:
             case Answer(text, solved_after):
                 await self._jobs.set_result(job.id, text, solved_after)
@@ -600,11 +573,10 @@ class JobRunner:
             case Lost():
                 await self._tell(job, Failure.LOST, str(outcome))
             case NotEnoughUnits():
-                await self._units.observe(0)
+                await self._upstream.learn(outcome)
                 await self._tell(job, Failure.NO_UNITS, str(outcome))
             case ChatinfoError():
-                if isinstance(outcome, AccessDenied):
-                    await self._units.denied(outcome.upstream_error)
+                await self._upstream.learn(outcome)
                 await self._tell(job, Failure.ACCESS_DENIED,
                                  f"{outcome}: {outcome.upstream_error}")
             case _:
@@ -619,19 +591,11 @@ class JobRunner:
             log.info("job %s answered after /cancel: kept", job.id,
                      extra=job_event(job, "kept"))
             return
-        with self._locale(job.locale):
-            if job.inline:
-                parts, keyboard = await self._inline_answer(job)
-            else:
-                parts = render(job.result) or [Part(_("(empty answer)"))]
-                keyboard = answer_keyboard(job.id)
+        parts, keyboard = await self._view.answer(job)
         try:
             for index in range(job.parts_delivered, len(parts)):
                 buttons = keyboard if index == len(parts) - 1 else None
-                if index == 0:
-                    await self.delivery.show(job, parts[0], buttons)
-                else:
-                    await self.delivery.send(job, parts[index], buttons)
+                await self._view.show_part(job, index, parts[index], buttons)
                 if index < len(parts) - 1:  # the last is stored with the delivery
                     await self._jobs.set_parts_delivered(job.id, index + 1)
                     crashpoints.reach(crashpoints.BETWEEN_PARTS)
@@ -642,25 +606,17 @@ class JobRunner:
         log.info("job %s delivered in %d part(s)", job.id, len(parts),
                  extra=job_event(job, "delivered"))
 
-    async def _inline_answer(self, job: Job) -> tuple[list[Part], InlineKeyboardMarkup | None]:
-        """An inline message gets no parts after it and no buttons that act on the answer
-        (they would need a chat): a long answer is cut, with a link to all of it."""
-        assert job.result is not None
-        part, cut = first_part(job.result)
-        link = await create_start_link(self._bot, answer_payload(job.id)) if cut else None
-        return [part or Part(_("(empty answer)"))], full_answer_keyboard(link) if link else None
-
     async def _end_blocked(self, job: Job) -> None:
         """The user blocked the bot: nobody to tell, nothing to retry."""
         await self._jobs.end(job.id, JobState.FAILED, Failure.BLOCKED, told=True)
-        if job.upstream_id is None and job.quota_day is not None:
-            await self._quotas.give_back(job.user_id, job.quota_day)  # never sent
+        if job.upstream_id is None:  # never sent
+            await self._view.refund(job)
         log.info("job %s ended: the user blocked the bot", job.id,
                  extra=job_event(job, Failure.BLOCKED))
 
     async def _tell(self, job: Job, failure: Failure, detail: str) -> None:
         """End the job and tell the user why, on its placeholder."""
-        await self._indicators.forget(job.id)
+        await self._view.forget(job.id)
         if job.cancelled:  # the user stopped waiting for it and was told so then
             await self._jobs.end(job.id, JobState.FAILED, failure, told=True)
             self._quiet.discard(job.id)
@@ -672,45 +628,34 @@ class JobRunner:
         # between leaves an untold ending, which the next go at the job shows again.
         await self._jobs.end(job.id, state, failure)
         never_sent = job.upstream_id is None and failure is not Failure.UNKNOWN_OUTCOME
-        if never_sent and job.quota_day is not None:
-            await self._quotas.give_back(job.user_id, job.quota_day)  # no unit was spent
+        if never_sent:
+            await self._view.refund(job)  # no unit was spent
         await self._show_failure(job, failure)
 
     async def _show_failure(self, job: Job, failure: Failure) -> None:
-        inline_bot = ((await self._bot.me()).username or "") if job.inline else None
-        with self._locale(job.locale):
-            text = failure_text(failure, sent=job.upstream_id is not None, inline_bot=inline_bot)
-            keyboard = retry_keyboard(job.id) if failure.retryable and not job.inline else None
-        with suppress(TelegramForbiddenError):
-            await self.delivery.show(job, Part(text), keyboard)
+        await self._view.failure(job, failure)
         await self._jobs.mark_told(job.id)
 
-    async def _show_queue_position(self, job: Job) -> None:
-        ahead = self.queue.ahead_of_new(job.user_id)
-        seconds = self.queue.eta(ahead)
-        if not ahead and seconds < 1 and not self.queue.held:
-            return  # sent at once: "working on it" is the truth
-        with self._locale(job.locale):
-            text = queue_text(ahead, seconds, held=self.queue.held)
-        await self.delivery.progress(job.chat_id, job.placeholder_id, text)
-
-    def _progress_text(self, job_id: int, locale: str, seconds: float) -> str:
-        """The placeholder while the job waits: its place in the queue until it is sent."""
-        ahead = self.queue.ahead(job_id)
-        wait = self.queue.eta(ahead or 0)
-        with self._locale(locale):
-            if job_id in self._settling:
-                return settling_text()
-            if ahead is None or (not ahead and wait < 1 and not self.queue.held):
-                return waiting_text(seconds)  # sent, or about to be
-            return queue_text(ahead, wait, held=self.queue.held)
+    def progress_text(self, job_id: int, locale: str, seconds: float) -> str:
+        """The placeholder's text while the job waits (the waiting indicators ask)."""
+        return self._view.progress_text(job_id, locale, seconds,
+                                        settling=job_id in self._settling)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)
         assert fresh is not None
         return fresh
 
-    @contextmanager
-    def _locale(self, locale: str) -> Iterator[None]:
-        with self._i18n.context(), self._i18n.use_locale(locale):
-            yield
+
+@dataclass(frozen=True)
+class _RunnerService:
+    runner: JobRunner
+
+    def start(self) -> None:
+        self.runner.workers.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()  # its jobs, then its workers
+
+    def alive(self) -> bool:
+        return self.runner.workers.alive()

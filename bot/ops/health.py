@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from bot.jobs.runner import JobRunner
+from bot.services import Service, Worker
 
 Probe = Callable[[], Awaitable[None]]
 OK = "ok"
 PROBE_TIMEOUT = 2.0
-# UnitsTracker.start() names its task so; the units refresher is the bot's one
-# long-lived background worker besides the update intake.
-UNITS_REFRESHER_TASK = "units-refresher"
 
 
 class Unhealthy(Exception):
     """What a probe found wrong, in a few words."""
 
 
-class Heartbeat:
+class Heartbeat(Worker):
     """A task that ticks every `interval`. A tick that comes late shows as `lag`; no tick
     for `stale_after` seconds means the loop was blocked or the ticker is gone."""
+
+    name = "loop-heartbeat"
 
     def __init__(self, interval: float = 1.0, stale_after: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,26 +31,20 @@ class Heartbeat:
         self._clock = clock
         self.lag = 0.0
         self._last_tick = clock()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._last_tick = self._clock()
-        self._task = asyncio.create_task(self._tick_forever(), name="loop-heartbeat")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        if not self.alive():
+            self._last_tick = self._clock()
+        super().start()
 
     async def probe(self) -> None:
-        if self._task is None or self._task.done():
+        if not self.alive():
             raise Unhealthy("heartbeat not running")
         silent = self._clock() - self._last_tick
         if silent > self._stale_after:
             raise Unhealthy(f"no heartbeat for {silent:.1f}s")
 
-    async def _tick_forever(self) -> None:
+    async def _serve(self) -> None:
         while True:
             before = self._clock()
             await asyncio.sleep(self._interval)
@@ -60,22 +52,13 @@ class Heartbeat:
             self.lag = max(0.0, self._last_tick - before - self._interval)
 
 
-def task_probe(name: str) -> Probe:
-    """The background task of this name is running."""
+def services_probe(services: Iterable[Service], unhealthy: str) -> Probe:
+    """Each of these services is alive; else the verdict is `unhealthy`."""
+    asked = tuple(services)
 
     async def probe() -> None:
-        if not any(task.get_name() == name and not task.done() for task in asyncio.all_tasks()):
-            raise Unhealthy(f"{name} is not running")
-
-    return probe
-
-
-def workers_probe(runner: JobRunner) -> Probe:
-    """The job runner's poll scheduler and create queue are alive (once started)."""
-
-    async def probe() -> None:
-        if not runner.workers_alive:
-            raise Unhealthy("the poll scheduler or the create queue has stopped")
+        if not all(service.alive() for service in asked):
+            raise Unhealthy(unhealthy)
 
     return probe
 

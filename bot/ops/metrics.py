@@ -2,8 +2,8 @@
 
 Two kinds of source:
 
-- events counted as they happen: chatinfo calls (the client's observer) and Telegram
-  calls (a request middleware on the bot's session);
+- events counted as they happen: chatinfo calls (`UpstreamCalls`, the client's
+  observer) and Telegram calls (a request middleware on the bot's session);
 - state read when scraped: jobs from the database (storage/job_stats.py, in a worker thread),
   the rate limiters' windows, the unit balance, the runner's queues.
 """
@@ -53,13 +53,13 @@ from prometheus_client.core import (
     Metric,
 )
 
-from bot.upstream.client import CREATE, POLL, UNITS, ChatinfoClient
+from bot.upstream.client import CREATE, POLL, UNITS
 from storage.db import DatabaseError
 from storage.job_stats import BucketCounts, JobStats, JobStatsReader
 
 if TYPE_CHECKING:
     from bot.jobs.runner import JobRunner
-    from bot.upstream.units import UnitsTracker
+    from bot.upstream.account import Upstream
 
 log = logging.getLogger(__name__)
 # A `_created` series beside every counter doubles the page and tells nothing a restart
@@ -103,11 +103,9 @@ def upstream_status(outcome: int | httpx.HTTPError) -> str:
 class StateCollector:
     """Families read at scrape time; `refresh()` reads the database before each scrape."""
 
-    def __init__(self, database: Path, client: ChatinfoClient, tracker: UnitsTracker,
-                 runner: JobRunner) -> None:
+    def __init__(self, database: Path, upstream: Upstream, runner: JobRunner) -> None:
         self._reader = JobStatsReader(database)
-        self._client = client
-        self._tracker = tracker
+        self._upstream = upstream
         self._runner = runner
         self._jobs: JobStats | None = None
 
@@ -120,10 +118,10 @@ class StateCollector:
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
-        if self._tracker.balance is not None:
+        if self._upstream.balance is not None:
             yield GaugeMetricFamily(f"{PREFIX}_units_balance",
                                     "The API unit balance last reported by chatinfo.",
-                                    value=self._tracker.balance)
+                                    value=self._upstream.balance)
         yield GaugeMetricFamily(f"{PREFIX}_job_tasks",
                                 "Jobs the runner is working on in this process.",
                                 value=self._runner.active)
@@ -150,7 +148,7 @@ class StateCollector:
             "(get_response: the poll budget in use).", labels=["endpoint"])
         limit = GaugeMetricFamily(f"{PREFIX}_rate_limit", "Calls allowed per 60-second window.",
                                   labels=["endpoint"])
-        for endpoint, limiter in self._client.limiters.items():
+        for endpoint, limiter in self._upstream.budgets.items():
             used.add_metric([endpoint], limiter.in_use())
             limit.add_metric([endpoint], limiter.limit)
         return used, limit
@@ -185,6 +183,36 @@ def _histogram_family(name: str, documentation: str, data: BucketCounts) -> Metr
                                  buckets=list(zip(bounds, data.cumulative, strict=True)))
 
 
+class UpstreamCalls:
+    """chatinfo HTTP attempts, counted as they happen: `observe` is the client's observer,
+    so this exists before the client does; `Metrics` shows it."""
+
+    def __init__(self) -> None:
+        self._calls = Counter(
+            f"{PREFIX}_upstream_requests", "chatinfo HTTP attempts by endpoint and status.",
+            ["endpoint", "status"], registry=None)
+        self._seconds = Histogram(
+            f"{PREFIX}_upstream_request_duration_seconds",
+            "chatinfo HTTP attempt latency by endpoint and status.", ["endpoint", "status"],
+            buckets=UPSTREAM_BUCKETS, registry=None)
+        self._rate_limited = Counter(
+            f"{PREFIX}_upstream_rate_limited", "chatinfo 429 answers by endpoint.",
+            ["endpoint"], registry=None)
+        for endpoint in ENDPOINTS:
+            self._rate_limited.labels(endpoint=endpoint)  # shown as 0 before the first
+
+    def observe(self, endpoint: str, outcome: int | httpx.HTTPError, seconds: float) -> None:
+        status = upstream_status(outcome)
+        self._calls.labels(endpoint=endpoint, status=status).inc()
+        self._seconds.labels(endpoint=endpoint, status=status).observe(seconds)
+        if outcome == 429:
+            self._rate_limited.labels(endpoint=endpoint).inc()
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in (self._calls, self._seconds, self._rate_limited):
+            yield from metric.collect()
+
+
 class TelegramCallMetrics(BaseRequestMiddleware):
     """Counts every Bot API call and each failure by kind (`bot.session.middleware(...)`)."""
 
@@ -204,27 +232,17 @@ class TelegramCallMetrics(BaseRequestMiddleware):
 
 
 class Metrics:
-    """Everything `/metrics` shows. Wire `observe_upstream` into the chatinfo client and
-    `telegram_middleware` into the bot's session; `render()` answers a scrape."""
+    """Everything `/metrics` shows: `upstream_calls` as the chatinfo client counted them,
+    the state of `upstream` and `runner`, and the Bot API calls, once `telegram_middleware`
+    is on the bot's session. `render()` answers a scrape."""
 
-    def __init__(self, *, database: Path, client: ChatinfoClient, tracker: UnitsTracker,
-                 runner: JobRunner, update_source: str,
+    def __init__(self, *, database: Path, upstream: Upstream, runner: JobRunner,
+                 upstream_calls: UpstreamCalls, update_source: str,
                  loop_lag: Callable[[], float] | None = None) -> None:
         self.registry = CollectorRegistry()
-        self._state = StateCollector(database, client, tracker, runner)
+        self._state = StateCollector(database, upstream, runner)
         self.registry.register(self._state)
-        self._upstream_calls = Counter(
-            f"{PREFIX}_upstream_requests", "chatinfo HTTP attempts by endpoint and status.",
-            ["endpoint", "status"], registry=self.registry)
-        self._upstream_seconds = Histogram(
-            f"{PREFIX}_upstream_request_duration_seconds",
-            "chatinfo HTTP attempt latency by endpoint and status.", ["endpoint", "status"],
-            buckets=UPSTREAM_BUCKETS, registry=self.registry)
-        self._upstream_429 = Counter(
-            f"{PREFIX}_upstream_rate_limited", "chatinfo 429 answers by endpoint.",
-            ["endpoint"], registry=self.registry)
-        for endpoint in ENDPOINTS:
-            self._upstream_429.labels(endpoint=endpoint)  # shown as 0 before the first
+        self.registry.register(upstream_calls)
         telegram_calls = Counter(f"{PREFIX}_telegram_requests", "Bot API calls by method.",
                                  ["method"], registry=self.registry)
         telegram_errors = Counter(f"{PREFIX}_telegram_errors",
@@ -237,14 +255,6 @@ class Metrics:
             Gauge(f"{PREFIX}_event_loop_lag_seconds",
                   "How late the event loop ran its last heartbeat.",
                   registry=self.registry).set_function(loop_lag)
-
-    def observe_upstream(self, endpoint: str, outcome: int | httpx.HTTPError,
-                         seconds: float) -> None:
-        status = upstream_status(outcome)
-        self._upstream_calls.labels(endpoint=endpoint, status=status).inc()
-        self._upstream_seconds.labels(endpoint=endpoint, status=status).observe(seconds)
-        if outcome == 429:
-            self._upstream_429.labels(endpoint=endpoint).inc()
 
     async def render(self) -> bytes:
         await self._state.refresh()

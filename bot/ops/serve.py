@@ -2,12 +2,14 @@
 
 Both modes share one order:
 
-    start: the web server (/healthz, /metrics), the dispatcher's startup (jobs resume),
-           then updates (getUpdates, or setWebhook). With a webhook the startup comes
-           before the server, since the server then takes updates too.
+    start: the web server (/healthz, /metrics), the dispatcher's startup (the background
+           services start, jobs resume), then updates (getUpdates, or setWebhook). With a
+           webhook the startup comes before the server, since the server then takes
+           updates too.
     stop:  updates stop coming, the updates being handled finish, the dispatcher's
-           shutdown (the runner leaves its jobs in SQLite), the Telegram calls still in
-           flight finish; then the caller closes the sessions and the database.
+           shutdown (the services stop; the runner leaves its jobs in SQLite), the
+           Telegram calls still in flight finish; then the caller closes the sessions and
+           the database.
 
 Every wait in the stop is bounded, to fit in the 10 s Docker gives before SIGKILL. A
 second signal is left to Python's default and ends the process at once; the jobs in
@@ -21,7 +23,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
 from aiogram.client.session.middlewares.base import (
@@ -35,20 +37,10 @@ from aiogram.methods.base import Response, TelegramType
 from aiogram.types import TelegramObject
 
 from bot.config import Settings
-from bot.ops.health import (
-    UNITS_REFRESHER_TASK,
-    HealthCheck,
-    Heartbeat,
-    Probe,
-    Unhealthy,
-    task_probe,
-    workers_probe,
-)
+from bot.ops.health import HealthCheck, Probe, Unhealthy
 from bot.ops.metrics import Metrics
 from bot.ops.web import Webhook, WebServer, make_web_app
 from bot.telegram.retries import with_retries
-from bot.upstream.client import ChatinfoClient
-from storage.db import Database
 
 log = logging.getLogger(__name__)
 UPDATES_GRACE = 3.0  # for updates being handled when the stop begins
@@ -112,50 +104,39 @@ class CallsInFlight(BaseRequestMiddleware):
             return await make_request(bot, method)
 
 
-def instrument(bot: Bot, dp: Dispatcher, db: Database,
-               heartbeat: Heartbeat) -> tuple[Metrics, HealthCheck]:
-    """Metrics fed by the chatinfo client and the bot's session, and the health checks."""
-    settings: Settings = dp["settings"]
-    client: ChatinfoClient = dp["client"]
-    metrics = Metrics(database=settings.database_path, client=client, tracker=dp["tracker"],
-                      runner=dp["runner"],
-                      update_source="webhook" if settings.webhook_url else "polling",
-                      loop_lag=lambda: heartbeat.lag)
-    client.observer = metrics.observe_upstream
-    bot.session.middleware(metrics.telegram_middleware)
-    health = HealthCheck({"event_loop": heartbeat.probe, "database": db.probe,
-                          "units_refresher": task_probe(UNITS_REFRESHER_TASK),
-                          "job_workers": workers_probe(dp["runner"])})
-    return metrics, health
+class Served(Protocol):
+    """What serving needs of the built application (bot/app/wiring.py)."""
+
+    @property
+    def dp(self) -> Dispatcher: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def health(self) -> HealthCheck: ...
 
 
-async def serve(settings: Settings, *, bot: Bot, dp: Dispatcher,
-                db: Database) -> None:
+async def serve(settings: Settings, *, bot: Bot, app: Served) -> None:
     """Serve updates until a stop signal; the caller closes the clients and the database."""
     stop = _stop_on_signals()
-    heartbeat = Heartbeat()
-    heartbeat.start()
+    dp, health, metrics = app.dp, app.health, app.metrics
     updates, calls = InFlight(), InFlight()
     dp.update.outer_middleware(UpdatesInFlight(updates))
     bot.session.middleware(CallsInFlight(calls))
-    metrics, health = instrument(bot, dp, db, heartbeat)
-    try:
-        if settings.webhook_url is not None:
-            assert settings.webhook_secret is not None, "Settings requires it with a webhook"
-            webhook = Webhook(settings.webhook_path, settings.webhook_secret.get_secret_value())
-            app = make_web_app(health, metrics, dp=dp, bot=bot, webhook=webhook)
-            server = WebServer(app, settings.web_host, settings.web_port)
-            await _serve_webhook(bot, dp, server, str(settings.webhook_url), webhook, stop,
-                                 updates)
-        else:
-            server = WebServer(make_web_app(health, metrics), settings.web_host,
-                               settings.web_port)
-            await _serve_polling(bot, dp, server, health, stop, updates)
-        if not await calls.wait_idle(CALLS_GRACE):
-            log.warning("%d Telegram call(s) still in flight at exit", calls.count)
-        log.info("stopped")
-    finally:
-        await heartbeat.stop()
+    if settings.webhook_url is not None:
+        assert settings.webhook_secret is not None, "Settings requires it with a webhook"
+        webhook = Webhook(settings.webhook_path, settings.webhook_secret.get_secret_value())
+        web_app = make_web_app(health, metrics, dp=dp, bot=bot, webhook=webhook)
+        server = WebServer(web_app, settings.web_host, settings.web_port)
+        await _serve_webhook(bot, dp, server, str(settings.webhook_url), webhook, stop,
+                             updates)
+    else:
+        server = WebServer(make_web_app(health, metrics), settings.web_host, settings.web_port)
+        await _serve_polling(bot, dp, server, health, stop, updates)
+    if not await calls.wait_idle(CALLS_GRACE):
+        log.warning("%d Telegram call(s) still in flight at exit", calls.count)
+    log.info("stopped")
 
 
 async def _serve_polling(bot: Bot, dp: Dispatcher, server: WebServer, health: HealthCheck,

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from aiogram import Bot
 from aiogram.enums import ChatAction
 
+from bot.services import Worker
 from bot.telegram.delivery import Delivery
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import Job
@@ -41,7 +42,11 @@ class _Watched(NamedTuple):
     due: float  # of the next progress edit
 
 
-class WaitingIndicators:
+class WaitingIndicators(Worker):
+    """A service: one loop for every watched job's signals, idle while none waits."""
+
+    name = "waiting-indicators"
+
     def __init__(self, bot: Bot, delivery: Delivery, progress_every: float,
                  progress_text: Callable[[int, str, float], str]) -> None:
         """`progress_text(job id, locale, seconds)`: the placeholder's text after that wait."""
@@ -56,7 +61,7 @@ class WaitingIndicators:
         self._typing_budget = SlidingWindowLimiter(TYPING_PER_SECOND, 1.0)
         self._progress_budget = SlidingWindowLimiter(PROGRESS_PER_SECOND, 1.0)
         self._editing: tuple[int, asyncio.Task[None]] | None = None
-        self._loop: asyncio.Task[None] | None = None
+        self._watching = asyncio.Event()  # set while some job is watched
 
     def watch(self, job: Job) -> None:
         """Show the job's signals until `forget`; watching it again changes nothing.
@@ -71,8 +76,7 @@ class WaitingIndicators:
                                       job.created_at, due)
         heapq.heappush(self._due, (due, job.id))
         self._chats[job.chat_id] += 1
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.create_task(self._serve(), name="waiting-indicators")
+        self._watching.set()
 
     async def forget(self, job_id: int) -> None:
         """Stop the job's signals; after this no progress edit of it can land."""
@@ -87,17 +91,18 @@ class WaitingIndicators:
             # of the caller still goes through.
             await asyncio.wait({self._editing[1]})
 
-    async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-
     async def _serve(self) -> None:
-        while self._jobs:
-            await self._send_typing()
-            await self._send_progress()
+        while True:
+            if not self._jobs:
+                self._due.clear()  # only entries of forgotten jobs are left
+                self._watching.clear()
+                await self._watching.wait()
+            try:
+                await self._send_typing()
+                await self._send_progress()
+            except Exception:  # cosmetic: a failed tick must not end the signals of all
+                log.exception("waiting indicators failed a tick")
             await asyncio.sleep(TICK)
-        self._due.clear()  # only entries of forgotten jobs are left
 
     async def _send_typing(self) -> None:
         now = time.monotonic()

@@ -104,7 +104,7 @@ class ChatinfoClient:
         observer: AttemptObserver | None = None,
     ) -> None:
         self._key = api_key
-        self.observer = observer
+        self._observer = observer
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/api/gpt/",
             timeout=httpx.Timeout(timeout, connect=5.0),
@@ -212,8 +212,8 @@ class ChatinfoClient:
 
     def _observe(self, endpoint: str, outcome: int | httpx.HTTPError, started: float) -> float:
         elapsed = time.monotonic() - started
-        if self.observer is not None:
-            self.observer(endpoint, outcome, elapsed)
+        if self._observer is not None:
+            self._observer(endpoint, outcome, elapsed)
         return elapsed
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
+from bot.services import Worker
 from bot.upstream.client import AccessDenied, ChatinfoClient, ChatinfoError, NotEnoughUnits
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,11 @@ class AdminAlerts(Protocol):
     async def send(self, text: Callable[[], str]) -> None: ...
 
 
-class UnitsTracker:
+class UnitsTracker(Worker):
+    """The balance, cached from what the API reports; a service that refreshes it."""
+
+    name = "units-refresher"
+
     def __init__(self, client: ChatinfoClient, notifier: AdminAlerts,
                  low_threshold: int) -> None:
         self._client = client
@@ -43,7 +48,6 @@ class UnitsTracker:
         self._empty_alerted = False
         self._denied_alerted = False
         self._limited: set[str] = set()  # endpoints the admins were told run below their limit
-        self._refresher: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()  # wakes the refresher to watch for a top-up
 
     @property
@@ -102,15 +106,6 @@ class UnitsTracker:
         await self.observe(units)
         return units
 
-    def start(self) -> None:
-        self._refresher = asyncio.create_task(self._refresh_forever(), name="units-refresher")
-
-    async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._refresher
-
     async def check_limits(self) -> None:
         """Tell the admins once when the key gets fewer calls than documented (another
         program on it, or a lower limit), and forget it once the full rate is back."""
@@ -128,7 +123,7 @@ class UnitsTracker:
                     "using the key?", lim.limit).format(endpoint=e, limit=lim.limit,
                                                         configured=lim.configured))
 
-    async def _refresh_forever(self) -> None:
+    async def _serve(self) -> None:
         while True:
             try:
                 await self.refresh()

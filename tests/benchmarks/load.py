@@ -33,7 +33,7 @@ from aiogram.methods import EditMessageText, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
 
-from bot.app.wiring import freeze_startup_objects, make_dispatcher
+from bot.app.wiring import freeze_startup_objects, make_application
 from bot.config import Settings
 from bot.jobs.runner import RunnerPolicy
 from bot.telegram.i18n import make_i18n
@@ -160,10 +160,13 @@ async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
     bot = Bot("42:BENCH", session=session)
     settings = Settings(bot_token="42:BENCH", chatinfo_api_key="bench-key", daily_quota=0,
                         max_pending_per_user=10_000, database_path=workdir / "bench.sqlite3")
-    dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=RunnerPolicy())
+    app = make_application(bot, db, make_i18n(), settings, client=client,
+                           policy=RunnerPolicy())
+    dp, runner = app.dp, app.runner
     freeze_startup_objects()  # as `python -m bot` does
     await seed_history(db, args)
-    await dp["runner"].resume()  # learns from the history, as at a start
+    runner.workers.start()
+    await runner.resume()  # learns from the history, as at a start
     users = UserRepo(db)
     for user_id, mode in user_modes(args.seed).items():
         await users.touch(user_id, "en")
@@ -179,7 +182,6 @@ async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
         feeding.append(asyncio.create_task(dp.feed_update(bot, update)))
     await asyncio.gather(*feeding)
     sent_for = time.monotonic() - started
-    runner = dp["runner"]
     await runner.wait_idle(args.drain)
     rows = list(await db.execute_fetchall(
         "SELECT id, upstream_id, chat_id, placeholder_id, state FROM jobs WHERE upstream_id"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiogram import Bot
 
-from bot.app.wiring import freeze_startup_objects, make_dispatcher
+from bot.app.wiring import freeze_startup_objects, make_application
 from bot.config import Settings
 from bot.jobs.runner import RunnerPolicy
 from bot.telegram.i18n import make_i18n
@@ -85,9 +85,10 @@ async def measure(args: argparse.Namespace) -> None:
     bot = Bot("42:BENCH", session=session)
     settings = Settings(bot_token="42:BENCH", chatinfo_api_key="bench-key",
                         database_path=db_path)
-    dp = make_dispatcher(bot, db, client, make_i18n(), settings, policy=RunnerPolicy())
+    runner = make_application(bot, db, make_i18n(), settings, client=client,
+                              policy=RunnerPolicy()).runner
     freeze_startup_objects()  # as `python -m bot` does
-    runner = dp["runner"]
+    runner.workers.start()
     cpu_start, rss_before = usage()
     started = time.monotonic()
     await runner.resume()

@@ -18,7 +18,8 @@ import argparse
 import sys
 from typing import Any
 
-from bot.jobs.scheduler import PollTiming, SolveTimes, next_poll_after, solved_after
+from bot.jobs.poll_scheduler import PollTiming, next_poll_after, solved_after
+from bot.jobs.solve_times import SolveTimes
 from tests.benchmarks.load import (
     SAMPLE_EVERY,
     SAMPLE_FIRST_WAIT,

@@ -1,0 +1,171 @@
+"""Sharing the create_request budget among users: round-robin, so one heavy user cannot
+starve the others, and holding back after a 429 or during a balance check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from contextlib import suppress
+
+from bot.services import Worker
+from bot.upstream.limiter import SlidingWindowLimiter
+
+log = logging.getLogger(__name__)
+
+
+class FairQueue(Worker):
+    """create_request slots, handed out round-robin between users as the budget allows.
+
+    After a 429 (which spent nothing) the queue honours the server's window: it grants
+    nothing until the oldest call of the last window has left it, then lets one call
+    through as a probe and grants no other until that one's outcome is known (`sent`).
+    While paused (a balance check), it grants nothing at all.
+    """
+
+    name = "create-queue"
+    PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
+
+    def __init__(self, limiter: SlidingWindowLimiter) -> None:
+        self._limiter = limiter
+        # user -> their waiting (job id, ticket)s, users in round-robin order
+        self._waiting: OrderedDict[int, deque[tuple[int, asyncio.Future[None]]]] = OrderedDict()
+        self._changed = asyncio.Event()
+        self._hold_until = 0.0  # monotonic; no grant before it
+        self._need_probe = False  # a 429 came: the next grant is a probe
+        self._probe_job: int | None = None  # the probe out now
+        self._probe_done = asyncio.Event()
+        self._open = asyncio.Event()  # cleared while the balance is checked
+        self._open.set()
+        self.outstanding = 0  # granted calls whose outcome (`sent`) is not known yet
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def ahead_of_new(self, user_id: int) -> int:
+        """About how many requests go before one this user queues now (round-robin)."""
+        mine = len(self._waiting.get(user_id, ()))
+        return mine + sum(min(len(queue), mine + 1)
+                          for uid, queue in self._waiting.items() if uid != user_id)
+
+    def ahead(self, job_id: int) -> int | None:
+        """How many queued requests go before this job's (None: it is not waiting)."""
+        users = list(self._waiting.items())
+        for place, (_user, queue) in enumerate(users):
+            round_ = next((n for n, (key, _) in enumerate(queue) if key == job_id), None)
+            if round_ is None:
+                continue
+            # Every earlier round of everyone, then this round's turns of the users before.
+            return sum(min(len(q), round_) for _, q in users) + sum(
+                1 for _, q in users[:place] if len(q) > round_)
+        return None
+
+    @property
+    def held(self) -> bool:
+        """Whether a 429 (or a balance check) holds the queue now."""
+        return self._hold_until > time.monotonic() or not self._open.is_set()
+
+    def eta(self, ahead: int) -> float:
+        """Seconds until the request with `ahead` others before it is sent, at the budget."""
+        held = max(0.0, self._hold_until - time.monotonic(), self._limiter.delay())
+        return held + ahead * self._limiter.period / self._limiter.limit
+
+    async def turn(self, user_id: int, job_id: int, *, first: bool = False) -> None:
+        """Wait until this user's request may be sent; the budget slot is taken for it.
+
+        The caller then reports how the call went with `sent`. `first`: ahead of the
+        user's other waiting requests (one sent before and queued again).
+        """
+        ticket = asyncio.get_running_loop().create_future()
+        queue = self._waiting.setdefault(user_id, deque())
+        (queue.appendleft if first else queue.append)((job_id, ticket))
+        self._changed.set()
+        try:
+            await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():
+                self.give_back(job_id)  # granted, but the call will not be made
+            else:
+                self._forget(user_id, ticket)
+            raise
+
+    def give_back(self, job_id: int) -> None:
+        """A granted slot whose call will not be made."""
+        self._limiter.release_last()
+        self.sent(job_id, rate_limited=False)
+
+    def pause(self) -> None:
+        """Grant nothing until `resume`: the balance is being compared."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def sent(self, job_id: int, *, rate_limited: bool) -> None:
+        """How the granted call went: a 429 holds the queue for the server's window."""
+        self.outstanding -= 1
+        if rate_limited:
+            self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
+            self._need_probe = True
+            log.warning("create_request got 429: holding new requests for %.0f s",
+                        self._hold_until - time.monotonic())
+        if job_id == self._probe_job:
+            self._probe_job = None
+            self._probe_done.set()
+
+    def _forget(self, user_id: int, ticket: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(user_id)
+        entry = next((item for item in queue or () if item[1] is ticket), None)
+        if queue is not None and entry is not None:
+            queue.remove(entry)
+            if not queue:
+                del self._waiting[user_id]
+
+    async def _serve(self) -> None:
+        while True:
+            if not self._waiting:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            await self._open.wait()
+            if (held := self._hold_until - time.monotonic()) > 0:
+                await asyncio.sleep(held)
+                continue  # the hold may have grown, or a pause come, meanwhile
+            await self._limiter.acquire()
+            if self.held:  # a pause or a 429 came while waiting for the budget
+                self._limiter.release_last()
+                continue
+            if not await self._grant():
+                self._limiter.release_last()  # everyone waiting went away meanwhile
+
+    async def _grant(self) -> bool:
+        """Hand the slot just taken to the next request; after a 429, as a probe whose
+        outcome is awaited before anything else is granted."""
+        entry = self._next_ticket()
+        if entry is None:
+            return False
+        job_id, ticket = entry
+        self.outstanding += 1
+        if not self._need_probe:
+            ticket.set_result(None)
+            return True
+        self._need_probe, self._probe_job = False, job_id
+        self._probe_done.clear()
+        ticket.set_result(None)
+        with suppress(TimeoutError):  # a caller that never reports cannot stall us
+            async with asyncio.timeout(self.PROBE_TIMEOUT):
+                await self._probe_done.wait()
+        self._probe_job = None
+        return True
+
+    def _next_ticket(self) -> tuple[int, asyncio.Future[None]] | None:
+        while self._waiting:
+            user_id, queue = self._waiting.popitem(last=False)
+            job_id, ticket = queue.popleft()
+            if queue:
+                self._waiting[user_id] = queue  # to the back of the round
+            if not ticket.done():
+                return job_id, ticket
+        return None

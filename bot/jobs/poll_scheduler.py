@@ -1,0 +1,281 @@
+"""Sharing the get_response budget among all pending jobs.
+
+`PollScheduler` decides when each pending job is polled next: not before it is likely
+done (`SolveTimes`), densely while it probably becomes ready, and in due-time order for
+everyone when the poll budget is short, so nothing starves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import itertools
+import logging
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from bot.jobs import crashpoints
+from bot.jobs.solve_times import MIN_SECONDS, Estimate, SolveTimes
+from bot.services import Worker
+from bot.upstream.client import ChatinfoError, RateLimited, RequestRejected, UpstreamUnavailable
+from bot.upstream.limiter import SlidingWindowLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PollTiming:
+    # Chosen by replaying the load benchmark's jobs (README): fewest polls per job with
+    # lag p50 <= 0.45 s and p99 <= 1.9 s.
+    hit_chance: float = 0.6  # each poll should find about this share of the answers left
+    min_gap: float = 0.4  # never poll one job more often than this
+    max_gap: float = 1.9  # once an answer is possible, never wait longer (bounds the lag)
+    earliest: float = 0.01  # answers sooner than this quantile of solve times are rare
+
+
+def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> float:
+    """Seconds from now until the next poll of a job `elapsed` seconds old.
+
+    An answer is possible only from the `earliest` quantile on; from then (or now, if
+    later) each poll is placed where it has about `hit_chance` of finding the answer,
+    given that it was not there before: so polls crowd where answers usually arrive
+    (little lag for few polls) and thin out where they rarely do. No poll is more than
+    `max_gap` after the moment an answer became possible, which bounds the lag.
+    """
+    start = max(elapsed, estimate.quantile(timing.earliest))  # nothing to find before
+    later = bisect.bisect_right(estimate.ratios, start / estimate.scale)
+    remaining = len(estimate.ratios) - later
+    if remaining <= 0:
+        return start - elapsed + timing.max_gap
+    target = estimate.scale * estimate.ratios[later + int(remaining * timing.hit_chance)]
+    return start - elapsed + min(max(target - start, timing.min_gap), timing.max_gap)
+
+
+def solved_after(missed_at: float | None, found_at: float, timing: PollTiming) -> float:
+    """When an answer was ready, as far as the polls tell: between the last poll that
+    missed it (if any) and the one that found it, in seconds after the create.
+
+    Not the moment it was found, which is later by the lag: learning that would place
+    every poll later, so the lag would grow, and so on. A hit at the first poll is taken
+    to have come in the 1.5 poll gaps before it, not just since the earliest likely
+    moment: so answers sooner than the model expects still teach it.
+    """
+    if missed_at is not None:
+        return (missed_at + found_at) / 2
+    return max(MIN_SECONDS, found_at - 0.75 * timing.max_gap)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until the event is set, `timeout` seconds at most.
+
+    Not asyncio.wait_for: in Python 3.11, a cancellation that comes as its timeout
+    expires can be turned into the TimeoutError, and a loop that suppresses that one
+    then never stops (a test's teardown hung on it, one run in ten).
+    """
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+class Expired(Exception):
+    """The job waited longer than allowed."""
+
+
+class Lost(Exception):
+    """get_response keeps saying the id is unknown."""
+
+
+@dataclass(order=True, slots=True)
+class _Entry:
+    due: float
+    order: int
+    job_id: int = field(compare=False)
+    upstream_id: int = field(compare=False)
+    mode: str = field(compare=False)
+    length: int = field(compare=False)
+    started: float = field(compare=False)  # monotonic time of create_request
+    deadline: float = field(compare=False)
+    estimate: Estimate = field(compare=False)
+    # Seconds after `started` of the last poll that found no answer; None before one, or
+    # always for a job resumed so late that its answer may have come before any poll.
+    missed_at: float | None = field(compare=False)
+    blind: bool = field(compare=False)  # resumed late: its first poll teaches nothing
+    rejections: int = field(default=0, compare=False)
+    polls: int = field(default=0, compare=False)
+
+
+class Answer(NamedTuple):
+    text: str
+    solved_after: float | None  # seconds upstream took, as the polls bracket it
+
+
+Poll = Callable[[int], Awaitable[str | None]]
+PACE_PERIOD = 0.02  # 5 polls at most in any 20 ms, at 15,000 a minute
+# Called once per watched job: its answer, or the exception that ends it (Expired, Lost,
+# or a ChatinfoError such as AccessDenied).
+Settled = Callable[[int, Answer | Exception], None]
+
+
+class PollScheduler(Worker):
+    """One loop that polls every pending job, within the poll budget, earliest due first.
+
+    A pending job costs an entry here and nothing else: no task waits for it. When its
+    answer arrives (or it ends), `settled` is called and the owner carries it on.
+    """
+
+    name = "poll-scheduler"
+
+    MAX_IN_FLIGHT = 64  # concurrent get_response calls: 250/s at up to 250 ms each
+    CALM_AFTER_429 = 2.0  # seconds without polls after the server says 429
+    MAX_REJECTIONS = 5
+
+    def __init__(self, poll: Poll, limiter: SlidingWindowLimiter, solve_times: SolveTimes,
+                 timing: PollTiming | None = None, *, settled: Settled) -> None:
+        self._poll = poll
+        self._limiter = limiter
+        # The budget is per minute; spent evenly, a few calls at a time, the load on the
+        # server is steady, no minute starts with a burst that starves the rest of it,
+        # and few connections are open at once.
+        self._pace = SlidingWindowLimiter(
+            math.ceil(limiter.limit * PACE_PERIOD / limiter.period), PACE_PERIOD)
+        self._solve_times = solve_times
+        self._timing = timing or PollTiming()
+        self._settled = settled
+        self._entries: dict[int, _Entry] = {}
+        self._heap: list[_Entry] = []
+        self._order = itertools.count()
+        self._changed = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+        self._polls: set[asyncio.Task[None]] = set()
+        self._calm_until = 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._entries)
+
+    async def stop(self) -> None:
+        """Stop polling; the watched jobs are forgotten (they stay pending in SQLite)."""
+        await super().stop()
+        polls = list(self._polls)
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+        self._entries.clear()
+        self._heap.clear()
+
+    def watch(self, *, job_id: int, upstream_id: int, mode: str, length: int, age: float,
+              max_wait: float) -> None:
+        """Poll the job until its answer comes, or it ends; `settled` tells which.
+
+        `age` is how long ago create_request returned (jobs resumed after a restart are
+        older than zero).
+        """
+        if job_id in self._entries:
+            return
+        now = time.monotonic()
+        estimate = self._solve_times.estimate(mode, length)
+        entry = _Entry(
+            due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
+            job_id=job_id, upstream_id=upstream_id, mode=sys.intern(mode), length=length,
+            started=now - age, deadline=now - age + max_wait, estimate=estimate,
+            missed_at=None, blind=age > estimate.quantile(self._timing.earliest))
+        self._entries[job_id] = entry
+        self._push(entry)
+
+    def drop(self, job_id: int) -> None:
+        """Stop polling for the job; `settled` will not be called for it."""
+        self._entries.pop(job_id, None)
+
+    def _push(self, entry: _Entry) -> None:
+        entry.due = min(entry.due, entry.deadline)
+        heapq.heappush(self._heap, entry)
+        self._changed.set()
+
+    def _watched(self, entry: _Entry) -> bool:
+        return self._entries.get(entry.job_id) is entry
+
+    def _settle(self, entry: _Entry, outcome: Answer | Exception) -> None:
+        if not self._watched(entry):
+            return  # dropped meanwhile
+        del self._entries[entry.job_id]
+        if isinstance(outcome, Answer) and outcome.solved_after is not None:
+            # Only real answers teach the model; a timeout or a shutdown says nothing.
+            self._solve_times.learn(entry.mode, entry.length, outcome.solved_after)
+        self._settled(entry.job_id, outcome)
+
+    def _bracket(self, entry: _Entry, found_at: float) -> float | None:
+        if entry.blind and entry.missed_at is None:
+            return None
+        return solved_after(entry.missed_at, found_at, self._timing)
+
+    async def _serve(self) -> None:
+        while True:
+            if not self._heap:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            wait = self._heap[0].due - time.monotonic()
+            if wait > 0:
+                self._changed.clear()
+                await wait_event(self._changed, wait)  # early if a job due sooner arrives
+                continue
+            entry = heapq.heappop(self._heap)
+            if not self._watched(entry):
+                continue
+            if time.monotonic() >= entry.deadline and entry.polls:
+                # Polled at least once past its time: a job resumed after a long downtime
+                # gets its look at an answer that is probably waiting.
+                self._settle(entry, Expired())
+                continue
+            if (calm := self._calm_until - time.monotonic()) > 0:
+                await asyncio.sleep(calm)
+            # A free connection first, then the budget slot: the slot is stamped when the
+            # call really leaves, or the server could count a bunch of late calls in one
+            # of its windows.
+            await self._in_flight.acquire()
+            await self._pace.acquire()
+            await self._limiter.acquire()
+            task = asyncio.create_task(self._poll_once(entry))
+            self._polls.add(task)
+            task.add_done_callback(self._polls.discard)
+
+    async def _poll_once(self, entry: _Entry) -> None:
+        asked_at = time.monotonic() - entry.started
+        try:
+            result = await self._poll(entry.upstream_id)
+        except RequestRejected as error:
+            entry.rejections += 1
+            if entry.rejections >= self.MAX_REJECTIONS:
+                self._settle(entry, Lost(str(error)))
+                return
+            result = None
+        except RateLimited as error:
+            # The server counts differently from us (its clock, its queue): give it room.
+            self._calm_until = time.monotonic() + self.CALM_AFTER_429
+            log.warning("poll of job %s failed: %s", entry.job_id, error)
+            result = None
+        except UpstreamUnavailable as error:
+            log.warning("poll of job %s failed: %s", entry.job_id, error)
+            result = None
+        except ChatinfoError as error:
+            self._settle(entry, error)
+            return
+        finally:
+            self._in_flight.release()
+            entry.polls += 1
+        if result is not None:
+            self._settle(entry, Answer(result, self._bracket(entry, asked_at)))
+            return
+        entry.missed_at = asked_at
+        if not self._watched(entry):
+            return
+        crashpoints.reach(crashpoints.WHILE_POLLING)
+        age = time.monotonic() - entry.started
+        entry.due = time.monotonic() + next_poll_after(age, entry.estimate, self._timing)
+        self._push(entry)

@@ -1,0 +1,165 @@
+"""What the user sees of a job, in the job's own language: its placeholder, the texts
+while it waits (its place in the queue, a check of the balance, a late answer), "typing…",
+its answer rendered in parts with its buttons, and why it ended, with a retry button where
+one helps. And the quota a job gives back when it ends without being sent.
+
+The runner (bot/jobs/runner.py) decides what happens to a job and stores it; it asks the
+view to show it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, suppress
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.deep_linking import create_start_link
+from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import gettext as _
+
+from bot.jobs.create_queue import FairQueue
+from bot.jobs.failures import Failure, failure_text
+from bot.telegram.commands import answer_payload
+from bot.telegram.delivery import Delivery
+from bot.telegram.i18n import in_locale
+from bot.telegram.indicators import WaitingIndicators
+from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
+from bot.telegram.render import Part, first_part, render
+from bot.telegram.wording import (
+    duration_text,
+    placeholder_text,
+    queue_text,
+    settling_text,
+    waiting_text,
+)
+from storage.jobs import Job
+from storage.quotas import QuotaRepo
+
+Keyboard = InlineKeyboardMarkup | None
+
+
+class JobView:
+    def __init__(self, bot: Bot, delivery: Delivery, indicators: WaitingIndicators,
+                 queue: FairQueue, quotas: QuotaRepo, i18n: I18n, *, max_wait: float,
+                 late_wait: float) -> None:
+        self._bot = bot
+        self._delivery = delivery
+        self._indicators = indicators
+        self._queue = queue
+        self._quotas = quotas
+        self._i18n = i18n
+        self._max_wait = max_wait
+        self._late_wait = late_wait
+
+    # --- while the job waits -----------------------------------------------------------
+
+    async def placeholder(self, job: Job) -> int:
+        """Post the "⏳" placeholder; its message id (raises TelegramForbiddenError if the
+        user blocked the bot)."""
+        with self._locale(job.locale):
+            text = placeholder_text()
+        return await self._delivery.placeholder(job, text)
+
+    def watch(self, job: Job) -> None:
+        """"typing…" and the waiting time on the placeholder, until `forget`."""
+        self._indicators.watch(job)
+
+    async def forget(self, job_id: int) -> None:
+        """No more waiting signals for the job; none lands after this."""
+        await self._indicators.forget(job_id)
+
+    async def queue_position(self, job: Job) -> None:
+        """The job's place in the create queue, unless it is sent at once."""
+        ahead = self._queue.ahead_of_new(job.user_id)
+        seconds = self._queue.eta(ahead)
+        if not ahead and seconds < 1 and not self._queue.held:
+            return  # sent at once: "working on it" is the truth
+        with self._locale(job.locale):
+            text = queue_text(ahead, seconds, held=self._queue.held)
+        await self._delivery.progress(job.chat_id, job.placeholder_id, text)
+
+    def progress_text(self, job_id: int, locale: str, seconds: float, *,
+                      settling: bool) -> str:
+        """The placeholder while the job waits: its place in the queue until it is sent;
+        `settling`: its failed create waits for the balance to tell whether it counted."""
+        ahead = self._queue.ahead(job_id)
+        wait = self._queue.eta(ahead or 0)
+        with self._locale(locale):
+            if settling:
+                return settling_text()
+            if ahead is None or (not ahead and wait < 1 and not self._queue.held):
+                return waiting_text(seconds)  # sent, or about to be
+            return queue_text(ahead, wait, held=self._queue.held)
+
+    async def settling(self, job: Job) -> None:
+        """The service did not confirm the request, and the balance is being checked."""
+        if job.placeholder_id is None and not job.inline:
+            return
+        with self._locale(job.locale):
+            text = settling_text()
+        with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
+            await self._delivery.show(job, Part(text))
+
+    async def late(self, job: Job) -> None:
+        """No answer within MAX_WAIT_SECONDS: it is still awaited, and posted if it comes."""
+        with self._locale(job.locale):
+            text = _("⏳ No answer yet after {wait}. The request was sent, so it was counted, "
+                     "and its answer will still appear here if it comes within {late}. "
+                     "/cancel stops waiting for it.").format(
+                         wait=duration_text(self._max_wait), late=duration_text(self._late_wait))
+        with suppress(TelegramForbiddenError):  # the answer, if it comes, finds out
+            await self._delivery.show(job, Part(text))
+
+    async def stopped_waiting(self, job: Job) -> None:
+        """/cancel of a sent request: it counted, and its answer goes to /history."""
+        await self._indicators.forget(job.id)
+        with self._locale(job.locale):
+            text = _("✖️ Stopped waiting. The request had already been sent, so it was "
+                     "counted; its answer will be kept in /history.")
+        with suppress(TelegramAPIError):  # best effort: the answer is what matters
+            await self._delivery.show(job, Part(text))
+
+    # --- the answer ----------------------------------------------------------------------
+
+    async def answer(self, job: Job) -> tuple[list[Part], Keyboard]:
+        """The job's answer as the messages it is shown in, and the buttons under the last.
+
+        An inline message gets no parts after it and no buttons that act on the answer
+        (they would need a chat): a long answer is cut, with a link to all of it.
+        """
+        assert job.result is not None
+        with self._locale(job.locale):
+            if not job.inline:
+                return render(job.result) or [Part(_("(empty answer)"))], answer_keyboard(job.id)
+            part, cut = first_part(job.result)
+            link = await create_start_link(self._bot, answer_payload(job.id)) if cut else None
+            return [part or Part(_("(empty answer)"))], full_answer_keyboard(link) if link else None
+
+    async def show_part(self, job: Job, index: int, part: Part, keyboard: Keyboard) -> None:
+        """The answer's part `index`: the first in place of the placeholder, the others as
+        new messages (raises TelegramForbiddenError if the user blocked the bot)."""
+        if index == 0:
+            await self._delivery.show(job, part, keyboard)
+        else:
+            await self._delivery.send(job, part, keyboard)
+
+    # --- the end -------------------------------------------------------------------------
+
+    async def failure(self, job: Job, failure: Failure) -> None:
+        """Why the job ended, whether it counted, and a retry button where one helps."""
+        inline_bot = ((await self._bot.me()).username or "") if job.inline else None
+        with self._locale(job.locale):
+            text = failure_text(failure, sent=job.upstream_id is not None, inline_bot=inline_bot)
+            keyboard = retry_keyboard(job.id) if failure.retryable and not job.inline else None
+        with suppress(TelegramForbiddenError):
+            await self._delivery.show(job, Part(text), keyboard)
+
+    async def refund(self, job: Job) -> None:
+        """Give back the request the job took from its user's daily quota: it ended without
+        being sent, so it spent nothing."""
+        if job.quota_day is not None:
+            await self._quotas.give_back(job.user_id, job.quota_day)
+
+    def _locale(self, locale: str) -> AbstractContextManager[None]:
+        return in_locale(self._i18n, locale)
