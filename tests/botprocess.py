@@ -15,6 +15,9 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "123456:E2E-TOKEN-do-not-leak"
+# Seconds a started bot may take to serve: importing aiogram and the handlers costs about
+# 4.5 s of CPU, and the suite runs several bot processes at once on two cores.
+STARTUP_TIMEOUT = 60.0
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 

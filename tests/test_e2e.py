@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.upstream.sandbox import FakeChatinfo
-from tests.botprocess import BOT_TOKEN, BotProcess
+from tests.botprocess import BOT_TOKEN, STARTUP_TIMEOUT, BotProcess
 from tests.fakes.telegram_api import (
     Call,
     FakeTelegramAPI,
@@ -55,8 +55,9 @@ class Updates:
         self.telegram, self.bot, self.mode = telegram, bot, mode
 
     async def ready(self) -> None:
-        if self.mode == "webhook":
-            await self.telegram.wait_calls("setWebhook", 1, timeout=20)
+        """The bot is serving: its import and start-up, slow on a busy machine, are over."""
+        method = "setWebhook" if self.mode == "webhook" else "getUpdates"
+        await self.telegram.wait_calls(method, 1, timeout=STARTUP_TIMEOUT)
 
     async def send(self, update: dict[str, Any]) -> None:
         if self.mode == "polling":
