@@ -112,3 +112,14 @@ def test_only_storage_imports_the_database_driver() -> None:
 
 def test_storage_imports_nothing_from_bot_or_handlers() -> None:
     assert unit_graph().get("storage", set()) == set()
+
+
+# README, "Layout": each package may use those before it here, and none after it.
+LAYERS = ("bot", "storage", "bot.upstream", "bot.telegram", "bot.jobs", "bot.ops", "handlers",
+          "bot.app")
+
+
+def test_each_package_imports_only_the_layers_below_it() -> None:
+    upward = [(here, there) for here, theirs in unit_graph().items() for there in theirs
+              if LAYERS.index(there) > LAYERS.index(here)]
+    assert upward == [], upward
