@@ -115,6 +115,10 @@ class JobRunner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[bool]] = {}
         self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
+        self._unsent: set[int] = set()  # going through the create queue: not "working" yet
+        # Placeholders showing the queue (or a check of a failed create): once the request
+        # is sent, they switch to "working" at once, not at their next progress edit.
+        self._unsent_shown: set[int] = set()
         # Creates that failed with their outcome unknown, waiting for a balance check.
         self._ambiguous: set[int] = set()
         # Creates the server may still be finishing (a timeout, a gateway error, a crash):
@@ -147,6 +151,7 @@ class JobRunner:
     def _task_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
+            self._unsent_shown.discard(job_id)
         self._job_left.set()
 
     @property
@@ -360,7 +365,14 @@ class JobRunner:
             return
         if job.state is JobState.NEW:
             self._indicators.watch(job)
-            job = await self._create(job)
+            self._unsent.add(job.id)
+            try:
+                job = await self._create(job)
+            finally:
+                self._unsent.discard(job.id)
+            if job.id in self._unsent_shown and job.state is JobState.PENDING:
+                self._unsent_shown.discard(job.id)
+                self._indicators.hurry(job.id)  # the queue's text said it was not sent
         if job.state is JobState.PENDING:
             if outcome is None:
                 if self._late(job) and time.time() < self._late_deadline(job):
@@ -479,6 +491,7 @@ class JobRunner:
     async def _show_settling(self, job: Job) -> None:
         if job.placeholder_id is None and not job.inline:
             return
+        self._unsent_shown.add(job.id)
         with self._locale(job.locale):
             text = settling_text()
         with suppress(TelegramAPIError):  # best effort: the outcome is shown either way
@@ -682,21 +695,34 @@ class JobRunner:
         ahead = self.queue.ahead_of_new(job.user_id)
         seconds = self.queue.eta(ahead)
         if not ahead and seconds < 1 and not self.queue.held:
-            return  # sent at once: "working on it" is the truth
+            return  # sent at once: the first text is still true
         with self._locale(job.locale):
             text = queue_text(ahead, seconds, held=self.queue.held)
+        self._unsent_shown.add(job.id)
         await self.delivery.progress(job.chat_id, job.placeholder_id, text)
 
     def _progress_text(self, job_id: int, locale: str, seconds: float) -> str:
-        """The placeholder while the job waits: its place in the queue until it is sent."""
-        ahead = self.queue.ahead(job_id)
-        wait = self.queue.eta(ahead or 0)
+        """The placeholder while the job waits: its place in the queue until its request
+        was sent and acknowledged, then how long it has been worked on."""
         with self._locale(locale):
-            if job_id in self._settling:
-                return settling_text()
-            if ahead is None or (not ahead and wait < 1 and not self.queue.held):
-                return waiting_text(seconds)  # sent, or about to be
-            return queue_text(ahead, wait, held=self.queue.held)
+            if (text := self._unsent_text(job_id)) is None:
+                return waiting_text(seconds)
+        self._unsent_shown.add(job_id)
+        return text
+
+    def _unsent_text(self, job_id: int) -> str | None:
+        """Where the job's request is while create_request has not succeeded; None after."""
+        if job_id in self._settling:
+            return settling_text()
+        if job_id not in self._unsent:
+            return None
+        ahead = self.queue.ahead(job_id)
+        if ahead is None:
+            return sending_text()  # its create_request is on its way
+        wait = self.queue.eta(ahead)
+        if not ahead and wait < 1 and not self.queue.held:
+            return sending_text()  # about to be sent
+        return queue_text(ahead, wait, held=self.queue.held)
 
     async def _reload(self, job: Job) -> Job:
         fresh = await self._jobs.get(job.id)
@@ -710,7 +736,13 @@ class JobRunner:
 
 
 def placeholder_text() -> str:
-    return _("⏳ Working on it…")
+    """The first text of a placeholder: true whether the request waits or is sent at once
+    (it says which at the next edit, and "working" only once it was acknowledged)."""
+    return _("⏳ Got it, one moment…")
+
+
+def sending_text() -> str:
+    return _("⏳ Sending your request…")
 
 
 def settling_text() -> str:

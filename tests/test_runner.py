@@ -58,7 +58,7 @@ async def test_new_job_without_placeholder_gets_one_then_its_answer(app: App) ->
     await app.settle()
 
     [placeholder] = app.sent(SendMessage)
-    assert placeholder.text == "⏳ Working on it…"
+    assert placeholder.text == "⏳ Got it, one moment…"
     [edit] = app.sent(EditMessageText)
     assert (edit.message_id, edit.text) == (1001, "[chat] hello")
     assert app.chatinfo.calls["create_request"] == 1
@@ -296,7 +296,10 @@ async def test_job_without_answer_in_time_is_awaited_late_then_fails_with_a_mess
     await app.settle()
 
     *progress, late, edit = app.sent(EditMessageText)
-    assert all(p.text.startswith("⏳ Working on it… 0:") for p in progress)
+    # Its first progress edit was due at once: "sending" while the create was on its way,
+    # "working" only once it was acknowledged.
+    assert all(p.text.startswith(("⏳ Sending your request…", "⏳ Working on it… 0:"))
+               for p in progress)
     assert late.text.startswith("⏳ No answer yet after 30 seconds. The request was sent, so it "
                                 "was counted, and its answer will still appear here")
     assert late.reply_markup is None
