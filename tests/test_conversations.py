@@ -74,7 +74,8 @@ async def test_a_three_turn_conversation_is_sent_exactly_so(app: App) -> None:
         "\n"
         "Now: And what do I keep?",
     ]
-    assert placeholders(app) == ["⏳ Got it, one moment…", "⏳ Got it, one moment…\n↩️ 2 earlier messages",
+    assert placeholders(app) == ["⏳ Got it, one moment…",
+                                 "⏳ Got it, one moment…\n↩️ 2 earlier messages",
                                  "⏳ Got it, one moment…\n↩️ 4 earlier messages"]
     third = await app.jobs.get(3)
     assert third is not None and third.question == "And what do I keep?"  # /history's words

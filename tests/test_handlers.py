@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from dataclasses import replace
+from typing import Any
 
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
@@ -254,7 +254,7 @@ async def test_a_queued_placeholder_says_working_once_its_request_was_acknowledg
 
     async def recording(bot: Any, method: Any, timeout: int | None = None) -> Any:
         if isinstance(method, (SendMessage, EditMessageText)) and method.chat_id == 51:
-            shown.append((method.text, len(app.chatinfo.created_for("second"))))
+            shown.append((method.text or "", len(app.chatinfo.created_for("second"))))
         return await make_request(bot, method, timeout)
 
     app.session.make_request = recording  # type: ignore[method-assign]
