@@ -263,13 +263,15 @@ async def test_a_create_failed_without_the_servers_word_is_settled_by_the_balanc
     await app.runner.resume()
     await app.settle()
 
-    settling, *_, edit = app.sent(EditMessageText)
-    assert settling.text.startswith("⏳ The AI service did not confirm your request.")
-    if spent:  # the unit is gone with its id: told, never sent twice
+    *shown, edit = app.sent(EditMessageText)
+    checking = [e for e in shown if e.text.startswith("⏳ The AI service did not confirm your")]
+    if spent:  # the unit is gone with its id: told at once, never sent twice
+        assert checking == []  # the debit was in the balance at once: nothing to wait for
         assert app.chatinfo.calls["create_request"] == 1
         assert await state_of(app, job_id) is JobState.UNKNOWN
         assert edit.reply_markup is not None
-    else:
+    else:  # the server may still spend it: checked again once it is surely done
+        assert checking and shown[0] is checking[0]
         assert app.chatinfo.calls["create_request"] == 2
         assert edit.text == "[chat] hello"
         assert app.chatinfo.units == 999
