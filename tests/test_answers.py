@@ -67,7 +67,7 @@ async def test_long_markdown_answer_arrives_complete_in_well_formed_parts(app: A
     assert [p.text for p in parts] == [p.text for p in expected]
     assert all(utf16_length(p.text) <= TELEGRAM_LIMIT for p in parts)
     assert all(m.reply_parameters.message_id == 1001 for m in rest)  # replies to the placeholder
-    assert placeholder.text == "⏳ Working on it…"
+    assert placeholder.text == "⏳ Got it, one moment…"
     for part in parts:
         assert "**" not in part.text
         for entity in part.entities or []:

@@ -195,7 +195,7 @@ async def test_cancel_while_composing_and_a_later_message_is_a_question(
     await app.settle()
 
     assert app.sent(CopyMessage) == []
-    assert app.sent(SendMessage)[-1].text == "⏳ Working on it…"
+    assert app.sent(SendMessage)[-1].text == "⏳ Got it, one moment…"  # a question's placeholder
 
 
 async def test_what_cannot_be_broadcast_is_refused_and_commands_stay_commands(

@@ -74,8 +74,9 @@ async def test_a_three_turn_conversation_is_sent_exactly_so(app: App) -> None:
         "\n"
         "Now: And what do I keep?",
     ]
-    assert placeholders(app) == ["⏳ Working on it…", "⏳ Working on it…\n↩️ 2 earlier messages",
-                                 "⏳ Working on it…\n↩️ 4 earlier messages"]
+    assert placeholders(app) == ["⏳ Got it, one moment…",
+                                 "⏳ Got it, one moment…\n↩️ 2 earlier messages",
+                                 "⏳ Got it, one moment…\n↩️ 4 earlier messages"]
     third = await app.jobs.get(3)
     assert third is not None and third.question == "And what do I keep?"  # /history's words
 
@@ -84,8 +85,8 @@ async def test_the_count_of_earlier_messages_is_in_russian_plural_forms(app: App
     for text in ("один", "два", "три"):
         await say(app, 2, text, language_code="ru")
 
-    assert placeholders(app)[1:] == ["⏳ Думаю…\n↩️ 2 предыдущих сообщения",
-                                     "⏳ Думаю…\n↩️ 4 предыдущих сообщения"]
+    assert placeholders(app)[1:] == ["⏳ Принято, минутку…\n↩️ 2 предыдущих сообщения",
+                                     "⏳ Принято, минутку…\n↩️ 4 предыдущих сообщения"]
 
 
 async def test_at_the_budget_edge_old_turns_are_cut_and_the_new_message_is_whole(
@@ -119,7 +120,7 @@ async def test_a_new_message_that_fills_the_budget_goes_alone(app: App) -> None:
     await say(app, 4, too_long)
 
     assert contents(app)[1:] == [almost_full, too_long[:MAX_CONTENT_CHARS]]
-    assert placeholders(app) == ["⏳ Working on it…"] * 3
+    assert placeholders(app) == ["⏳ Got it, one moment…"] * 3
     cut_notice = [m.text for m in app.sent(SendMessage) if m.text.startswith("Your message")]
     assert cut_notice == ["Your message is 5010 characters long; only the first 5000 will be "
                           "processed."]
@@ -141,7 +142,7 @@ async def test_a_reply_to_an_older_answer_continues_from_it_not_from_the_latest(
 
     assert contents(app)[3] == ("Nice to meet you, Ann! Bees are wonderful.\n\n"
                                 "Tell me more about that.")
-    assert placeholders(app)[3] == "⏳ Working on it…"
+    assert placeholders(app)[3] == "⏳ Got it, one moment…"
     # The reply is a turn like any other for the next message: in its own words.
     assert contents(app)[4].endswith(
         "User: Tell me more about that.\n"

@@ -99,7 +99,7 @@ async def test_conversation_then_clean_shutdown(tmp_path: Path, telegram: FakeTe
             await updates.send(message_update(501, "a cat on the roof"))
             await telegram.wait_for(lambda: len(answers(telegram, "[poems]")) == 1)
             placeholder = telegram.calls_of("sendMessage")[1]
-            assert placeholder.params["text"] == "⏳ Working on it…"
+            assert placeholder.params["text"] == "⏳ Got it, one moment…"
             [answer] = answers(telegram, "[poems]")
             assert answer.params["text"] == "[poems] a cat on the roof"
             assert answer.params["message_id"] == 1001

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendMessage
 from aiogram.types import InlineKeyboardMarkup
@@ -13,7 +14,7 @@ from bot.modes import MODES
 from storage.jobs import JobState
 from storage.users import UserRepo
 from tests.fakes.telegram_api import callback_update, message_update, photo_update, sticker_update
-from tests.harness import FAST_POLLS, App, AppFactory
+from tests.harness import FAST_POLLS, App, AppFactory, wait_until
 
 
 def buttons(markup: object) -> list[tuple[str, str | None]]:
@@ -77,7 +78,7 @@ async def test_text_becomes_one_request_and_the_placeholder_becomes_the_answer(a
     await app.feed(message_update(5, "a cat on the roof"))
 
     placeholder = app.sent(SendMessage)[-1]
-    assert placeholder.text == "⏳ Working on it…"
+    assert placeholder.text == "⏳ Got it, one moment…"
     await app.settle()
     answer = app.sent(EditMessageText)[-1]
     assert answer.text == "[poems] a cat on the roof"
@@ -94,7 +95,7 @@ async def test_the_same_update_twice_makes_one_request(app: App) -> None:
     await app.settle()
 
     assert app.chatinfo.calls["create_request"] == 1
-    assert len([m for m in app.sent(SendMessage) if m.text == "⏳ Working on it…"]) == 1
+    assert len([m for m in app.sent(SendMessage) if m.text == "⏳ Got it, one moment…"]) == 1
 
 
 async def test_text_over_5000_characters_is_cut_and_the_user_told(app: App) -> None:
@@ -239,3 +240,33 @@ async def test_the_queue_tells_each_user_their_place_until_the_request_is_sent(
                     for user in range(42, 46)]  # the first two wait under a second
     assert len(set(first_places)) > 1, first_places  # not "0 ahead" for everyone
     assert "1 request ahead" in " ".join(first_places)
+
+
+async def test_a_queued_placeholder_says_working_once_its_request_was_acknowledged(
+        make_app: AppFactory) -> None:
+    # No progress tick in the test's time: every edit here is one the queue's state made.
+    app = await make_app(policy=replace(FAST_POLLS, progress_every=60.0),
+                         client_options={"create_per_min": 1, "window": 2.0})
+    app.chatinfo.solve_time = 1.0
+    shown: list[tuple[str, int]] = []  # each text of the queued placeholder, and the units
+    make_request = app.session.make_request  # create_request had spent when it was sent
+
+    async def recording(bot: Any, method: Any, timeout: int | None = None) -> Any:
+        if isinstance(method, (SendMessage, EditMessageText)) and method.chat_id == 51:
+            shown.append((method.text or "", len(app.chatinfo.created_for("second"))))
+        return await make_request(bot, method, timeout)
+
+    app.session.make_request = recording  # type: ignore[method-assign]
+    await app.feed(message_update(50, "first"))
+    await wait_until(lambda: bool(app.chatinfo.created_for("first")), timeout=5.0,
+                     what="the first request sent")
+    await app.feed(message_update(51, "second"))  # its turn comes 2 s later
+    await app.settle()
+
+    texts = [text for text, _ in shown]
+    assert texts[0] == "⏳ Got it, one moment…"  # true whether it waits or not
+    assert texts[1].startswith("⏳ Next in the queue, about 2 seconds")
+    # "Working" at once when its create_request was acknowledged, not at the next tick.
+    assert texts[2].startswith("⏳ Working on it… 0:0") and texts[3] == "[chat] second"
+    assert all(created == 1 for text, created in shown if "Working" in text)
+    assert [created for _, created in shown[:2]] == [0, 0]

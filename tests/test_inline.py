@@ -24,7 +24,7 @@ from tests.harness import FAST_POLLS, App, AppFactory, wait_until
 from tests.test_answers import long_markdown
 
 USER = 7
-PLACEHOLDER = "⏳ Working on it…"
+PLACEHOLDER = "⏳ Got it, one moment…"
 
 
 def offered(app: App) -> list[InlineQueryResultArticle]:

@@ -62,7 +62,7 @@ async def test_new_job_without_placeholder_gets_one_then_its_answer(app: App) ->
     await app.settle()
 
     [placeholder] = app.sent(SendMessage)
-    assert placeholder.text == "⏳ Working on it…"
+    assert placeholder.text == "⏳ Got it, one moment…"
     [edit] = app.sent(EditMessageText)
     assert (edit.message_id, edit.text) == (1001, "[chat] hello")
     assert app.chatinfo.calls["create_request"] == 1
@@ -267,13 +267,15 @@ async def test_a_create_failed_without_the_servers_word_is_settled_by_the_balanc
     await app.runner.resume()
     await app.settle()
 
-    settling, *_, edit = app.sent(EditMessageText)
-    assert settling.text.startswith("⏳ The AI service did not confirm your request.")
-    if spent:  # the unit is gone with its id: told, never sent twice
+    *shown, edit = app.sent(EditMessageText)
+    checking = [e for e in shown if e.text.startswith("⏳ The AI service did not confirm your")]
+    if spent:  # the unit is gone with its id: told at once, never sent twice
+        assert checking == []  # the debit was in the balance at once: nothing to wait for
         assert app.chatinfo.calls["create_request"] == 1
         assert await state_of(app, job_id) is JobState.UNKNOWN
         assert edit.reply_markup is not None
-    else:
+    else:  # the server may still spend it: checked again once it is surely done
+        assert checking and shown[0] is checking[0]
         assert app.chatinfo.calls["create_request"] == 2
         assert edit.text == "[chat] hello"
         assert app.chatinfo.units == 999
@@ -300,7 +302,10 @@ async def test_job_without_answer_in_time_is_awaited_late_then_fails_with_a_mess
     await app.settle()
 
     *progress, late, edit = app.sent(EditMessageText)
-    assert all(p.text.startswith("⏳ Working on it… 0:") for p in progress)
+    # Its first progress edit was due at once: "sending" while the create was on its way,
+    # "working" only once it was acknowledged.
+    assert all(p.text.startswith(("⏳ Sending your request…", "⏳ Working on it… 0:"))
+               for p in progress)
     assert late.text.startswith("⏳ No answer yet after 30 seconds. The request was sent, so it "
                                 "was counted, and its answer will still appear here")
     assert late.reply_markup is None

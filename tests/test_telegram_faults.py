@@ -40,7 +40,7 @@ from tests.harness import (
 
 USER = 31
 PLACEHOLDER_ID = 900
-PLACEHOLDER = "⏳ Working on it…"
+PLACEHOLDER = "⏳ Got it, one moment…"
 SORRY = "😔 Something went wrong. Please try again."
 BLOCKED = "Forbidden: bot was blocked by the user"
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and "

@@ -423,3 +423,98 @@ async def test_a_balance_check_that_gets_no_balance_takes_the_create_as_spent(
 
     assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME]) and last.offers_retry
     assert chatinfo.calls["create_request"] == 2  # never risk a second unit
+
+
+async def test_a_failed_create_without_reply_the_balance_shows_spent_is_decided_at_once(
+        tmp_path: Path) -> None:
+    # Its window is long, but the debit is already in the balance: no need to wait for it.
+    policy = replace(POLICY, create_settles_after=30.0)
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client, policy=policy) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.inject("create_request", Fault.disconnect(after_effect=True))
+            await app.feed(message_update(10, "second"))
+            await finish(app, 2, timeout=5)  # well before its 30 s
+            last = (await endings(app))[-1]
+            reconciled = dict(app.runner.reconciled)
+
+    assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME]) and last.offers_retry
+    assert [e.text for e in last.edits if (e.text or "").startswith(WAITING)] == []  # no "checking"
+    assert len(chatinfo.created_for("second")) == 1 and chatinfo.calls["create_request"] == 2
+    assert reconciled == {"spent": 1}
+
+
+async def test_a_failed_create_without_reply_is_sent_again_only_once_its_server_is_done(
+        tmp_path: Path) -> None:
+    # The balance is unchanged at once, but the server may still be working on the call: a
+    # debit may yet come, so it is sent again only after its window, never on the first look.
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            units_before = chatinfo.calls["units"]
+            chatinfo.inject("create_request", Fault.http(502))  # a gateway's; nothing spent
+            await app.feed(message_update(10, "second"))
+            await finish(app, 2, timeout=10)
+            last = (await endings(app))[-1]
+            reconciled = dict(app.runner.reconciled)
+
+    assert last.text == ANSWER_PREFIX + "second"
+    failed, again = chatinfo.served_for("create_request", content="second")
+    assert again.arrived_at - failed.arrived_at >= POLICY.create_settles_after
+    assert chatinfo.calls["units"] == units_before + 2  # at once, and once it was done
+    assert reconciled == {"unspent": 1} and chatinfo.units == 998
+
+
+async def test_a_late_debit_after_an_unchanged_balance_is_still_seen(tmp_path: Path) -> None:
+    # The reply is lost at the client's timeout and the server spends the unit later: the
+    # first look sees nothing spent, and must not send it again on that.
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            units_before = chatinfo.calls["units"]
+            chatinfo.inject("create_request", Fault.slow(SLOW_REPLY))  # spends as it replies
+            await app.feed(message_update(10, "second"))
+            await finish(app, 2, timeout=10)
+            last = (await endings(app))[-1]
+            reconciled = dict(app.runner.reconciled)
+
+    assert last.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME])
+    assert chatinfo.calls["create_request"] == 2 and len(chatinfo.created_for("second")) == 1
+    assert chatinfo.calls["units"] == units_before + 2
+    assert reconciled == {"spent": 1}
+
+
+async def test_a_failed_create_decided_at_once_leaves_no_doubt_over_the_next_one(
+        tmp_path: Path) -> None:
+    # Two failed creates without reply, one after the other, each within the other's
+    # window (from different users: each content is just its message). Had the first
+    # (spent) waited for its window, its debit would be in the balance that settles the
+    # second (which spent nothing): the two could not be told apart, and both would be
+    # taken as spent.
+    policy = replace(POLICY, create_settles_after=4.0)
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client, policy=policy) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.inject("create_request", Fault.http(502, after_effect=True))
+            await app.feed(message_update(10, "second"))
+            await finish(app, 2, timeout=3)
+            chatinfo.inject("create_request", Fault.disconnect())  # nothing spent
+            await app.feed(message_update(11, "third"))
+            await finish(app, 3, timeout=15)
+            second, third = (await endings(app))[1:]
+            reconciled = dict(app.runner.reconciled)
+
+    assert second.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME])
+    assert third.text == ANSWER_PREFIX + "third"
+    assert [len(chatinfo.created_for(text)) for text in ("second", "third")] == [1, 1]
+    assert chatinfo.calls["create_request"] == 4 and chatinfo.units == 997
+    assert reconciled == {"spent": 1, "unspent": 1}

@@ -356,8 +356,7 @@ class JobRunner:
             await self._show_failure(job, Failure(job.error or Failure.UNKNOWN_OUTCOME))
             return
         if job.state is JobState.NEW:
-            self._view.watch(job)
-            job = await self._create(job)
+            job = await self._send(job)
         if job.state is JobState.PENDING:
             if outcome is None:
                 if self._late(job) and time.time() < self._late_deadline(job):
@@ -367,6 +366,16 @@ class JobRunner:
             job = await self._conclude(job, outcome)
         if job.state is JobState.ANSWERED:
             await self._deliver(job)
+
+    async def _send(self, job: Job) -> Job:
+        """Through the create queue; "working" on the placeholder once it is sent."""
+        self._view.watch(job)
+        self._view.sending(job.id)
+        try:
+            job = await self._create(job)
+        finally:
+            self._view.sent(job)
+        return job
 
     async def _create(self, job: Job) -> Job:
         """Send create_request when the queue says so. A 429 spent nothing, so the job waits
@@ -389,7 +398,7 @@ class JobRunner:
             step.add_done_callback(partial(self._creating.pop, job.id))
             step.add_done_callback(lambda _: self._create_settled.set())
             again = await asyncio.shield(step)
-            if job.id in self._settling:
+            if job.id in self._settling or job.id in self._verdicts:  # decided at once, or not
                 again = await self._settle(job)
             job = await self._reload(job)
             if not again:
@@ -442,8 +451,11 @@ class JobRunner:
             await self._tell(job, Failure.UNREACHABLE, str(error))
         elif not error.answered:  # the server may still be working on it
             self._settling[job.id] = time.time() + self._policy.create_settles_after
-            log.info("job %s: create_request failed (%s); the balance settles it later",
+            log.info("job %s: create_request failed (%s); the balance settles it",
                      job.id, error, extra=job_event(job, "settling"))
+            # A debit already in the balance decides it now; an unchanged balance decides
+            # nothing before the server is surely done (a late debit may still come).
+            await self._join_check(job)
         elif await self._spent_nothing(job):
             await self._requeue_unspent(job, error)
             return True
@@ -459,7 +471,8 @@ class JobRunner:
     async def _settle(self, job: Job) -> bool:
         """Once the server has surely finished the job's failed create, let the balance
         tell whether it spent a unit: sent again if not (True), else the user is told."""
-        await self._view.settling(job)
+        if job.id not in self._verdicts:  # not decided at once
+            await self._view.settling(job)
         settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
         while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
             self._verdict_given.clear()
@@ -481,19 +494,26 @@ class JobRunner:
         again costs nothing new); anything else, a top-up or another program on the key
         included, is taken as spent, never risking a second unit.
         """
+        await self._join_check(job)
+        return self._verdicts.pop(job.id)
+
+    async def _join_check(self, job: Job) -> None:
+        """Have the job's failed create counted in a balance check: the one under way if it
+        has not read the balance yet, else the next."""
         self._ambiguous.add(job.id)
         self._create_settled.set()
         async with self._reconciling:
-            if job.id not in self._verdicts:  # not decided with an earlier batch
+            if job.id in self._ambiguous:  # not counted in an earlier check
                 await self._check_balance()
-            return self._verdicts.pop(job.id)
 
     async def _check_balance(self) -> None:
         """Decide every failed create that can be, against one fresh balance: those failed
         in flight (`_ambiguous`) and those whose server has surely finished (`_settling`).
 
-        The creates still settling are decided too when the balance moved otherwise than
-        expected: their debit may be in it, so a later check could not see it.
+        A create failed in flight whose server may still be finishing it (it is settling)
+        is decided only by a debit: with the balance unchanged it waits for its time.
+        Creates still settling are decided too when the balance moved: their debit may be
+        in it, so a later check could not see it (one less per create: all spent).
         """
         self.queue.pause()
         try:
@@ -509,7 +529,8 @@ class JobRunner:
                     break  # nothing joined meanwhile; else wait for it, and its grace, too
             self._ambiguous.clear()
             now = time.time()
-            batch = in_flight | {job for job, at in self._settling.items() if at <= now}
+            settled = {job for job, at in self._settling.items() if at <= now}
+            batch = (in_flight - set(self._settling)) | settled
             expected = (None if self._anchor is None
                         else self._anchor - self._acked_since_anchor)
             read_at = time.time()
@@ -519,15 +540,17 @@ class JobRunner:
                 batch |= set(self._settling)
             spent = expected is not None and actual == expected - len(batch)
             verdict = "unspent" if unspent else "spent" if spent else "assumed_spent"
-            log.info("balance check for %d failed create(s): expected %s, found %s: %s",
-                     len(batch), expected, actual, verdict)
+            log.info("balance check for %d failed create(s): expected %s, found %s, %d left "
+                     "settling: %s", len(batch), expected, actual,
+                     len(self._settling) - len(batch & set(self._settling)), verdict)
             for job_id in batch:
                 self._settling.pop(job_id, None)
             if not unspent:
                 await self._end_unknown(batch)
             await self._keep_anchor(actual, read_at)
             self._verdicts.update(dict.fromkeys(batch, unspent))
-            self.reconciled[verdict] += len(batch)
+            if batch:  # none when only creates left settling were looked at
+                self.reconciled[verdict] += len(batch)
             self._verdict_given.set()
         finally:
             self.queue.resume()

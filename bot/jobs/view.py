@@ -30,10 +30,11 @@ from bot.telegram.wording import (
     duration_text,
     placeholder_text,
     queue_text,
+    sending_text,
     settling_text,
     waiting_text,
 )
-from storage.jobs import Job
+from storage.jobs import Job, JobState
 from storage.quotas import QuotaRepo
 
 Keyboard = InlineKeyboardMarkup | None
@@ -51,6 +52,10 @@ class JobView:
         self._i18n = i18n
         self._max_wait = max_wait
         self._late_wait = late_wait
+        self._unsent: set[int] = set()  # going through the create queue: not "working" yet
+        # Placeholders showing the queue (or a check of a failed create): once the request
+        # is sent, they switch to "working" at once, not at their next progress edit.
+        self._unsent_shown: set[int] = set()
 
     # --- while the job waits -----------------------------------------------------------
 
@@ -65,6 +70,18 @@ class JobView:
         """"typing…" and the waiting time on the placeholder, until `forget`."""
         self._indicators.watch(job)
 
+    def sending(self, job_id: int) -> None:
+        """The job goes through the create queue: its placeholder says where it is."""
+        self._unsent.add(job_id)
+
+    def sent(self, job: Job) -> None:
+        """create_request is over; a placeholder that showed the queue (or a check) says
+        "working" at the next tick, not at its next due edit."""
+        self._unsent.discard(job.id)
+        if job.id in self._unsent_shown and job.state is JobState.PENDING:
+            self._indicators.hurry(job.id)
+        self._unsent_shown.discard(job.id)
+
     async def forget(self, job_id: int) -> None:
         """No more waiting signals for the job; none lands after this."""
         await self._indicators.forget(job_id)
@@ -74,28 +91,41 @@ class JobView:
         ahead = self._queue.ahead_of_new(job.user_id)
         seconds = self._queue.eta(ahead)
         if not ahead and seconds < 1 and not self._queue.held:
-            return  # sent at once: "working on it" is the truth
+            return  # sent at once: the first text is still true
         with self._locale(job.locale):
             text = queue_text(ahead, seconds, held=self._queue.held)
+        self._unsent_shown.add(job.id)
         await self._delivery.progress(job.chat_id, job.placeholder_id, text)
 
     def progress_text(self, job_id: int, locale: str, seconds: float, *,
                       settling: bool) -> str:
-        """The placeholder while the job waits: its place in the queue until it is sent;
-        `settling`: its failed create waits for the balance to tell whether it counted."""
-        ahead = self._queue.ahead(job_id)
-        wait = self._queue.eta(ahead or 0)
+        """The placeholder while the job waits: where its request is until create_request
+        succeeded, then how long it has been worked on. `settling`: its failed create waits
+        for the balance to tell whether it counted."""
         with self._locale(locale):
-            if settling:
-                return settling_text()
-            if ahead is None or (not ahead and wait < 1 and not self._queue.held):
-                return waiting_text(seconds)  # sent, or about to be
-            return queue_text(ahead, wait, held=self._queue.held)
+            if (text := self._unsent_text(job_id, settling)) is None:
+                return waiting_text(seconds)
+        self._unsent_shown.add(job_id)
+        return text
+
+    def _unsent_text(self, job_id: int, settling: bool) -> str | None:
+        if settling:
+            return settling_text()
+        if job_id not in self._unsent:
+            return None
+        ahead = self._queue.ahead(job_id)
+        if ahead is None:
+            return sending_text()  # its create_request is on its way
+        wait = self._queue.eta(ahead)
+        if not ahead and wait < 1 and not self._queue.held:
+            return sending_text()  # about to be sent
+        return queue_text(ahead, wait, held=self._queue.held)
 
     async def settling(self, job: Job) -> None:
         """The service did not confirm the request, and the balance is being checked."""
         if job.placeholder_id is None and not job.inline:
             return
+        self._unsent_shown.add(job.id)
         with self._locale(job.locale):
             text = settling_text()
         with suppress(TelegramAPIError):  # best effort: the outcome is shown either way

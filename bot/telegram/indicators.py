@@ -91,6 +91,14 @@ class WaitingIndicators(Worker):
             # of the caller still goes through.
             await asyncio.wait({self._editing[1]})
 
+    def hurry(self, job_id: int) -> None:
+        """Show the job's progress at the next tick (its stage changed), not at its due."""
+        if (watched := self._jobs.get(job_id)) is None:
+            return
+        now = time.time()
+        self._jobs[job_id] = watched._replace(due=now)
+        heapq.heappush(self._due, (now, job_id))
+
     async def _serve(self) -> None:
         while True:
             if not self._jobs:

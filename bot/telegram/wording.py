@@ -24,7 +24,13 @@ def duration_text(seconds: float) -> str:
 
 
 def placeholder_text() -> str:
-    return _("⏳ Working on it…")
+    """The first text of a placeholder: true whether the request waits or is sent at once
+    (it says which at the next edit, and "working" only once it was acknowledged)."""
+    return _("⏳ Got it, one moment…")
+
+
+def sending_text() -> str:
+    return _("⏳ Sending your request…")
 
 
 def settling_text() -> str:
