@@ -41,13 +41,14 @@ from storage.conversations import ConversationRepo
 from storage.db import open_database
 from storage.users import UserRepo
 from tests.benchmarks.load import (
+    add_load_arguments,
     percentile,
     plan_messages,
     seed_history,
     user_modes,
 )
 from tests.benchmarks.upstream import UpstreamProcess
-from tests.botprocess import BotProcess
+from tests.botprocess import STARTUP_TIMEOUT, BotProcess
 from tests.fakes.telegram_api import FakeTelegramAPI, message_update
 
 WEBHOOK_URL = "https://bench.example.test/telegram/updates"
@@ -134,7 +135,7 @@ async def prepare_database(args: argparse.Namespace, path: Path) -> None:
     await db.close()
 
 
-async def wait_healthy(bot: BotProcess, timeout: float = 60.0) -> None:
+async def wait_healthy(bot: BotProcess, timeout: float = STARTUP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -292,13 +293,7 @@ def runs(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=25.0, help="messages per second")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of sending")
-    parser.add_argument("--drain", type=float, default=150.0,
-                        help="seconds to wait for answers after sending stops")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--noise", type=float, default=0.9,
-                        help="log-normal spread of solve times around their mode's line")
+    add_load_arguments(parser, noise=0.9)
     parser.add_argument("--history", type=int, default=0,
                         help="answered jobs in the database before the start (0: cold)")
     parser.add_argument("--history-noise", type=float, default=0.1,

@@ -296,15 +296,20 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_load_arguments(parser: argparse.ArgumentParser, *, noise: float) -> None:
+    """The load every benchmark variant shares: rate, duration, drain, seed, spread."""
     parser.add_argument("--rate", type=float, default=25.0, help="messages per second")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of sending")
     parser.add_argument("--drain", type=float, default=150.0,
                         help="seconds to wait for answers after sending stops")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--noise", type=float, default=NOISE_SIGMA,
+    parser.add_argument("--noise", type=float, default=noise,
                         help="log-normal spread of solve times around their mode's line")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser, noise=NOISE_SIGMA)
     parser.add_argument("--history", type=int, default=2000,
                         help="answered jobs the bot has from before (0: a cold start)")
     parser.add_argument("--only", choices=("ours", "baseline"), help="run one variant")
