@@ -191,7 +191,7 @@ class ChatinfoClient:
         limiter = self.limiters[endpoint]
         if limiter.rate_limited():
             log.warning("chatinfo %s: 429s below our limit; now %d calls a window instead of "
-                        "%d, climbing back while no 429 comes", endpoint, limiter.limit,
+                        "%d, climbing back while 429s stay rare", endpoint, limiter.limit,
                         limiter.configured)
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], *, sent_is_safe: bool) -> Any:
@@ -207,6 +207,8 @@ class ChatinfoClient:
             raise UpstreamUnavailable(f"{endpoint}: {type(error).__name__}",
                                       maybe_spent=not sent_is_safe) from None
         elapsed = self._observe(endpoint, response.status_code, started)
+        if response.status_code != 429:
+            self.limiters[endpoint].answered()  # 429s are counted where they are learned
         log.debug("chatinfo %s -> %d in %.3fs", endpoint, response.status_code, elapsed)
         return _interpret(endpoint, response, maybe_spent=not sent_is_safe)
 
