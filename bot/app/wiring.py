@@ -183,7 +183,7 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
 
     scheduler = PollScheduler(upstream.poll, upstream.budget(POLL), solve_times, policy.timing,
                               settled=settled)
-    queue = FairQueue(upstream.budget(CREATE))
+    queue = FairQueue(upstream.budget(CREATE), policy.creates_in_flight)
     indicators = WaitingIndicators(bot, delivery, policy.progress_every, progress_text)
     view = JobView(bot, delivery, indicators, queue, quotas, i18n, max_wait=policy.max_wait,
                    late_wait=policy.late_wait)

@@ -24,6 +24,7 @@ from aiogram.exceptions import (
 
 from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
+from bot.jobs.balance_ledger import BalanceLedger, Verdict
 from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure
 from bot.jobs.poll_scheduler import (
@@ -71,6 +72,10 @@ class RunnerPolicy:
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
     create_settles_after: float = 60.0
+    # create_request calls out at once: enough for the API's 1500 a minute at 0.6 s a
+    # call, few enough that a crash or a burst of failures leaves few for the balance to
+    # tell apart.
+    creates_in_flight: int = 16
     # A step that raises (a bug, the database) is tried again after 1, 2, 4, 8 s; the
     # fifth failure ends the job, and its user is told.
     step_attempts: int = 5
@@ -109,11 +114,9 @@ class JobRunner:
         self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
         self._reconciling = asyncio.Lock()
         self._create_settled = asyncio.Event()  # a create step ended or awaits a check
-        # The balance read while no create was in flight, and the creates acknowledged
-        # since: together, what the balance must be if only those spent units. (A balance
-        # a create reports is no anchor: a concurrent create may be counted in it.)
-        self._anchor: int | None = None
-        self._acked_since_anchor = 0
+        # The balances seen (read, and reported by creates), which tell the failed creates
+        # that spent a unit from those that did not.
+        self._ledger = BalanceLedger()
         self._job_left = asyncio.Event()
 
     @property
@@ -177,7 +180,6 @@ class JobRunner:
         """The balance read while no create was in flight: the anchor of the next check,
         kept in the database for the next start. Jobs it settles as spent must be stored
         so first: past the anchor, their debit is no longer seen."""
-        self._anchor, self._acked_since_anchor = actual, 0
         await self._jobs.set_balance_anchor(actual, read_at)
         if actual is not None:
             await self._upstream.observe(actual)
@@ -201,6 +203,9 @@ class JobRunner:
             expected = await self._jobs.balance_reported_before(min(stuck.values()))
         read_at = time.time()
         actual = await self._read_balance()
+        read_end = time.time()
+        if actual is not None:
+            self._ledger.read(actual, read_at, read_end)
         unspent = actual is not None and actual == expected
         if stuck and not unspent:
             verdict = ("spent" if expected is not None and actual == expected - len(stuck)
@@ -216,6 +221,8 @@ class JobRunner:
             settles_at = sent_at + self._policy.create_settles_after
             if settles_at > time.time():
                 self._settling[job_id] = settles_at
+                # Nothing of theirs was debited by the read: any debit comes after it.
+                self._ledger.failed(job_id, read_end, settles_at)
                 continue
             await self._jobs.requeue(job_id)
             self.reconciled["unspent"] += 1
@@ -412,6 +419,7 @@ class JobRunner:
         try:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
             await self._jobs.mark_creating(job.id)
+            sent = time.time()
             created = await self._upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited as error:
@@ -422,7 +430,7 @@ class JobRunner:
                      extra=job_event(job, "rate_limited"))
             await self._upstream.learn(error)
         except UpstreamUnavailable as error:
-            again = await self._after_unavailable(job, error)
+            again = await self._after_unavailable(job, error, sent)
         except NotEnoughUnits as error:
             await self._upstream.learn(error)
             await self._tell(job, Failure.NO_UNITS, str(error))
@@ -432,7 +440,7 @@ class JobRunner:
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
-            self._acked_since_anchor += 1
+            self._ledger.created(created.units, sent, time.time())
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
@@ -443,24 +451,29 @@ class JobRunner:
                 self.queue.sent(job.id, rate_limited=False)
         return again
 
-    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable) -> bool:
+    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable,
+                                 sent: float) -> bool:
         """Whether the failed create surely spent nothing and is queued again now.
 
         Not idempotent: a create that reached the server may have spent a unit."""
         if not error.maybe_spent:
             await self._tell(job, Failure.UNREACHABLE, str(error))
-        elif not error.answered:  # the server may still be working on it
-            self._settling[job.id] = time.time() + self._policy.create_settles_after
+            return False
+        if not error.answered:  # the server may still be working on it
+            settles_at = time.time() + self._policy.create_settles_after
+            self._settling[job.id] = settles_at
+            self._ledger.failed(job.id, sent, settles_at)
             log.info("job %s: create_request failed (%s); the balance settles it",
                      job.id, error, extra=job_event(job, "settling"))
             # A debit already in the balance decides it now; an unchanged balance decides
             # nothing before the server is surely done (a late debit may still come).
             await self._join_check(job)
-        elif await self._spent_nothing(job):
+            return False
+        self._ledger.failed(job.id, sent, time.time())  # the server was done when it replied
+        if await self._spent_nothing(job):
             await self._requeue_unspent(job, error)
             return True
-        else:
-            await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+        await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
         return False
 
     async def _requeue_unspent(self, job: Job, error: object) -> None:
@@ -507,14 +520,10 @@ class JobRunner:
                 await self._check_balance()
 
     async def _check_balance(self) -> None:
-        """Decide every failed create that can be, against one fresh balance: those failed
-        in flight (`_ambiguous`) and those whose server has surely finished (`_settling`).
-
-        A create failed in flight whose server may still be finishing it (it is settling)
-        is decided only by a debit: with the balance unchanged it waits for its time.
-        Creates still settling are decided too when the balance moved: their debit may be
-        in it, so a later check could not see it (one less per create: all spent).
-        """
+        """Read the balance while no other create is in flight, and decide every failed
+        create the balances seen can settle (`BalanceLedger`): those failed in flight
+        (`_ambiguous`), and those the server may have been finishing (`_settling`) once
+        it surely has, or at once if their debit shows."""
         self.queue.pause()
         try:
             while True:
@@ -528,29 +537,21 @@ class JobRunner:
                 if self._ambiguous == in_flight and self.queue.outstanding == len(in_flight):
                     break  # nothing joined meanwhile; else wait for it, and its grace, too
             self._ambiguous.clear()
-            now = time.time()
-            settled = {job for job, at in self._settling.items() if at <= now}
-            batch = (in_flight - set(self._settling)) | settled
-            expected = (None if self._anchor is None
-                        else self._anchor - self._acked_since_anchor)
             read_at = time.time()
             actual = await self._read_balance()
-            unspent = actual is not None and actual == expected
-            if not unspent:
-                batch |= set(self._settling)
-            spent = expected is not None and actual == expected - len(batch)
-            verdict = "unspent" if unspent else "spent" if spent else "assumed_spent"
-            log.info("balance check for %d failed create(s): expected %s, found %s, %d left "
-                     "settling: %s", len(batch), expected, actual,
-                     len(self._settling) - len(batch & set(self._settling)), verdict)
-            for job_id in batch:
+            if actual is None:
+                verdicts = self._ledger.give_up(time.time())
+            else:
+                self._ledger.read(actual, read_at, time.time())
+                verdicts = self._ledger.decide()
+            for job_id in verdicts:
                 self._settling.pop(job_id, None)
-            if not unspent:
-                await self._end_unknown(batch)
+            log.info("balance check: found %s; %s; %d left settling", actual,
+                     dict(Counter(verdicts.values())) or "nothing to decide", len(self._settling))
+            await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
             await self._keep_anchor(actual, read_at)
-            self._verdicts.update(dict.fromkeys(batch, unspent))
-            if batch:  # none when only creates left settling were looked at
-                self.reconciled[verdict] += len(batch)
+            self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
+            self.reconciled.update(verdicts.values())
             self._verdict_given.set()
         finally:
             self.queue.resume()
