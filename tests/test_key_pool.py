@@ -1,0 +1,231 @@
+"""A pool of API keys (CHATINFO_API_KEYS): which key a request goes to, a job keeps its
+key across a restart, a key running dry mid-load, and /units per key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiogram.methods import EditMessageText, SendMessage
+
+from bot.jobs.failures import Failure
+from bot.upstream.account import Upstream
+from bot.upstream.client import AccessDenied, ChatinfoClient, key_fingerprint
+from bot.upstream.pool import UpstreamPool
+from bot.upstream.sandbox import NOT_PRESTIGE, FakeChatinfo
+from storage.jobs import JobState
+from tests.fakes.telegram_api import message_update
+from tests.harness import App, AppFactory, asked, wait_until
+
+ADMIN = 900
+A, B = "key-a", "key-b"
+FP_A, FP_B = key_fingerprint(A), key_fingerprint(B)
+OUT_OF_UNITS = ("😔 The bot has run out of capacity for now. Your request was not sent, so "
+                "nothing was counted. Please try again later.")
+
+
+@pytest.fixture
+async def chatinfo() -> AsyncIterator[FakeChatinfo]:
+    """Two keys, each its own account (make_app's server)."""
+    async with FakeChatinfo({A: "prestige", B: "prestige"}, key_units={A: 100, B: 100},
+                            solve_time=0.1) as server:
+        yield server
+
+
+async def pooled(make_app: AppFactory, keys: str = f"{A},{B}", **settings: Any) -> App:
+    """The app with the pool `keys` (the first one is also CHATINFO_API_KEY, as an
+    operator moving to a pool would leave it), its balances read as at a start."""
+    app = await make_app(key=keys.partition(",")[0], chatinfo_api_keys=keys, **settings)
+    await app.application.pool.refresh()
+    return app
+
+
+def texts(app: App, to: int) -> list[str]:
+    return [m.text for m in app.sent(SendMessage) if m.chat_id == to]
+
+
+def keys_used(app: App) -> list[str]:
+    return [request.key for request in app.chatinfo.requests]
+
+
+class Alerts:
+    """Counts the alerts (their texts need an i18n context, which this test has not)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, text: Any) -> None:
+        self.sent += 1
+
+
+# --- which key a new request goes to ---------------------------------------------------------
+
+async def test_a_pool_picks_the_key_with_room_then_the_most_units() -> None:
+    alerts = Alerts()
+    keys = [Upstream(ChatinfoClient("http://127.0.0.1:1", key), alerts, 10, name=key)
+            for key in ("one", "two", "three")]
+    pool = UpstreamPool(keys)
+    one, two, three = keys
+    try:
+        for key, units in zip(keys, (50, 80, 70), strict=True):
+            await key.observe(units)
+        room = dict.fromkeys(keys, 0.0)
+        in_flight = dict.fromkeys(keys, 0)
+
+        assert pool.choose(room.__getitem__, in_flight.__getitem__) is two  # most units
+        in_flight[two] = 20  # its queued requests count as spent: 60 left
+        assert pool.choose(room.__getitem__, in_flight.__getitem__) is three
+        room[three] = 1.5  # its create budget is used up for now
+        assert pool.choose(room.__getitem__, in_flight.__getitem__) is two
+        await two.learn(AccessDenied("create_request: forbidden (403)", NOT_PRESTIGE))
+        assert pool.choose(room.__getitem__, in_flight.__getitem__) is one
+        await one.observe(0)  # spent: no new requests
+        assert pool.choose(room.__getitem__, in_flight.__getitem__) is three  # waits
+        assert not pool.exhausted and pool.others_usable(one)
+        await three.observe(0)
+        assert pool.exhausted  # every key is spent or refused: users are told
+        assert pool.find(key_fingerprint("two")) is two and pool.find("00000000") is None
+    finally:
+        await pool.close()
+
+
+async def test_requests_alternate_so_the_balances_drain_evenly(make_app: AppFactory) -> None:
+    app = await pooled(make_app)
+    app.chatinfo.key_units[A] = 104  # key A has 4 more: it takes the first ones
+    for user in range(1, 11):
+        await app.feed(message_update(user, f"question {user}"))
+    await app.settle()
+
+    assert len(app.sent(EditMessageText)) >= 10
+    assert keys_used(app)[:2] == [A, A]
+    assert app.chatinfo.key_units == {A: 97, B: 97}
+    assert {job.upstream_key for job in await app.jobs.recent(1, 1)} <= {FP_A, FP_B}
+
+
+async def test_a_key_whose_create_budget_is_used_up_leaves_the_next_to_another(
+        make_app: AppFactory) -> None:
+    app = await pooled(make_app, client_options={"create_per_min": 2, "window": 3600.0})
+    app.chatinfo.key_units[B] = 50  # A has more units, but room for two creates only
+    for user in range(1, 4):
+        await app.feed(message_update(user, f"question {user}"))
+    await app.settle()
+
+    assert sorted(keys_used(app)) == [A, A, B]
+    assert app.chatinfo.generated_429s() == 0
+
+
+# --- a key running dry ---------------------------------------------------------------------
+
+async def test_a_key_running_dry_mid_load_leaves_the_rest_to_the_others(
+        make_app: AppFactory) -> None:
+    app = await pooled(make_app, admin_ids=str(ADMIN), low_units_threshold=0)
+    app.chatinfo.key_units[A] = 3
+    app.chatinfo.key_units[B] = 3
+    await app.application.pool.refresh()
+    app.chatinfo.key_units[A] = 1  # spent elsewhere meanwhile: the bot learns it mid-load
+    for user in range(1, 5):
+        await app.feed(message_update(user, f"question {user}"))
+    await app.settle()
+
+    answers = sorted(asked(e.text.removeprefix("[chat] ")) for e in app.sent(EditMessageText)
+                     if e.text.startswith("[chat]"))
+    assert answers == [f"question {n}" for n in range(1, 5)]  # nobody turned away
+    assert app.chatinfo.key_units == {A: 0, B: 0}
+    assert texts(app, to=ADMIN) == [
+        f"🔑 Key #1 ({FP_A}): 🛑 Its unit balance is exhausted. New requests go to the "
+        "other keys; once every key is empty, users are told the service is out of "
+        "capacity.",
+        f"🔑 Key #2 ({FP_B}): 🛑 Its unit balance is exhausted. New requests go to the "
+        "other keys; once every key is empty, users are told the service is out of "
+        "capacity."]
+
+    await app.feed(message_update(5, "one more"))  # every key is empty now
+    await app.settle()
+    assert texts(app, to=5)[-1] == OUT_OF_UNITS
+    assert len(texts(app, to=ADMIN)) == 2  # told once per key
+
+
+async def test_a_refused_key_is_left_out_and_the_admins_told_once(make_app: AppFactory) -> None:
+    app = await pooled(make_app, admin_ids=str(ADMIN), low_units_threshold=0)
+    app.chatinfo.key_units[B] = 50  # A would be chosen first
+    app.chatinfo.keys[A] = "free"
+    for user in range(1, 4):
+        await app.feed(message_update(user, f"question {user}"))
+    await app.settle()
+
+    assert keys_used(app) == [B, B, B]
+    assert texts(app, to=ADMIN) == [
+        f"🔑 Key #1 ({FP_A}): 🛑 The API refused it: the API needs the Prestige tariff and "
+        "ours is “Бесплатный”. New requests go to the other keys; once none works, users "
+        "are told the service is unavailable."]
+
+
+# --- a job keeps its key -------------------------------------------------------------------
+
+async def sent_and_stopped(make_app: AppFactory) -> tuple[App, int]:
+    """A job sent with key B (more units), its answer not yet there, and a deploy."""
+    first = await pooled(make_app)
+    first.chatinfo.key_units[A] = 50
+    await first.application.pool.refresh()
+    first.chatinfo.solve_time = 1.0
+    await first.feed(message_update(7, "slow question"))
+    await wait_until(lambda: bool(first.runner.lanes[FP_B].scheduler.pending), timeout=5,
+                     what="the job is pending upstream with key B")
+    await first.runner.stop()
+    [job] = await first.jobs.recent(7, 1)
+    assert (job.state, job.upstream_key) == (JobState.PENDING, FP_B)
+    return first, job.id
+
+
+async def test_a_job_is_polled_with_its_own_key_after_a_restart(make_app: AppFactory) -> None:
+    first, job_id = await sent_and_stopped(make_app)
+    first.chatinfo.key_units[B] = 10  # A has more units now: new requests would go there
+
+    second = await pooled(make_app)
+    assert await second.runner.resume() == 1
+    await second.settle()
+
+    # The fake answers an id only to the key that created it: polled with B, not the primary.
+    assert second.sent(EditMessageText)[-1].text == "[chat] slow question"
+    job = await second.jobs.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERED
+    assert second.chatinfo.calls["create_request"] == 1
+
+
+async def test_a_job_whose_key_was_removed_is_ended_honestly(make_app: AppFactory) -> None:
+    first, job_id = await sent_and_stopped(make_app)
+    polls = first.chatinfo.calls["get_response"]
+
+    second = await pooled(make_app, keys=A)  # the operator dropped key B
+    await second.runner.resume()
+    await second.settle()
+
+    job = await second.jobs.get(job_id)
+    assert job is not None
+    assert (job.state, job.error) == (JobState.UNKNOWN, Failure.KEY_REMOVED)
+    assert second.sent(EditMessageText)[-1].text == (
+        "⚠️ This request was sent with an API key the bot no longer uses, so its answer "
+        "cannot be fetched. It was counted; tap the button to send it again.")
+    assert second.chatinfo.calls["get_response"] == polls  # not polled with another key
+
+
+# --- /units ------------------------------------------------------------------------------
+
+async def test_units_shows_each_key_and_the_total(make_app: AppFactory) -> None:
+    app = await pooled(make_app, admin_ids=str(ADMIN))
+    app.chatinfo.key_units[B] = 41
+    await app.application.pool.refresh()
+    await app.feed(message_update(3, "question"))  # to A, which has more units
+    await app.settle()
+    app.chatinfo.keys[B] = "free"
+
+    await app.feed(message_update(ADMIN, "/units"))
+
+    lines = texts(app, to=ADMIN)[-1].splitlines()
+    assert lines[:3] == [
+        f"🔑 #1 ({FP_A}): 99 units · spent today: 1 · taking requests",
+        f"🔑 #2 ({FP_B}): 41 units · spent today: 0 · refused: the API needs the Prestige "
+        "tariff and ours is “Бесплатный”",
+        "💰 Total: 140 units"]
+    assert "Spent today: 1 · last 7 days: 1" in lines
