@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from aiogram.methods import EditMessageText, SendMessage
 
+from bot.app.run import secrets_of
+from bot.config import Settings
 from bot.jobs.failures import Failure
 from bot.upstream.account import Upstream
 from bot.upstream.client import AccessDenied, ChatinfoClient, key_fingerprint
@@ -229,3 +231,10 @@ async def test_units_shows_each_key_and_the_total(make_app: AppFactory) -> None:
         "tariff and ours is “Бесплатный”",
         "💰 Total: 140 units"]
     assert "Spent today: 1 · last 7 days: 1" in lines
+
+
+def test_every_key_of_the_pool_is_kept_out_of_the_logs() -> None:
+    settings = Settings(bot_token="1:T", chatinfo_api_key="", chatinfo_api_keys="k-one, k-two")
+
+    assert settings.api_keys == ("k-one", "k-two")
+    assert {"k-one", "k-two"} <= set(secrets_of(settings))
