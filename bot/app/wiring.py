@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +83,16 @@ def make_client(settings: Settings, observer: AttemptObserver | None = None,
 
 
 def make_pool(settings: Settings, alerts: AdminAlerts, upstream_calls: UpstreamCalls, *,
-              client: ChatinfoClient | None = None,
+              client: ChatinfoClient | Sequence[ChatinfoClient] | None = None,
               client_options: Mapping[str, Any] | None = None) -> UpstreamPool:
-    """One `Upstream` per configured key (or for `client`, one built elsewhere); with
-    several, the alerts name each "#n (fingerprint)", and the metrics label its calls."""
+    """One `Upstream` per configured key (or per `client`, built elsewhere); with several,
+    the alerts name each "#n (fingerprint)", and the metrics label its calls."""
     if client is not None:
-        return UpstreamPool([Upstream(client, alerts, settings.low_units_threshold)])
+        clients = [client] if isinstance(client, ChatinfoClient) else list(client)
+        return UpstreamPool([
+            Upstream(made, alerts, settings.low_units_threshold,
+                     name=f"#{number} ({made.fingerprint})" if len(clients) > 1 else None)
+            for number, made in enumerate(clients, start=1)])
     keys = settings.api_keys
     upstreams = []
     for number, key in enumerate(keys, start=1):
@@ -116,7 +120,8 @@ class Application:
 
 def make_application(
     bot: Bot, db: Database, i18n: I18n, settings: Settings, *,
-    client: ChatinfoClient | None = None, client_options: Mapping[str, Any] | None = None,
+    client: ChatinfoClient | Sequence[ChatinfoClient] | None = None,
+    client_options: Mapping[str, Any] | None = None,
     policy: RunnerPolicy | None = None, sandbox: bool = False,
 ) -> Application:
     """Every object of the bot, each built once, here.

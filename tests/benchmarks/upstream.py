@@ -46,10 +46,19 @@ class Record:
     created_at: float
 
 
-def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
+def bench_keys(count: int) -> list[str]:
+    """The benchmark's API keys: bench-key, then bench-key-2 and on for a pool."""
+    return ["bench-key", *(f"bench-key-{n}" for n in range(2, count + 1))]
+
+
+def _serve(seed: int, noise: float, scale: float, limits: dict[str, int], keys: int,
            conn: Connection) -> None:
     async def main() -> None:
-        server = FakeChatinfo(keys={"bench-key": "prestige"}, units=10**9, limits=limits,
+        names = bench_keys(keys)
+        # A pool's keys are accounts of their own: a balance and rate windows each.
+        server = FakeChatinfo(keys=dict.fromkeys(names, "prestige"), units=10**9,
+                              key_units=dict.fromkeys(names, 10**9) if keys > 1 else None,
+                              limits=limits,
                               solve_time=lambda mode, content: solve_seconds(
                                   seed, mode, content, noise, scale))
         conn.send(await server.start())
@@ -66,10 +75,10 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
 
 class UpstreamProcess:
     def __init__(self, seed: int, noise: float = NOISE_SIGMA, scale: float = 1.0,
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, keys: int = 1) -> None:
         self._conn, child = multiprocessing.Pipe()
         self._process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(seed, noise, scale, limits or {}, child), daemon=True)
+            target=_serve, args=(seed, noise, scale, limits or {}, keys, child), daemon=True)
 
     def start(self) -> str:
         self._process.start()
