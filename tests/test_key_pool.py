@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiogram.methods import EditMessageText, SendMessage
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app.run import secrets_of
 from bot.config import Settings
@@ -238,3 +239,30 @@ def test_every_key_of_the_pool_is_kept_out_of_the_logs() -> None:
 
     assert settings.api_keys == ("k-one", "k-two")
     assert {"k-one", "k-two"} <= set(secrets_of(settings))
+
+
+async def test_metrics_label_each_keys_series_by_its_fingerprint(make_app: AppFactory) -> None:
+    app = await pooled(make_app)
+    app.chatinfo.key_units[B] = 50
+    await app.application.pool.refresh()
+    await app.feed(message_update(3, "question"))  # to A
+    await app.settle()
+
+    samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    page = (await app.application.metrics.render()).decode()
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+
+    def value(name: str, **labels: str) -> float:
+        return samples[name][frozenset(labels.items())]
+
+    assert value("chatinfo_bot_units_balance", key=FP_A) == 99
+    assert value("chatinfo_bot_units_balance", key=FP_B) == 50
+    assert value("chatinfo_bot_upstream_requests_total", key=FP_A, endpoint="create_request",
+                 status="200") == 1
+    assert value("chatinfo_bot_upstream_rate_limited_total", key=FP_B,
+                 endpoint="create_request") == 0
+    assert value("chatinfo_bot_rate_limit_used", key=FP_A, endpoint="create_request") == 1
+    assert value("chatinfo_bot_rate_limit_used", key=FP_B, endpoint="create_request") == 0
+    assert A not in page and B not in page

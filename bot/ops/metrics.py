@@ -59,6 +59,7 @@ from storage.job_stats import BucketCounts, JobStats, JobStatsReader
 
 if TYPE_CHECKING:
     from bot.jobs.runner import JobRunner
+    from bot.upstream.account import Upstream
     from bot.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -140,30 +141,33 @@ class StateCollector:
         if self._jobs is not None:
             yield from _job_families(self._jobs)
 
-    def _key_labels(self) -> list[str]:
-        """With a pool of keys, each key's series is labelled by its fingerprint."""
-        return ["key"] if self._upstream.pooled else []
+    def _keys(self) -> tuple[list[str], list[tuple[list[str], Upstream]]]:
+        """The key label, and each key's value of it: with a pool of keys, each key's
+        series is labelled by its fingerprint; a single key's are not labelled."""
+        if not self._upstream.pooled:
+            return [], [([], self._upstream.primary)]
+        return ["key"], [([key.fingerprint], key) for key in self._upstream.keys]
 
     def _balances(self) -> Iterable[Metric]:
+        names, keys = self._keys()
         balance = GaugeMetricFamily(f"{PREFIX}_units_balance",
                                     "The API unit balance last reported by chatinfo.",
-                                    labels=self._key_labels())
-        for key in self._upstream.keys:
+                                    labels=names)
+        for labels, key in keys:
             if key.balance is not None:
-                balance.add_metric([key.fingerprint][:len(self._key_labels())], key.balance)
+                balance.add_metric(labels, key.balance)
         if balance.samples:
             yield balance
 
     def _limits(self) -> Iterable[Metric]:
-        keyed = self._key_labels()
+        names, keys = self._keys()
         used = GaugeMetricFamily(
             f"{PREFIX}_rate_limit_used",
             "Calls made in the current 60-second window, per chatinfo endpoint "
-            "(get_response: the poll budget in use).", labels=[*keyed, "endpoint"])
+            "(get_response: the poll budget in use).", labels=[*names, "endpoint"])
         limit = GaugeMetricFamily(f"{PREFIX}_rate_limit", "Calls allowed per 60-second window.",
-                                  labels=[*keyed, "endpoint"])
-        for key in self._upstream.keys:
-            labels = [key.fingerprint][:len(keyed)]
+                                  labels=[*names, "endpoint"])
+        for labels, key in keys:
             for endpoint, limiter in key.budgets.items():
                 used.add_metric([*labels, endpoint], limiter.in_use())
                 limit.add_metric([*labels, endpoint], limiter.limit)

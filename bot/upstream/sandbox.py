@@ -135,6 +135,7 @@ class Served:
     content: str | None  # create_request's content as sent (before the 5000 cut)
     request_id: int | None  # get_response's id
     arrived_at: float  # on the fake's clock
+    key: str | None = None  # the API key it carried
 
 
 @dataclass
@@ -245,9 +246,11 @@ class FakeChatinfo:
         """Calls still being answered (a slow fault holds its call past the client's timeout)."""
         return sum(1 for call in self.served if call.status == IN_FLIGHT)
 
-    def generated_429s(self) -> int:
-        """429s the fake's own rate limits produced (injected ones do not count)."""
-        return sum(1 for call in self.served if call.status == 429 and call.fault is None)
+    def generated_429s(self, key: str | None = None) -> int:
+        """429s the fake's own rate limits produced (injected ones do not count), to calls
+        with `key` if given."""
+        return sum(1 for call in self.served if call.status == 429 and call.fault is None
+                   and (key is None or call.key == key))
 
     async def wait_for(
         self,
@@ -302,7 +305,9 @@ class FakeChatinfo:
             raw = await request.read()
             fault, drawn = self._next_fault(name)
             index = len(self.served)
-            self.served.append(Served(name, IN_FLIGHT, fault, drawn, *_identify(raw), arrived))
+            content, request_id, key = _identify(raw)
+            self.served.append(Served(name, IN_FLIGHT, fault, drawn, content, request_id,
+                                      arrived, key))
             response = await self._respond(name, raw, fault, arrived)
             status = 0 if response is None else response.status
             self.statuses[name, status] += 1
@@ -431,18 +436,20 @@ class FakeChatinfo:
         return web.json_response({"success": True, "solving": False, "result": record.result})
 
 
-def _identify(raw: bytes) -> tuple[str | None, int | None]:
-    """The content (create_request) or id (get_response) a call carried, for the journal."""
+def _identify(raw: bytes) -> tuple[str | None, int | None, str | None]:
+    """The content (create_request) or id (get_response) a call carried, and its key, for
+    the journal."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return None, None
+        return None, None, None
     if not isinstance(body, dict):
-        return None, None
-    content, request_id = body.get("content"), body.get("id")
+        return None, None, None
+    content, request_id, key = body.get("content"), body.get("id"), body.get("key")
     return (content if isinstance(content, str) else None,
             request_id if isinstance(request_id, int) and not isinstance(request_id, bool)
-            else None)
+            else None,
+            key if isinstance(key, str) else None)
 
 
 async def _truth(value: bool | Awaitable[bool]) -> bool:

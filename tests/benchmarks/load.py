@@ -47,6 +47,7 @@ from tests.benchmarks.upstream import (
     NOISE_SIGMA,
     UpstreamProcess,
     bench_keys,
+    per_key_text,
     solve_seconds,
 )
 from tests.fakes.mocked_bot import RecordingSession
@@ -279,7 +280,8 @@ async def variant(args: argparse.Namespace) -> dict[str, Any]:
     result = await (run_ours(args, url) if args.variant == "ours" else run_baseline(args, url))
     cpu_after, rss = usage()
     records, statuses, _ = upstream.finish()
-    return summarise(args.variant, result, records, statuses, cpu_after - cpu_before, rss)
+    return {**summarise(args.variant, result, records, statuses, cpu_after - cpu_before, rss),
+            "per_key": per_key_text(upstream.per_key)}
 
 
 ROWS = (
@@ -287,6 +289,7 @@ ROWS = (
     ("create_request per second", "created_per_s", "{:.1f}"),
     ("peak get_response in any 60 s (limit 15000)", "peak_polls_60s", "{:.0f}"),
     ("HTTP 429 responses", "http_429", "{:.0f}"),
+    ("per API key", "per_key", "{}"),
     ("polls per job, mean", "polls_per_job_mean", "{:.2f}"),
     ("polls per job, p99", "polls_per_job_p99", "{:.0f}"),
     ("lag ready -> Telegram edit, p50 (s)", "lag_p50", "{:.2f}"),
