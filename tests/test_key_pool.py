@@ -16,7 +16,7 @@ from bot.jobs.failures import Failure
 from bot.upstream.account import Upstream
 from bot.upstream.client import AccessDenied, ChatinfoClient, key_fingerprint
 from bot.upstream.pool import UpstreamPool
-from bot.upstream.sandbox import NOT_PRESTIGE, FakeChatinfo
+from bot.upstream.sandbox import NOT_PRESTIGE, FakeChatinfo, Fault
 from storage.jobs import JobState
 from tests.fakes.telegram_api import message_update
 from tests.harness import App, AppFactory, asked, wait_until
@@ -266,3 +266,57 @@ async def test_metrics_label_each_keys_series_by_its_fingerprint(make_app: AppFa
     assert value("chatinfo_bot_rate_limit_used", key=FP_A, endpoint="create_request") == 1
     assert value("chatinfo_bot_rate_limit_used", key=FP_B, endpoint="create_request") == 0
     assert A not in page and B not in page
+
+
+# --- failed creates are settled against their own key's balance ---------------------------
+
+@pytest.mark.parametrize("spent", [False, True])
+async def test_a_failed_create_is_settled_by_its_own_keys_balance(make_app: AppFactory,
+                                                                  spent: bool) -> None:
+    app = await pooled(make_app)
+    app.chatinfo.key_units[B] = 50  # the request goes to A
+    await app.runner.resume()  # each key's balance read: the anchors
+    app.chatinfo.key_units[B] -= 7  # another program spends on B meanwhile: not A's concern
+    app.chatinfo.inject("create_request", Fault.http(500, "Internal Server Error",
+                                                     after_effect=spent))
+    await app.feed(message_update(3, "question"))
+    await app.settle()
+
+    [job] = await app.jobs.recent(3, 1)
+    if spent:  # A's balance shows the unit went: not sent again, the user is told
+        assert (job.state, app.chatinfo.key_units[A]) == (JobState.UNKNOWN, 99)
+        assert app.runner.reconciled == {"spent": 1}
+    else:  # A's balance is unchanged: sent again, once
+        assert (job.state, app.chatinfo.key_units[A]) == (JobState.DELIVERED, 99)
+        assert app.runner.reconciled == {"unspent": 1}
+    assert keys_used(app) == [A]
+
+
+async def test_a_restart_settles_a_create_lost_mid_flight_by_its_keys_balance(
+        make_app: AppFactory) -> None:
+    first = await pooled(make_app)
+    await first.runner.resume()  # keeps each key's balance as its anchor
+    await first.feed(message_update(3, "earlier"))  # acknowledged after the anchor, on A
+    await first.settle()
+    await first.db.execute("INSERT INTO users (id, first_seen, last_seen) VALUES (4, 0, 0)")
+    job_id = await first.jobs.add(user_id=4, chat_id=4, source_message_id=None, locale="en",
+                                  mode="chat", content="lost")
+    assert job_id is not None
+    await first.jobs.set_placeholder(job_id, 900)
+    await first.jobs.mark_creating(job_id, key=FP_B)  # a crash caught it sending with B
+    await first.db.execute("UPDATE jobs SET updated_at = updated_at - 120 WHERE id = ?",
+                           (job_id,))
+    await first.db.commit()
+    await first.runner.stop()
+    first.chatinfo.key_units[A] -= 5  # spending elsewhere on the other key: not B's
+
+    second = await pooled(make_app)
+    await second.runner.resume()
+    await second.settle()
+
+    # B's balance is what its anchor says: the lost create spent nothing, so it is sent
+    # again; A's balance moved, but that says nothing about B's creates.
+    job = await second.jobs.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERED
+    assert second.runner.reconciled == {"unspent": 1}
+    assert second.chatinfo.created_for("lost")
