@@ -170,6 +170,22 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX broadcast_recipients_by_state ON broadcast_recipients (broadcast_id, state);
     """,
+    """
+    -- A pool of API keys: the key a job's create_request went with, by its fingerprint
+    -- (8 hex digits of its SHA-256, never the key); its polls use that key, also after a
+    -- restart. NULL: sent before the pool, with the one key there was (the bot adopts
+    -- those rows for its first key at start).
+    ALTER TABLE jobs ADD COLUMN upstream_key TEXT;
+    -- The balance anchor, one per key; the one kept before the pool names none ('').
+    CREATE TABLE balance_anchors (
+        key     TEXT PRIMARY KEY,
+        units   INTEGER NOT NULL,
+        read_at REAL    NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO balance_anchors (key, units, read_at)
+        SELECT '', units, read_at FROM balance_anchor;
+    DROP TABLE balance_anchor;
+    """,
 )
 
 

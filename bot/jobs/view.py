@@ -9,6 +9,7 @@ view to show it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, suppress
 
 from aiogram import Bot
@@ -42,12 +43,12 @@ Keyboard = InlineKeyboardMarkup | None
 
 class JobView:
     def __init__(self, bot: Bot, delivery: Delivery, indicators: WaitingIndicators,
-                 queue: FairQueue, quotas: QuotaRepo, i18n: I18n, *, max_wait: float,
+                 queues: Sequence[FairQueue], quotas: QuotaRepo, i18n: I18n, *, max_wait: float,
                  late_wait: float) -> None:
         self._bot = bot
         self._delivery = delivery
         self._indicators = indicators
-        self._queue = queue
+        self._queues = queues  # one per key of the pool
         self._quotas = quotas
         self._i18n = i18n
         self._max_wait = max_wait
@@ -86,14 +87,14 @@ class JobView:
         """No more waiting signals for the job; none lands after this."""
         await self._indicators.forget(job_id)
 
-    async def queue_position(self, job: Job) -> None:
-        """The job's place in the create queue, unless it is sent at once."""
-        ahead = self._queue.ahead_of_new(job.user_id)
-        seconds = self._queue.eta(ahead)
-        if not ahead and seconds < 1 and not self._queue.held:
+    async def queue_position(self, job: Job, queue: FairQueue) -> None:
+        """The job's place in its key's create queue, unless it is sent at once."""
+        ahead = queue.ahead_of_new(job.user_id)
+        seconds = queue.eta(ahead)
+        if not ahead and seconds < 1 and not queue.held:
             return  # sent at once: the first text is still true
         with self._locale(job.locale):
-            text = queue_text(ahead, seconds, held=self._queue.held)
+            text = queue_text(ahead, seconds, held=queue.held)
         self._unsent_shown.add(job.id)
         await self._delivery.progress(job.chat_id, job.placeholder_id, text)
 
@@ -113,13 +114,15 @@ class JobView:
             return settling_text()
         if job_id not in self._unsent:
             return None
-        ahead = self._queue.ahead(job_id)
-        if ahead is None:
+        place = next(((queue, ahead) for queue in self._queues
+                      if (ahead := queue.ahead(job_id)) is not None), None)
+        if place is None:
             return sending_text()  # its create_request is on its way
-        wait = self._queue.eta(ahead)
-        if not ahead and wait < 1 and not self._queue.held:
+        queue, ahead = place
+        wait = queue.eta(ahead)
+        if not ahead and wait < 1 and not queue.held:
             return sending_text()  # about to be sent
-        return queue_text(ahead, wait, held=self._queue.held)
+        return queue_text(ahead, wait, held=queue.held)
 
     async def settling(self, job: Job) -> None:
         """The service did not confirm the request, and the balance is being checked."""

@@ -7,6 +7,7 @@ name the endpoint and the kind of failure, never the key or the body we sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class ChatinfoClient:
         }
         self._attempts = attempts
         self._backoff = backoff
+
+    @property
+    def fingerprint(self) -> str:
+        """The key's short, one-way name for logs, /units and the metrics."""
+        return key_fingerprint(self._key)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -251,6 +257,11 @@ def _rejected(endpoint: str, status: int, body: dict[str, Any]) -> RequestReject
     error = body.get("error")
     return RequestRejected(f"{endpoint}: rejected (HTTP {status})", status,
                            error if isinstance(error, str) else None)
+
+
+def key_fingerprint(key: str) -> str:
+    """8 hex digits of the key's SHA-256: tells keys apart, gives nothing of them away."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def _int_or_none(value: object) -> int | None:

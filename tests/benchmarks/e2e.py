@@ -47,7 +47,7 @@ from tests.benchmarks.load import (
     seed_history,
     user_modes,
 )
-from tests.benchmarks.upstream import UpstreamProcess
+from tests.benchmarks.upstream import UpstreamProcess, bench_keys, per_key_text
 from tests.botprocess import STARTUP_TIMEOUT, BotProcess
 from tests.fakes.telegram_api import FakeTelegramAPI, message_update
 
@@ -173,10 +173,11 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     bot = BotProcess(workdir, {})
     await prepare_database(args, bot.database)
-    upstream = UpstreamProcess(args.seed, args.noise)
+    upstream = UpstreamProcess(args.seed, args.noise, keys=args.keys)
     telegram = TelegramProcess()
     bot.env |= {
-        "CHATINFO_API_KEY": "bench-key", "CHATINFO_BASE_URL": upstream.start(),
+        "CHATINFO_API_KEYS": ",".join(bench_keys(args.keys)),
+        "CHATINFO_BASE_URL": upstream.start(),
         "TELEGRAM_API_URL": telegram.start(), "WEBHOOK_URL": WEBHOOK_URL,
         "WEBHOOK_SECRET": WEBHOOK_SECRET, "DAILY_QUOTA": "0", "MAX_PENDING_PER_USER": "10000",
         "TELEGRAM_MESSAGES_PER_SECOND": str(args.telegram_rate), "LOG_LEVEL": "WARNING",
@@ -200,8 +201,9 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     await bot.stop(signal.SIGCONT if bot.launcher else signal.SIGTERM, timeout=60)
     records, statuses, polls = upstream.finish()
     sent = telegram.finish()
-    return summarise(args, jobs, sent_for, records, statuses, polls, sent,
-                     cpu - cpu_at_start, rss)
+    return {**summarise(args, jobs, sent_for, records, statuses, polls, sent,
+                        cpu - cpu_at_start, rss),
+            "per_key": per_key_text(upstream.per_key)}
 
 
 def bot_pid(bot: BotProcess) -> int:
@@ -303,6 +305,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="σ 0.1-0.9, cold and warm, throttle on and off")
     parser.add_argument("--no-loop", action="store_true", help="skip the sample loop runs")
+    parser.add_argument("--keys", type=int, default=1,
+                        help="API keys in the bot's pool (CHATINFO_API_KEYS), each an "
+                             "account of the fake's")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the bot with py-spy (pip install py-spy) into this file "
                              "of collapsed stacks; see tests/benchmarks/hotspots.py")
@@ -314,6 +319,7 @@ def main() -> int:
         loop = None if args.no_loop else run_loop(plan)
         lines.append(row(label, ours, loop))
         print(lines[-1], file=sys.stderr)
+        print(f"per API key: {ours['per_key']}", file=sys.stderr)
     print("\n".join(lines))
     print("\nCells with two figures are ours / the sample loop's; the loop's polls are "
           "unlimited and never throttled by Telegram.")
