@@ -610,8 +610,9 @@ class JobRunner:
             for job_id in verdicts:
                 self._settling.pop(job_id, None)
                 self._lane_of.pop(job_id, None)
+            counts = Counter(verdict.value for verdict in verdicts.values())
             log.info("balance check of key %s: found %s; %s; %d left settling", lane.key,
-                     actual, dict(Counter(verdicts.values())) or "nothing to decide",
+                     actual, ", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing decided",
                      len(self._of_lane(self._settling, lane)))
             await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
             await self._keep_anchor(lane, actual, read_at)
