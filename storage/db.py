@@ -186,6 +186,14 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT '', units, read_at FROM balance_anchor;
     DROP TABLE balance_anchor;
     """,
+    """
+    -- When create_request was sent: with the balance it reported and when its reply came,
+    -- it pins a balance to a span of time, so the next start can tell which creates a
+    -- crash abandoned spent a unit (bot/jobs/balance_ledger.py). NULL: sent before this.
+    ALTER TABLE jobs ADD COLUMN sent_at REAL;
+    CREATE INDEX jobs_by_acknowledged ON jobs (upstream_key, upstream_at)
+        WHERE upstream_at IS NOT NULL;
+    """,
 )
 
 

@@ -171,22 +171,6 @@ class JobRepo:
                 "UPDATE OR IGNORE balance_anchors SET key = ? WHERE key = ''", (key,))
             await self._db.write("DELETE FROM balance_anchors WHERE key = ''")
 
-    async def balance_reported_before(self, moment: float, *, key: str | None = None
-                                      ) -> int | None:
-        """The lowest balance the latest creates (with `key`, if given) reported, if every
-        create acknowledged so far had its answer before `moment`; None otherwise, or if
-        none reported one."""
-        row = await self._db.fetch_one(
-            """SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE upstream_at >= :moment
-                                        AND (:key IS NULL OR upstream_key = :key))
-                      THEN NULL
-                      ELSE (SELECT min(units_after) FROM (SELECT units_after FROM jobs
-                            WHERE units_after IS NOT NULL
-                            AND (:key IS NULL OR upstream_key = :key)
-                            ORDER BY id DESC LIMIT 50)) END""",
-            {"moment": moment, "key": key})
-        return int(row[0]) if row and row[0] is not None else None
-
     async def set_balance_anchor(self, units: int | None, read_at: float, *,
                                  key: str = "") -> None:
         """Keep the balance of `key` read at `read_at` while none of its creates was in
@@ -200,21 +184,32 @@ class JobRepo:
                                                    read_at = excluded.read_at""",
                 (key, units, read_at))
 
-    async def expected_balance(self, *, key: str = "") -> int | None:
-        """The kept balance of `key` less the creates acknowledged with it since it was
-        read, if one is kept."""
+    async def balance_anchor(self, *, key: str) -> tuple[int, float] | None:
+        """The kept balance of `key` and when it was read, if one is kept."""
         row = await self._db.fetch_one(
-            """SELECT units - (SELECT count(*) FROM jobs WHERE upstream_at >= read_at
-                               AND coalesce(upstream_key, '') = :key)
-               FROM balance_anchors WHERE key = :key""", {"key": key})
-        return int(row[0]) if row else None
+            "SELECT units, read_at FROM balance_anchors WHERE key = ?", (key,))
+        return (int(row[0]), float(row[1])) if row else None
+
+    async def creates_from(self, moment: float, *, key: str
+                           ) -> list[tuple[int | None, float | None, float]]:
+        """The creates acknowledged with `key`, from the last one acknowledged before
+        `moment` on: (the balance it reported, when it was sent (None: not kept), when its
+        reply came)."""
+        rows = await self._db.execute_fetchall(
+            """SELECT units_after, sent_at, upstream_at FROM jobs
+               WHERE upstream_key = :key AND upstream_at >= coalesce(
+                   (SELECT max(upstream_at) FROM jobs
+                    WHERE upstream_key = :key AND upstream_at < :moment), :moment)
+               ORDER BY upstream_at""", {"key": key, "moment": moment})
+        return [(None if units is None else int(units), None if sent is None else float(sent),
+                 float(acked)) for units, sent, acked in rows]
 
     async def mid_create(self, *, key: str | None = None,
                          keys_except: Sequence[str] = ()) -> dict[int, float]:
         """Jobs whose create_request may have been sent (with `key`, if given; with none of
         `keys_except`): id -> when it was (about to be)."""
         rows = await self._db.execute_fetchall(
-            f"""SELECT id, updated_at FROM jobs WHERE state = ?
+            f"""SELECT id, coalesce(sent_at, updated_at) FROM jobs WHERE state = ?
                 AND (? IS NULL OR upstream_key = ?)
                 AND coalesce(upstream_key, '') NOT IN ({placeholders(keys_except)})""",
             (JobState.CREATING, key, key, *keys_except))
@@ -263,12 +258,13 @@ class JobRepo:
     async def set_placeholder(self, job_id: int, message_id: int) -> None:
         await self._update(job_id, placeholder_id=message_id)
 
-    async def mark_creating(self, job_id: int, *, key: str | None = None) -> None:
-        """About to send create_request, with the key of fingerprint `key`."""
-        if key is None:
-            await self._update(job_id, state=JobState.CREATING)
-        else:
-            await self._update(job_id, state=JobState.CREATING, upstream_key=key)
+    async def mark_creating(self, job_id: int, *, key: str | None = None,
+                            sent_at: float | None = None) -> None:
+        """About to send create_request (at `sent_at`), with the key of fingerprint `key`."""
+        fields: dict[str, Any] = {"state": JobState.CREATING, "sent_at": sent_at or time.time()}
+        if key is not None:
+            fields["upstream_key"] = key
+        await self._update(job_id, **fields)
 
     async def requeue(self, job_id: int) -> None:
         """Back to NEW after a create_request that surely did not count (a 429)."""

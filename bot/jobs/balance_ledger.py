@@ -91,7 +91,10 @@ class BalanceLedger:
         verdicts = {}
         for job_id, failure in self._undecided():
             verdict = self._judge(failure, gaps)
-            if verdict is Verdict.SPENT or failure.done_by <= last_seen:
+            # Shown spent, or never to be told (nothing seen before it, or sightings not to
+            # be trusted), or surely finished: decided now; else a later read may tell.
+            final = verdict is Verdict.SPENT or not self._judgeable(failure, gaps)
+            if final or failure.done_by <= last_seen:
                 verdicts[job_id] = failure.verdict = verdict
         self._forget_settled()
         return verdicts
@@ -109,9 +112,11 @@ class BalanceLedger:
     def _undecided(self) -> list[tuple[int, _Failure]]:
         return [(job_id, f) for job_id, f in self._failures.items() if f.verdict is None]
 
+    def _judgeable(self, failure: _Failure, gaps: list[_Gap] | None) -> bool:
+        return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
+
     def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict:
-        seen_before = any(s.end <= failure.sent for s in self._sightings)
-        if gaps is None or not seen_before:
+        if gaps is None or not self._judgeable(failure, gaps):
             return Verdict.ASSUMED_SPENT
         mine = [gap for gap in gaps if gap.overlaps(failure)]
         if not mine:
@@ -141,15 +146,15 @@ class BalanceLedger:
         return gaps
 
     def _forget_settled(self) -> None:
-        """Keep only what later verdicts need: the sightings from the last read before the
-        oldest undecided failure was sent (just the last read when none is left), and the
+        """Keep only what later verdicts need: the sightings from the last one before the
+        oldest undecided failure was sent (just the last one when none is left), and the
         decided failures that may still share a gap with them."""
-        reads = [s for s in self._sightings if not s.debit]
-        if not reads:
-            return
         oldest = min((f.sent for _, f in self._undecided()), default=float("inf"))
-        anchor = max([s for s in reads if s.end <= oldest] or reads, key=lambda s: s.end)
-        self._sightings = [s for s in self._sightings if s.start >= anchor.start]
+        before = [s for s in self._sightings if s.end <= oldest]
+        if not before:
+            return
+        anchor = max(before, key=lambda s: s.end)
+        self._sightings = [s for s in self._sightings if s.end >= anchor.start]
         self._failures = {job_id: f for job_id, f in self._failures.items()
                           if f.verdict is None or f.done_by > anchor.start}
         if not self._undecided():

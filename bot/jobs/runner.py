@@ -210,48 +210,52 @@ class JobRunner:
             await self._jobs.end(job_id, JobState.UNKNOWN, Failure.UNKNOWN_OUTCOME)
 
     async def _reconcile_mid_create(self, lane: Lane) -> None:
-        """Read the key's balance while nothing is in flight (the anchor of later checks),
-        and settle the jobs a crash caught mid-create with it against the anchor kept
-        before it.
-
-        If the balance is what the kept anchor and the creates acknowledged since make it,
-        none of them spent anything so far: those the server has surely finished are sent
-        again, and the younger ones are settled when it has. Otherwise their users are
-        told, as for any unknown outcome.
-        """
+        """Read the key's balance while nothing is in flight, and settle the jobs a crash
+        caught mid-create with it, by the balances kept from before the crash (the
+        `BalanceLedger`, as after any failed create): those shown to have spent nothing
+        are sent again, those shown or assumed to have spent end as unknown, and those the
+        server may still be finishing are settled when it surely has."""
         stuck = await self._jobs.mid_create(key=lane.key)
-        expected = await self._jobs.expected_balance(key=lane.key)
-        if expected is None and stuck:  # no anchor kept (a database from before it was)
-            expected = await self._jobs.balance_reported_before(min(stuck.values()),
-                                                                key=lane.key)
+        if stuck:
+            await self._recall_balances(lane, min(stuck.values()))
+        for job_id, sent_at in stuck.items():
+            lane.ledger.failed(job_id, sent_at, sent_at + self._policy.create_settles_after)
         read_at = time.time()
         actual = await self._read_balance(lane)
-        read_end = time.time()
-        if actual is not None:
-            lane.ledger.read(actual, read_at, read_end)
-        unspent = actual is not None and actual == expected
-        if stuck and not unspent:
-            verdict = ("spent" if expected is not None and actual == expected - len(stuck)
-                       else "assumed_spent")
-            self.reconciled[verdict] += len(stuck)
-            log.info("%d job(s) found mid-create: expected a balance of %s, found %s: %s",
-                     len(stuck), expected, actual, verdict)
-            await self._end_unknown(stuck)
+        if actual is None:
+            verdicts = lane.ledger.give_up(time.time())
+        else:
+            lane.ledger.read(actual, read_at, time.time())
+            verdicts = lane.ledger.decide()
+        if stuck:
+            log.info("%d job(s) of key %s found mid-create: %s", len(stuck), lane.key,
+                     ", ".join(f"{n} {v}" for v, n in Counter(verdicts.values()).items())
+                     or "none decided yet")
+        self.reconciled.update(verdicts.values())
+        await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
         await self._keep_anchor(lane, actual, read_at)
-        if not (stuck and unspent):
-            return
-        for job_id, sent_at in stuck.items():
-            settles_at = sent_at + self._policy.create_settles_after
-            if settles_at > time.time():
-                self._settling[job_id] = settles_at
+        for job_id in stuck:
+            if job_id not in verdicts:  # the server may still be finishing it
+                self._settling[job_id] = stuck[job_id] + self._policy.create_settles_after
                 self._lane_of[job_id] = lane
-                # Nothing of theirs was debited by the read: any debit comes after it.
-                lane.ledger.failed(job_id, read_end, settles_at)
-                continue
-            await self._jobs.requeue(job_id)
-            self.reconciled["unspent"] += 1
-            log.info("job %s found mid-create is sent again: the balance shows it spent "
-                     "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+            elif verdicts[job_id] is Verdict.UNSPENT:
+                await self._jobs.requeue(job_id)
+                log.info("job %s found mid-create is sent again: the balance shows it spent "
+                         "nothing", job_id,
+                         extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+
+    async def _recall_balances(self, lane: Lane, since: float) -> None:
+        """Give the key's ledger the balances seen before a crash, around `since`: the
+        last one read, and those reported by the creates acknowledged from just before."""
+        if anchor := await self._jobs.balance_anchor(key=lane.key):
+            units, read_at = anchor
+            lane.ledger.read(units, read_at, read_at)
+        for units_after, sent_at, acknowledged in await self._jobs.creates_from(since,
+                                                                                key=lane.key):
+            # Not kept for rows from before it was: at most the client's wait earlier.
+            sent = acknowledged - self._policy.create_settles_after if sent_at is None \
+                else sent_at
+            lane.ledger.created(units_after, sent, acknowledged)
 
     async def stop(self) -> None:
         """Cancel the waiting, and stop the workers; let create_request calls in flight
@@ -459,8 +463,8 @@ class JobRunner:
         upstream = lane.upstream
         try:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
-            await self._jobs.mark_creating(job.id, key=lane.key)
             sent = time.time()
+            await self._jobs.mark_creating(job.id, key=lane.key, sent_at=sent)
             created = await upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited as error:
