@@ -14,14 +14,23 @@ from aiogram.methods import EditMessageText, SendChatAction, SendMessage, Telegr
 from aiogram.methods.base import Response, TelegramType
 
 from bot.telegram.delivery import Delivery
-from bot.telegram.throttle import Pressure, PressureGauge, TelegramThrottle, in_background
+from bot.telegram.throttle import (
+    PRESSURE_FALLS_BELOW,
+    PRESSURE_RISES_AT,
+    Pressure,
+    PressureGauge,
+    TelegramThrottle,
+    in_background,
+)
 from storage.jobs import JobState
 from tests.fakes.telegram_api import callback_update, message_update
 from tests.harness import App, AppFactory, wait_until
 
 # Backlog seconds that put a gauge with the default marks at each level.
-AT_LEVEL = {Pressure.NORMAL: 0.0, Pressure.QUIET: 0.3, Pressure.ONE_MESSAGE: 0.6,
-            Pressure.HOLD: 3.5}
+AT_LEVEL = {Pressure.NORMAL: 0.0, Pressure.QUIET: PRESSURE_RISES_AT[0],
+            Pressure.ONE_MESSAGE: PRESSURE_RISES_AT[1], Pressure.HOLD: PRESSURE_RISES_AT[2]}
+# Below HOLD's rising mark and above its falling one: a level once reached stays.
+STILL_HOLDING = (PRESSURE_FALLS_BELOW[2] + PRESSURE_RISES_AT[2]) / 2
 HELD_TEXT = ("⏳ Got it. Many answers are being sent right now, so your request waits its "
              "turn; nothing is spent yet.")
 
@@ -58,7 +67,7 @@ async def test_creates_may_go_waits_while_the_level_holds_them() -> None:
     waiting = asyncio.create_task(gauge.creates_may_go())
     await asyncio.sleep(0)
     assert not waiting.done()
-    gauge.observe(1.5)  # below HOLD's rising mark, above its falling one: still held
+    gauge.observe(STILL_HOLDING)
     await asyncio.sleep(0)
     assert not waiting.done()
     gauge.observe(0.0)
@@ -184,7 +193,7 @@ async def test_level_3_holds_new_create_requests_with_the_job_visibly_queued(
     assert job is not None and job.state is JobState.NEW
     assert gauge.degraded[Pressure.HOLD] == 1
 
-    gauge.observe(1.5)  # below HOLD's rising mark, above its falling one: still held
+    gauge.observe(STILL_HOLDING)
     await asyncio.sleep(0.2)
     assert app.chatinfo.calls["create_request"] == 0
     gauge.observe(0.0)

@@ -56,8 +56,8 @@ DEFAULT_BACKGROUND_SHARE = 1 / 3
 
 # Seconds of answers' messages waiting for the per-bot rate at which each level starts
 # (rising), and below which it ends (falling): apart, so that a level does not flap.
-PRESSURE_RISES_AT = (0.2, 0.5, 3.0)
-PRESSURE_FALLS_BELOW = (0.05, 0.2, 1.0)
+PRESSURE_RISES_AT = (0.1, 0.3, 2.0)
+PRESSURE_FALLS_BELOW = (0.03, 0.1, 1.0)
 
 _background: ContextVar[bool] = ContextVar("telegram_background", default=False)
 
