@@ -10,6 +10,7 @@ import asyncio
 from typing import Any, cast
 
 from aiogram import Bot
+from aiogram.client.session.middlewares.base import NextRequestMiddlewareType
 from aiogram.methods import EditMessageText, SendChatAction, SendMessage, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
@@ -21,6 +22,7 @@ from bot.telegram.throttle import (
     PressureGauge,
     TelegramThrottle,
     in_background,
+    yielding,
 )
 from storage.jobs import JobState
 from tests.fakes.telegram_api import callback_update, message_update
@@ -181,14 +183,25 @@ async def test_level_2_still_posts_a_placeholder_for_a_request_that_must_wait(
 
 async def test_level_3_holds_new_create_requests_with_the_job_visibly_queued(
         app: App) -> None:
+    yielded: list[bool] = []
+
+    async def note_yielding(make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
+                            method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
+        yielded.append(yielding())
+        return await make_request(bot, method)
+
+    app.bot.session.middleware(note_yielding)
     gauge = press(app, Pressure.HOLD)
     await app.feed(message_update(1, "hello", message_id=500))
     [placeholder] = app.sent(SendMessage)
     assert placeholder.text == HELD_TEXT
+    # Behind the answers whose backlog holds the creates: it takes only the room they leave.
+    assert yielded == [True]
     await wait_until(lambda: app.runner.queue.queued == 1, timeout=5.0,
                      what="the job waits in the create queue")
     await asyncio.sleep(0.2)  # room for a create that should not come
     assert app.chatinfo.calls["create_request"] == 0
+    assert app.sent(SendChatAction) == []  # what level 1 leaves out stays out
     job = await app.jobs.get(1)
     assert job is not None and job.state is JobState.NEW
     assert gauge.degraded[Pressure.HOLD] == 1
@@ -200,6 +213,7 @@ async def test_level_3_holds_new_create_requests_with_the_job_visibly_queued(
     await app.settle()
     assert app.chatinfo.calls["create_request"] == 1
     assert app.sent(EditMessageText)[-1].text == "[chat] hello"  # on the held placeholder
+    assert not any(yielded[1:])  # the answer, and all after the hold, go first as always
 
 
 async def test_a_one_message_job_resumed_after_a_restart_is_answered_as_a_new_reply(

@@ -73,7 +73,8 @@ class Submitter:
                 text = view.first_text(job_id, message.from_user.id)
                 if earlier:
                     text += "\n" + earlier_text(earlier)
-                placeholder = await message.reply(text)
+                with view.placeholder_turn():
+                    placeholder = await message.reply(text)
                 await self._jobs.set_placeholder(job_id, placeholder.message_id)
         except Exception as error:
             # The job is admitted: whatever failed here, it goes on (the runner sends the

@@ -10,7 +10,7 @@ view to show it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
@@ -27,7 +27,7 @@ from bot.telegram.i18n import in_locale
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
 from bot.telegram.render import Part, first_part, render
-from bot.telegram.throttle import Pressure
+from bot.telegram.throttle import Pressure, in_background
 from bot.telegram.wording import (
     duration_text,
     held_text,
@@ -73,7 +73,8 @@ class JobView:
         user blocked the bot)."""
         with self._locale(job.locale):
             text = self.first_text(job.id, job.user_id)
-        return await self._delivery.placeholder(job, text)
+        with self.placeholder_turn():
+            return await self._delivery.placeholder(job, text)
 
     def one_message(self, job_id: int, user_id: int) -> bool:
         """Whether a new job goes without a placeholder, its answer one new message that
@@ -103,6 +104,14 @@ class JobView:
             self._unsent_shown.add(job_id)
             return queue_text(ahead, wait, held=queue.held)
         return placeholder_text()
+
+    def placeholder_turn(self) -> AbstractContextManager[None]:
+        """Where a new placeholder queues for Telegram's budget: while new create_requests
+        are held, behind the answers (it takes only the room they leave), or it would
+        deepen the backlog that holds them."""
+        if self._delivery.pressure.level >= Pressure.HOLD:
+            return in_background()
+        return nullcontext()
 
     def _waits(self, user_id: int) -> bool:
         """Whether a job of this user's queued now waits long for its create_request."""

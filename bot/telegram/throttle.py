@@ -62,10 +62,15 @@ PRESSURE_FALLS_BELOW = (0.03, 0.1, 1.0)
 _background: ContextVar[bool] = ContextVar("telegram_background", default=False)
 
 
-class Pressure(IntEnum):
-    """How short the message budget is; each level also does what those below it do.
+def yielding() -> bool:
+    """Whether Bot API calls made here now run `in_background()`."""
+    return _background.get()
 
-    Each level leaves out what costs the fewest users the least, first."""
+
+class Pressure(IntEnum):
+    """How short the message budget is. Each level also does what those below it do, but
+    for one thing: while new create_requests are held, a new request gets its placeholder
+    again (saying that it waits), for nothing else would show that it does."""
 
     NORMAL = 0
     QUIET = 1  # no "typing…" and no progress edits of placeholders
