@@ -34,7 +34,7 @@ from bot.telegram.i18n import UserLocaleMiddleware
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.menus import set_command_menus
 from bot.telegram.notify import AdminNotifier
-from bot.telegram.throttle import TelegramThrottle
+from bot.telegram.throttle import PressureGauge, TelegramThrottle, find_throttle
 from bot.upstream.account import Upstream
 from bot.upstream.client import CREATE, POLL, AttemptObserver, ChatinfoClient, key_fingerprint
 from bot.upstream.pool import UpstreamPool
@@ -139,7 +139,10 @@ def make_application(
     pool = make_pool(settings, AdminNotifier(bot, users, i18n, settings.admin_ids),
                          upstream_calls, client=client, client_options=client_options)
     policy = policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds))
-    delivery = Delivery(bot)
+    throttle = find_throttle(bot)
+    # Without a throttle (tests), nothing measures Telegram's pressure: it stays normal.
+    pressure = throttle.pressure if throttle is not None else PressureGauge()
+    delivery = Delivery(bot, pressure)
     runner = make_runner(bot, jobs, quotas, pool, delivery, i18n, policy)
     admission = Admission(jobs, quotas, pool, clock, settings.max_pending_per_user,
                           late_after=policy.max_wait, database=db)
@@ -154,7 +157,7 @@ def make_application(
     metrics = Metrics(database=settings.database_path, upstream=pool, runner=runner,
                       upstream_calls=upstream_calls,
                       update_source="webhook" if settings.webhook_url else "polling",
-                      loop_lag=lambda: heartbeat.lag)
+                      loop_lag=lambda: heartbeat.lag, pressure=pressure)
     bot.session.middleware(metrics.telegram_middleware)
     health = HealthCheck({
         "event_loop": heartbeat.probe,
@@ -208,7 +211,8 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, pool: UpstreamPool,
     def progress_text(job_id: int, locale: str, seconds: float) -> str:
         return runner.progress_text(job_id, locale, seconds)
 
-    lanes = [Lane(upstream, FairQueue(upstream.budget(CREATE), policy.creates_in_flight),
+    lanes = [Lane(upstream, FairQueue(upstream.budget(CREATE), policy.creates_in_flight,
+                            pressure=delivery.pressure),
                   PollScheduler(upstream.poll, upstream.budget(POLL), solve_times,
                                 policy.timing, settled=settled))
              for upstream in pool.keys]

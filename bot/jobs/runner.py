@@ -127,6 +127,11 @@ class JobRunner:
         return len(self._tasks) + sum(lane.scheduler.pending for lane in self.lanes.values())
 
     @property
+    def view(self) -> JobView:
+        """What users see of jobs: the submitter asks it how to show a new one."""
+        return self._view
+
+    @property
     def service(self) -> Service:
         """The runner as a service: its workers start with it, and stop after its jobs."""
         return _RunnerService(self)
@@ -373,7 +378,8 @@ class JobRunner:
         if job is None:
             return
         if (job.placeholder_id is None and not job.inline
-                and job.state in (JobState.NEW, JobState.CREATING)):
+                and job.state in (JobState.NEW, JobState.CREATING)
+                and not self._view.one_message(job.id, job.user_id)):
             try:
                 placeholder = await self._view.placeholder(job)
             except TelegramForbiddenError:

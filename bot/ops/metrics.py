@@ -53,6 +53,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from bot.telegram.throttle import Pressure, PressureGauge
 from bot.upstream.client import CREATE, POLL, UNITS
 from storage.db import DatabaseError
 from storage.job_stats import BucketCounts, JobStats, JobStatsReader
@@ -203,6 +204,27 @@ def _histogram_family(name: str, documentation: str, data: BucketCounts) -> Metr
                                  buckets=list(zip(bounds, data.cumulative, strict=True)))
 
 
+class PressureCollector:
+    """Telegram's pressure (bot/telegram/throttle.py) and what each level left out."""
+
+    def __init__(self, pressure: PressureGauge) -> None:
+        self._pressure = pressure
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_telegram_pressure", "How short Telegram's message budget is now: 0 "
+            "normal, 1 no typing or progress edits, 2 new requests answered in one message, "
+            "3 new create_requests held.", value=int(self._pressure.level))
+        degraded = CounterMetricFamily(
+            f"{PREFIX}_telegram_degraded", "What a short Telegram budget left out since the "
+            "start, by level: 1 typing actions and progress edits skipped, 2 requests "
+            "answered in one message (no placeholder), 3 requests that arrived while new "
+            "create_requests were held.", labels=["level"])
+        for level in list(Pressure)[1:]:
+            degraded.add_metric([str(int(level))], self._pressure.degraded[level])
+        yield degraded
+
+
 class UpstreamCalls:
     """chatinfo HTTP attempts, counted as they happen: `observe` is the client's observer,
     so this exists before the client does; `Metrics` shows it."""
@@ -273,11 +295,14 @@ class Metrics:
 
     def __init__(self, *, database: Path, upstream: UpstreamPool, runner: JobRunner,
                  upstream_calls: UpstreamCalls, update_source: str,
-                 loop_lag: Callable[[], float] | None = None) -> None:
+                 loop_lag: Callable[[], float] | None = None,
+                 pressure: PressureGauge | None = None) -> None:
         self.registry = CollectorRegistry()
         self._state = StateCollector(database, upstream, runner)
         self.registry.register(self._state)
         self.registry.register(upstream_calls)
+        if pressure is not None:
+            self.registry.register(PressureCollector(pressure))
         telegram_calls = Counter(f"{PREFIX}_telegram_requests", "Bot API calls by method.",
                                  ["method"], registry=self.registry)
         telegram_errors = Counter(f"{PREFIX}_telegram_errors",

@@ -8,7 +8,9 @@ server each in their own process, so the CPU seconds and peak RSS reported are t
 alone, read from /proc just before it is stopped. Updates are POSTed to the webhook at
 `--rate` a second. "Ready" is when the fake chatinfo had the answer; "delivered" is when
 the fake Bot API first received a message or edit carrying it, so the lag includes the
-bot's Telegram throttle, as users see it.
+bot's Telegram throttle, as users see it. "One-message answers" came as a new message, with
+no placeholder before them (the throttle's pressure at level 2, bot/telegram/throttle.py);
+below the table, the bot's own /metrics says what each level of pressure left out.
 
 Beside each run, the spec's sample loop (tests/benchmarks/load.py's baseline) faces the
 same messages and solve times. The sweep runs σ 0.1, 0.3, 0.6 and 0.9, each cold (an empty
@@ -196,6 +198,7 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     while time.monotonic() < deadline and finished_jobs(bot) < jobs:  # noqa: ASYNC110
         await asyncio.sleep(0.5)  # another process's database: nothing to await but time
     cpu, rss = process_usage(pid)
+    degraded = await degraded_counts(bot)
     if bot.launcher:  # the bot stops; the profiler writes its file and follows
         os.kill(pid, signal.SIGTERM)
     await bot.stop(signal.SIGCONT if bot.launcher else signal.SIGTERM, timeout=60)
@@ -203,7 +206,15 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     sent = telegram.finish()
     return {**summarise(args, jobs, sent_for, records, statuses, polls, sent,
                         cpu - cpu_at_start, rss),
-            "per_key": per_key_text(upstream.per_key)}
+            "per_key": per_key_text(upstream.per_key), "degraded": degraded}
+
+
+async def degraded_counts(bot: BotProcess) -> dict[str, int]:
+    """What Telegram's pressure left out, by level, as the bot's /metrics counts it."""
+    _, page = await bot.get("/metrics")
+    prefix = "chatinfo_bot_telegram_degraded_total{level=\""
+    return {line[len(prefix)]: int(float(line.split()[-1])) for line in page.splitlines()
+            if line.startswith(prefix)}
 
 
 def bot_pid(bot: BotProcess) -> int:
@@ -264,6 +275,13 @@ ROWS = (
 )
 
 
+def degraded_note(label: str, ours: dict[str, Any]) -> str:
+    counts = ours["degraded"]
+    return (f"{label}: the bot's pressure left out {counts.get('1', 0)} typing actions and "
+            f"progress edits, answered {counts.get('2', 0)} requests in one message (no "
+            f"placeholder), and held {counts.get('3', 0)} requests' create_request.")
+
+
 def row(label: str, ours: dict[str, Any], loop: dict[str, Any] | None) -> str:
     cells = [label, str(ours["jobs"])]
     for _, key, fmt in ROWS:
@@ -312,15 +330,17 @@ def main() -> int:
                         help="record the bot with py-spy (pip install py-spy) into this file "
                              "of collapsed stacks; see tests/benchmarks/hotspots.py")
     args = parser.parse_args()
-    lines = [HEADER]
+    lines, notes = [HEADER], []
     for label, plan in runs(args):
         print(f"running {label} ({plan.rate}/s for {plan.duration:.0f} s)…", file=sys.stderr)
         ours = asyncio.run(run_ours(plan))
         loop = None if args.no_loop else run_loop(plan)
         lines.append(row(label, ours, loop))
-        print(lines[-1], file=sys.stderr)
+        notes.append(degraded_note(label, ours))
+        print(lines[-1], notes[-1], sep="\n", file=sys.stderr)
         print(f"per API key: {ours['per_key']}", file=sys.stderr)
     print("\n".join(lines))
+    print("\n" + "\n".join(notes))
     print("\nCells with two figures are ours / the sample loop's; the loop's polls are "
           "unlimited and never throttled by Telegram.")
     return 0
