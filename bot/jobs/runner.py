@@ -203,9 +203,8 @@ class JobRunner:
             return None
 
     async def _keep_anchor(self, lane: Lane, actual: int | None, read_at: float) -> None:
-        """The key's balance read while none of its creates was in flight: the anchor of a
-        check after the next start, kept in the database. Jobs it settles as spent must be
-        stored so first: past the anchor, their debit is no longer seen."""
+        """Keep the key's balance, read while none of its creates was in flight, for the
+        next start: its ledger begins from it if a crash leaves creates to settle."""
         await self._jobs.set_balance_anchor(actual, read_at, key=lane.key)
         if actual is not None:
             await lane.upstream.observe(actual)
