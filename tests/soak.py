@@ -30,8 +30,8 @@ The figures, precisely:
 - units wasted: spent units whose answer was never delivered.
 - reconciled, from the bot's log: failed creates the balance settled, as sent again
   safely (they spent nothing), confirmed spent (the unit went, its id was lost) or
-  assumed spent (the balance could not tell: several failed creates overlapped, one of
-  them spent). Goal: every unit wasted is one whose id was lost and whose user was told
+  assumed spent (the balance could not tell: e.g. two failed creates in the time of one
+  unreported debit). Goal: every unit wasted is one whose id was lost and whose user was told
   so, and no unit is spent twice (no content created twice).
 - units of unknowable outcome: spent units whose user was told the outcome was unknowable
   (the honest answer when a reply is lost; the user may send again).
@@ -588,11 +588,9 @@ def mid_send_gaps(times: list[float], kills: list[float]) -> list[float]:
 def reconciled_in(log: str) -> Counter[str]:
     """The verdicts of the bot's balance checks (bot/jobs/runner.py), from its log."""
     verdicts: Counter[str] = Counter()
-    for pattern in (r"balance check for (\d+) failed create\(s\): .*: (\w+)$",
-                    r"(\d+) job\(s\) found mid-create: .*: (\w+)$"):
-        for count, verdict in re.findall(pattern, log, re.MULTILINE):
+    for line in re.findall(r"(?:balance check of key|found mid-create:).*$", log, re.MULTILINE):
+        for count, verdict in re.findall(r"(\d+) (unspent|spent|assumed_spent)\b", line):
             verdicts[verdict] += int(count)
-    verdicts["unspent"] += len(re.findall(r"found mid-create is sent again", log))
     return verdicts
 
 

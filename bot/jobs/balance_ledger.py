@@ -19,8 +19,11 @@ reported balances usually can.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
+
+log = logging.getLogger(__name__)
 
 
 class Verdict(StrEnum):
@@ -132,7 +135,10 @@ class BalanceLedger:
     def _gaps(self) -> list[_Gap] | None:
         """The stretches of time with debits nobody reported; None when the sightings
         cannot be trusted to show them (a rising balance, or a create that did not say)."""
-        if self._blind or not self._sightings:
+        if self._blind:
+            log.info("a create did not report the balance: failed creates are assumed spent")
+            return None
+        if not self._sightings:
             return None
         # Equal values: the create's own sighting comes before a read that saw the same.
         ordered = sorted(self._sightings, key=lambda s: (-s.value, not s.debit))
@@ -140,6 +146,8 @@ class BalanceLedger:
         for earlier, later in itertools.pairwise(ordered):
             units = earlier.value - later.value - later.debit
             if units < 0 or later.end < earlier.start:  # seen sooner, yet lower: a top-up
+                log.info("the balance rose (%s then %s): failed creates are assumed spent",
+                         later, earlier)
                 return None
             if units:
                 gaps.append(_Gap(units, earlier.start, later.end))
