@@ -229,6 +229,8 @@ async def test_429s_below_our_limit_lower_it_and_quiet_windows_raise_it_back() -
     limiter = time.limiter(limit=40)
     for _ in range(10):
         await limiter.acquire()
+    for _ in range(7):
+        limiter.answered()
     assert not limiter.rate_limited() and not limiter.rate_limited()  # two: could be chance
     assert limiter.rate_limited()  # a third in the window: the server let about 7 through
     assert (limiter.limit, limiter.configured) == (7, 40)
@@ -271,6 +273,8 @@ async def test_a_lowered_limit_climbs_back_while_429s_are_rare() -> None:
     limiter = time.limiter(limit=100)
     for _ in range(10):
         await limiter.acquire()
+    for _ in range(7):
+        limiter.answered()
     assert [limiter.rate_limited() for _ in range(3)] == [False, False, True]  # a storm
     assert limiter.limit == 7
     call = 0
@@ -305,3 +309,14 @@ async def test_a_server_limit_below_ours_is_found_and_kept_to() -> None:
     assert 50 <= limiter.limit <= 66
     # Each window wastes a few calls finding the edge again after a climb, never many.
     assert max(refusals_by_window) <= 0.15 * 60, refusals_by_window
+
+
+async def test_a_server_refusing_everything_teaches_no_limit() -> None:
+    """A storm of 429s met right after a start: nothing was let through, so nothing says
+    where a limit lies; the queue waits the storm out, the budget stays."""
+    time = FakeTime()
+    limiter = time.limiter(limit=500)
+    for _ in range(16):
+        await limiter.acquire()
+        assert not limiter.rate_limited()
+    assert limiter.limit == 500

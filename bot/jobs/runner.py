@@ -41,6 +41,7 @@ from bot.jobs.view import JobView
 from bot.logs import job_event
 from bot.services import Service, Services
 from bot.upstream.client import (
+    UNITS,
     AccessDenied,
     ChatinfoError,
     NotEnoughUnits,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
 
 RESUME_PAGE = 500
+BALANCE_READ_PATIENCE = 5.0  # seconds a balance check may wait for the units budget
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -195,6 +197,13 @@ class JobRunner:
         return lanes[chosen]
 
     async def _read_balance(self, lane: Lane) -> int | None:
+        """The key's balance now; None if the API cannot say it soon. The create queue is
+        held meanwhile, so waiting long for the units budget (a 429 storm used it up) would
+        hold every request: the failed creates are assumed spent instead."""
+        if (wait := lane.upstream.budget(UNITS).delay()) > BALANCE_READ_PATIENCE:
+            log.warning("no balance read for %.0f s (the units budget is used up); failed "
+                        "creates count as spent", wait)
+            return None
         try:
             return await lane.upstream.read_balance()
         except ChatinfoError as error:

@@ -57,7 +57,8 @@ class SlidingWindowLimiter:
 
     def rate_limited(self) -> bool:
         """The server said 429 to a call we allowed. Three in a window, making up at
-        least `LEARN_SHARE` of its replies, mean it allows fewer calls than we thought:
+        least `LEARN_SHARE` of its replies, after it answered at least three, mean it
+        allows fewer calls than we thought:
         our limit drops to the calls of the window it did not refuse (and climbs back
         slowly in `acquire`). Whether it dropped now."""
         now = self._record(refused=True)
@@ -78,7 +79,11 @@ class SlidingWindowLimiter:
         return now
 
     def _refusals_show_a_limit(self) -> bool:
-        return self._refused >= max(LEARN_AFTER_429S, LEARN_SHARE * len(self._replies))
+        """A limit lets some calls through and refuses those past it; a server refusing
+        everything (a storm of 429s, say after our restart) shows no limit to learn."""
+        answered = len(self._replies) - self._refused
+        return (answered >= LEARN_AFTER_429S
+                and self._refused >= max(LEARN_AFTER_429S, LEARN_SHARE * len(self._replies)))
 
     def _forget_before(self, cutoff: float) -> None:
         while self._replies and self._replies[0][0] <= cutoff:
