@@ -272,6 +272,20 @@ def test_the_window_widens_with_the_residuals_and_follows_the_latest() -> None:
     assert polls_for(precise, 21.0) < polls_for(rough, 21.0)
 
 
+def test_when_all_modes_get_harder_to_predict_a_quiet_mode_widens_too() -> None:
+    times = SolveTimes()
+    for n in range(300):
+        times.learn("chat", 100, noisy(5.0, n, 0.05))
+        times.learn("essay", 100, noisy(20.0, n, 0.05))
+    quiet_before = times.estimate("essay", 100).sigma
+    for n in range(40):  # upstream turns erratic; only chat answers come meanwhile
+        times.estimate("chat", 100)  # as the scheduler does when the job is watched
+        times.learn("chat", 100, noisy(5.0, n, 0.9))
+
+    assert quiet_before < 0.1
+    assert times.estimate("essay", 100).sigma > 0.4  # without an answer of its own
+
+
 def test_history_is_learned_newest_last() -> None:
     newest_fast, newest_slow = SolveTimes(), SolveTimes()
     newest_fast.learn_all([("chat", 100, 5.0)] * 40 + [("chat", 100, 50.0)] * 260)

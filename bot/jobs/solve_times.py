@@ -13,13 +13,19 @@ SAMPLES_KEPT = 300  # per mode: recent enough to follow upstream changes
 MIN_SAMPLES = 10  # fewer, and the mode is estimated from all answers instead
 MIN_SECONDS = 0.3
 # Residuals this many answers old (of the same mode) count half as much as the latest:
-# when upstream gets faster or slower, the estimate follows within a few dozen answers.
+# when upstream gets faster, slower or more predictable, the estimate follows within a
+# few dozen answers.
 HALF_LIFE = 30.0
 # The first poll of a job is never later than the slowest of this many latest answers of
 # its mode would be at its length: a model learned on other times cannot hold back an
 # answer that recent answers say is likely.
 RECENT = 20
 MIN_SIGMA = 0.05  # no prediction is trusted closer than ±5%
+# But when answers get harder to predict, all modes show it, and a mode would learn it
+# only from its own next answers (a few a minute for a rare one): so no mode's spread is
+# narrower than the root mean square error of the latest answers of all modes, each
+# weighing half as much as one this many answers later.
+OVERALL_HALF_LIFE = 20.0
 # A first poll that finds the answer says only that it came sooner, so learning from such
 # hits alone, a model that holds answers slower than they now are never learns otherwise
 # (a 5-s answer first polled at 60 s is learned as about 60 s). So every first poll tests
@@ -88,10 +94,13 @@ class _Fit:
     sigma: float  # and their spread
     slowest_ratio: float  # the largest actual / line among the RECENT latest answers
 
-    def estimate(self, length: int, early: float) -> Estimate:
+    def median(self, length: int) -> float:
+        return max(MIN_SECONDS, self.intercept + self.slope * length) * math.exp(self.shift)
+
+    def estimate(self, length: int, early: float, floor: float = 0.0) -> Estimate:
         line = max(MIN_SECONDS, self.intercept + self.slope * length)
-        return Estimate(line * math.exp(self.shift), self.sigma, line * self.slowest_ratio,
-                        early)
+        return Estimate(line * math.exp(self.shift), max(self.sigma, floor),
+                        line * self.slowest_ratio, early)
 
 
 class SolveTimes:
@@ -112,9 +121,14 @@ class SolveTimes:
         self._overall_estimate: Estimate | None = None
         self._first_polls: dict[str, _FirstPolls] = {}
         self._first_polls_overall = _FirstPolls(OVERALL_EVIDENCE)
+        self._lately = 0.0  # the recent mean square of log(actual / estimated), all modes
 
     def learn(self, mode: str, length: int, seconds: float) -> None:
         seconds = max(MIN_SECONDS, seconds)
+        if (fit := self._fits.get(mode)) is not None:
+            rate = 1.0 - 0.5 ** (1.0 / OVERALL_HALF_LIFE)
+            residual = math.log(seconds / fit.median(length))
+            self._lately += rate * (residual * residual - self._lately)
         self._by_mode.setdefault(mode, deque(maxlen=SAMPLES_KEPT)).append((length, seconds))
         self._overall.append(seconds)
         self._fits.pop(mode, None)
@@ -151,7 +165,7 @@ class SolveTimes:
         fit = self._fits.get(mode)
         if fit is None:
             fit = self._fits[mode] = _fit(list(samples))
-        return fit.estimate(length, early)
+        return fit.estimate(length, early, math.sqrt(self._lately))
 
 
 @dataclass(slots=True)
@@ -203,6 +217,19 @@ def _weighted_mean_sd(values: Sequence[float], weights: Sequence[float]) -> tupl
     return mean, max(MIN_SIGMA, math.sqrt(variance))
 
 
+def _weighted_mad(values: Sequence[float], weights: Sequence[float], centre: float) -> float:
+    """The spread as the weighted median distance from the centre (scaled to a normal's
+    sigma): once the answers since a change weigh more than half, it is theirs, where a
+    standard deviation would stay wide for as long as a few old outliers weigh at all."""
+    pairs = sorted((abs(v - centre), w) for v, w in zip(values, weights, strict=True))
+    half, total = sum(weights) / 2, 0.0
+    for deviation, weight in pairs:
+        total += weight
+        if total >= half:
+            return max(MIN_SIGMA, 1.4826 * deviation)
+    return MIN_SIGMA
+
+
 def _line(points: Sequence[tuple[int, float]], weights: Sequence[float]) -> tuple[float, float]:
     """Weighted least-squares line through (length, seconds), kept non-decreasing."""
     total = sum(weights)
@@ -225,5 +252,6 @@ def _fit(points: Sequence[tuple[int, float]]) -> _Fit:
     intercept, slope = _line(points, [w / (line * line) for w, line in zip(recency, lines,
                                                                           strict=True)])
     logs = [math.log(y / max(MIN_SECONDS, intercept + slope * x)) for x, y in points]
-    shift, sigma = _weighted_mean_sd(logs, recency)
+    shift, _ = _weighted_mean_sd(logs, recency)
+    sigma = _weighted_mad(logs, recency, shift)
     return _Fit(intercept, slope, shift, sigma, math.exp(max(logs[-RECENT:])))
