@@ -21,6 +21,9 @@ HALF_LIFE = 30.0
 # answer that recent answers say is likely.
 RECENT = 20
 MIN_SIGMA = 0.05  # no prediction is trusted closer than ±5%
+# A mode's line is fitted again once answers since make this share of its samples: a fit
+# of 300 answers takes about a millisecond, and each answer changes it little.
+REFIT_SHARE = 16
 # But when answers get harder to predict, all modes show it, and a mode would learn it
 # only from its own next answers (a few a minute for a rare one): so no mode's spread is
 # narrower than the root mean square error of the latest answers of all modes, each
@@ -56,7 +59,7 @@ class Estimate:
     median: float
     sigma: float
     bound: float = math.inf
-    early: float = 1.0  # the mode's calibration of first polls (EARLY_STEP)
+    early: float = 1.0  # first polls are placed as if answers took this times as long
 
     def quantile(self, q: float) -> float:
         q = min(max(q, 1e-9), 1.0 - 1e-9)
@@ -109,8 +112,9 @@ class SolveTimes:
     GPT's time grows with what it reads and writes, so per mode the model is a straight
     line in the content length (fixed latency plus time per character), fitted on recent
     answers with their relative errors; how far actual times stray from the line (in log
-    terms, the latest answers weighing most) gives the spread. A mode with few answers
-    yet is estimated from all answers.
+    terms, the latest answers weighing most) gives the spread, never narrower than the
+    latest errors of all modes. A mode with few answers yet is estimated from all answers.
+    Its first polls are bounded by its latest answers and calibrated (MODE_EVIDENCE).
     """
 
     def __init__(self, prior: Iterable[float] = PRIOR) -> None:
@@ -118,6 +122,7 @@ class SolveTimes:
         self._by_mode: dict[str, deque[tuple[int, float]]] = {}
         self._overall: deque[float] = deque(maxlen=SAMPLES_KEPT)
         self._fits: dict[str, _Fit] = {}
+        self._unfitted: dict[str, int] = {}  # answers of the mode since its fit
         self._overall_estimate: Estimate | None = None
         self._first_polls: dict[str, _FirstPolls] = {}
         self._first_polls_overall = _FirstPolls(OVERALL_EVIDENCE)
@@ -129,9 +134,13 @@ class SolveTimes:
             rate = 1.0 - 0.5 ** (1.0 / OVERALL_HALF_LIFE)
             residual = math.log(seconds / fit.median(length))
             self._lately += rate * (residual * residual - self._lately)
-        self._by_mode.setdefault(mode, deque(maxlen=SAMPLES_KEPT)).append((length, seconds))
+        samples = self._by_mode.setdefault(mode, deque(maxlen=SAMPLES_KEPT))
+        samples.append((length, seconds))
         self._overall.append(seconds)
-        self._fits.pop(mode, None)
+        self._unfitted[mode] = unfitted = self._unfitted.get(mode, 0) + 1
+        if unfitted * REFIT_SHARE >= len(samples):
+            del self._unfitted[mode]
+            self._fits.pop(mode, None)
         self._overall_estimate = None
 
     def learn_all(self, history: Iterable[tuple[str, int, float]]) -> None:
