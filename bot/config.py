@@ -42,7 +42,10 @@ class Settings(BaseSettings):
                                       arbitrary_types_allowed=True)
 
     bot_token: SecretStr
-    chatinfo_api_key: SecretStr
+    # A pool of keys (comma-separated), each its own account: declared before
+    # chatinfo_api_key, whose validator reads it.
+    chatinfo_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    chatinfo_api_key: SecretStr | None = Field(None, validate_default=True)
     chatinfo_base_url: AnyHttpUrl = AnyHttpUrl("https://chatinfo.ru")
     telegram_api_url: AnyHttpUrl | None = None
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
@@ -103,11 +106,30 @@ class Settings(BaseSettings):
             raise ValueError("must be comma-separated numeric Telegram user ids")
         return frozenset(int(part) for part in parts)
 
-    @field_validator("bot_token", "chatinfo_api_key")
+    @field_validator("bot_token")
     @classmethod
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("chatinfo_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("chatinfo_api_key")
+    @classmethod
+    def _one_key_at_least(cls, value: SecretStr | None,
+                          info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            if info.data.get("chatinfo_api_keys"):
+                return None  # an empty line in .env beside CHATINFO_API_KEYS
+            raise ValueError("must not be empty")
+        if value is None and not info.data.get("chatinfo_api_keys"):
+            raise ValueError("is required")
         return value
 
     @field_validator("default_locale")
@@ -165,6 +187,13 @@ class Settings(BaseSettings):
     def default_quota(self) -> int | None:
         """DAILY_QUOTA as requests a day; None: unlimited (DAILY_QUOTA=0)."""
         return self.daily_quota or None
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """Every chatinfo key, CHATINFO_API_KEY first, then CHATINFO_API_KEYS, each once."""
+        keys = ([self.chatinfo_api_key] if self.chatinfo_api_key else []) + list(
+            self.chatinfo_api_keys)
+        return tuple(dict.fromkeys(key.get_secret_value() for key in keys))
 
     @property
     def webhook_path(self) -> str:

@@ -22,6 +22,7 @@ from bot.jobs.admission import QuotaClock
 from bot.telegram.commands import Commands
 from bot.upstream.account import Upstream
 from bot.upstream.client import AccessDenied, ChatinfoError, RateLimited, UpstreamUnavailable
+from bot.upstream.pool import UpstreamPool
 from bot.upstream.units import refusal_reason
 from storage.jobs import JobRepo
 from storage.quotas import UNLIMITED, QuotaRepo, Usage
@@ -35,16 +36,25 @@ DAY = 86400.0
 AVERAGE_DAYS = 7
 
 
-async def units(message: Message, upstream: Upstream, stats: StatsRepo,
+async def units(message: Message, upstream: UpstreamPool, stats: StatsRepo,
                 clock: QuotaClock, locale: str) -> None:
-    lines = []
-    try:
-        live = await upstream.refresh()
-        balance: int | None = live
-        lines.append(balance_line(live))
-    except ChatinfoError as error:
+    lines: list[str] = []
+    balance: int | None
+    if upstream.pooled:
+        spent = await stats.units_spent_by_key_since(clock.day_start())
+        for key in upstream.keys:
+            lines.append(await key_line(key, spent.get(key.fingerprint, 0)))
         balance = upstream.balance
-        lines += unanswered_lines(error, balance)
+        lines.append(_("💰 Total: {units}").format(
+            units=_("unknown") if balance is None else units_text(balance)))
+    else:
+        try:
+            live = await upstream.primary.refresh()
+            balance = live
+            lines.append(balance_line(live))
+        except ChatinfoError as error:
+            balance = upstream.primary.balance
+            lines += unanswered_lines(error, balance)
     today = await stats.units_spent_since(clock.day_start())
     week = await stats.units_spent_since(clock.day_start(days_ago=AVERAGE_DAYS - 1))
     lines.append(_("Spent today: {today} · last 7 days: {week}").format(today=today, week=week))
@@ -54,6 +64,26 @@ async def units(message: Message, upstream: Upstream, stats: StatsRepo,
     lines.append(_("Requests in progress: {pending}").format(pending=await stats.pending_jobs()))
     lines += forecast(week, balance, await stats.first_spent_at(), clock, locale)
     await message.answer("\n".join(lines))
+
+
+async def key_line(key: Upstream, spent_today: int) -> str:
+    """One key of the pool: its fingerprint, its balance (fresh if the API answers), what
+    it spent today, and whether it takes requests."""
+    try:
+        await key.refresh()
+        state = _("taking requests") if key.usable else _("out of units")
+    except AccessDenied as error:
+        state = _("refused: {reason}").format(reason=refusal_reason(error.upstream_error))
+    except ChatinfoError:
+        state = (_("no answer from the API; last known balance") if key.usable
+                 else _("out of units") if key.exhausted else _("refused"))
+    balance = _("unknown") if key.balance is None else units_text(key.balance)
+    return _("🔑 {key}: {balance} · spent today: {spent} · {state}").format(
+        key=key.name, balance=balance, spent=spent_today, state=state)
+
+
+def units_text(units: int) -> str:
+    return ngettext("{units} unit", "{units} units", units).format(units=units)
 
 
 def balance_line(balance: int) -> str:

@@ -170,6 +170,30 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX broadcast_recipients_by_state ON broadcast_recipients (broadcast_id, state);
     """,
+    """
+    -- A pool of API keys: the key a job's create_request went with, by its fingerprint
+    -- (8 hex digits of its SHA-256, never the key); its polls use that key, also after a
+    -- restart. NULL: sent before the pool, with the one key there was (the bot adopts
+    -- those rows for its first key at start).
+    ALTER TABLE jobs ADD COLUMN upstream_key TEXT;
+    -- The balance anchor, one per key; the one kept before the pool names none ('').
+    CREATE TABLE balance_anchors (
+        key     TEXT PRIMARY KEY,
+        units   INTEGER NOT NULL,
+        read_at REAL    NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO balance_anchors (key, units, read_at)
+        SELECT '', units, read_at FROM balance_anchor;
+    DROP TABLE balance_anchor;
+    """,
+    """
+    -- When create_request was sent: with the balance it reported and when its reply came,
+    -- it pins a balance to a span of time, so the next start can tell which creates a
+    -- crash abandoned spent a unit (bot/jobs/balance_ledger.py). NULL: sent before this.
+    ALTER TABLE jobs ADD COLUMN sent_at REAL;
+    CREATE INDEX jobs_by_acknowledged ON jobs (upstream_key, upstream_at)
+        WHERE upstream_at IS NOT NULL;
+    """,
 )
 
 

@@ -8,6 +8,7 @@ so the job becomes UNKNOWN (the user is offered a retry) instead of being re-sen
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -58,6 +59,7 @@ class Job:
     # Asked in inline mode: the answer edits this message in another chat, and chat_id is
     # the user's private chat, where only the whole answer is shown on request.
     inline_message_id: str | None
+    upstream_key: str | None  # the fingerprint of the API key it was sent with
 
     @property
     def inline(self) -> bool:
@@ -157,39 +159,60 @@ class JobRepo:
             (parent_id, action, *UNFINISHED),
         ) is not None
 
-    async def balance_reported_before(self, moment: float) -> int | None:
-        """The lowest balance the latest creates reported, if every create acknowledged so
-        far had its answer before `moment`; None otherwise, or if none reported one."""
-        row = await self._db.fetch_one(
-            """SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE upstream_at >= :moment)
-                      THEN NULL
-                      ELSE (SELECT min(units_after) FROM (SELECT units_after FROM jobs
-                            WHERE units_after IS NOT NULL ORDER BY id DESC LIMIT 50)) END""",
-            {"moment": moment})
-        return int(row[0]) if row and row[0] is not None else None
+    async def adopt_unkeyed(self, key: str) -> None:
+        """Rows from before the pool of keys name none: they were sent with `key`, and so
+        was the balance anchor kept then."""
+        marks = placeholders(UNFINISHED)
+        async with self._db.transaction():
+            await self._db.write(
+                f"""UPDATE jobs SET upstream_key = ? WHERE upstream_key IS NULL
+                    AND (upstream_id IS NOT NULL OR state IN ({marks}))""", (key, *UNFINISHED))
+            await self._db.write(
+                "UPDATE OR IGNORE balance_anchors SET key = ? WHERE key = ''", (key,))
+            await self._db.write("DELETE FROM balance_anchors WHERE key = ''")
 
-    async def set_balance_anchor(self, units: int | None, read_at: float) -> None:
-        """Keep the balance read at `read_at` while no create was in flight (None: unknown)."""
+    async def set_balance_anchor(self, units: int | None, read_at: float, *,
+                                 key: str = "") -> None:
+        """Keep the balance of `key` read at `read_at` while none of its creates was in
+        flight (None: unknown)."""
         if units is None:
-            await self._db.write("DELETE FROM balance_anchor")
+            await self._db.write("DELETE FROM balance_anchors WHERE key = ?", (key,))
         else:
             await self._db.write(
-                """INSERT INTO balance_anchor (id, units, read_at) VALUES (1, ?, ?)
-                   ON CONFLICT (id) DO UPDATE SET units = excluded.units,
-                                                  read_at = excluded.read_at""",
-                (units, read_at))
+                """INSERT INTO balance_anchors (key, units, read_at) VALUES (?, ?, ?)
+                   ON CONFLICT (key) DO UPDATE SET units = excluded.units,
+                                                   read_at = excluded.read_at""",
+                (key, units, read_at))
 
-    async def expected_balance(self) -> int | None:
-        """The kept balance less the creates acknowledged since it was read, if one is kept."""
+    async def balance_anchor(self, *, key: str) -> tuple[int, float] | None:
+        """The kept balance of `key` and when it was read, if one is kept."""
         row = await self._db.fetch_one(
-            """SELECT units - (SELECT count(*) FROM jobs WHERE upstream_at >= read_at)
-               FROM balance_anchor""")
-        return int(row[0]) if row else None
+            "SELECT units, read_at FROM balance_anchors WHERE key = ?", (key,))
+        return (int(row[0]), float(row[1])) if row else None
 
-    async def mid_create(self) -> dict[int, float]:
-        """Jobs whose create_request may have been sent: id -> when it was (about to be)."""
+    async def creates_from(self, moment: float, *, key: str
+                           ) -> list[tuple[int | None, float | None, float]]:
+        """The creates acknowledged with `key`, from the last one acknowledged before
+        `moment` on: (the balance it reported, when it was sent (None: not kept), when its
+        reply came)."""
         rows = await self._db.execute_fetchall(
-            "SELECT id, updated_at FROM jobs WHERE state = ?", (JobState.CREATING,))
+            """SELECT units_after, sent_at, upstream_at FROM jobs
+               WHERE upstream_key = :key AND upstream_at >= coalesce(
+                   (SELECT max(upstream_at) FROM jobs
+                    WHERE upstream_key = :key AND upstream_at < :moment), :moment)
+               ORDER BY upstream_at""", {"key": key, "moment": moment})
+        return [(None if units is None else int(units), None if sent is None else float(sent),
+                 float(acked)) for units, sent, acked in rows]
+
+    async def mid_create(self, *, key: str | None = None,
+                         keys_except: Sequence[str] = ()) -> dict[int, float]:
+        """Jobs whose create_request may have been sent (with `key`, if given; with none of
+        `keys_except`): id -> when it was (about to be)."""
+        rows = await self._db.execute_fetchall(
+            f"""SELECT id, coalesce(sent_at, updated_at) FROM jobs WHERE state = ?
+                AND (? IS NULL OR upstream_key = ?)
+                AND coalesce(upstream_key, '') NOT IN ({placeholders(keys_except)})""",
+            (JobState.CREATING, key, key, *keys_except))
         return {int(row[0]): float(row[1]) for row in rows}
 
     async def pending_count(self, user_id: int, *, created_after: float = 0.0) -> int:
@@ -235,8 +258,13 @@ class JobRepo:
     async def set_placeholder(self, job_id: int, message_id: int) -> None:
         await self._update(job_id, placeholder_id=message_id)
 
-    async def mark_creating(self, job_id: int) -> None:
-        await self._update(job_id, state=JobState.CREATING)
+    async def mark_creating(self, job_id: int, *, key: str | None = None,
+                            sent_at: float | None = None) -> None:
+        """About to send create_request (at `sent_at`), with the key of fingerprint `key`."""
+        fields: dict[str, Any] = {"state": JobState.CREATING, "sent_at": sent_at or time.time()}
+        if key is not None:
+            fields["upstream_key"] = key
+        await self._update(job_id, **fields)
 
     async def requeue(self, job_id: int) -> None:
         """Back to NEW after a create_request that surely did not count (a 429)."""

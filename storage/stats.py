@@ -29,6 +29,14 @@ class StatsRepo:
             "SELECT count(*) FROM jobs WHERE upstream_id IS NOT NULL AND created_at >= ?", (since,)
         )
 
+    async def units_spent_by_key_since(self, since: float) -> dict[str | None, int]:
+        """`units_spent_since`, per API key (its fingerprint; None: sent before the pool)."""
+        rows = await self._db.execute_fetchall(
+            """SELECT upstream_key, count(*) FROM jobs
+               WHERE upstream_id IS NOT NULL AND created_at >= ? GROUP BY upstream_key""",
+            (since,))
+        return {row[0]: int(row[1]) for row in rows}
+
     async def outcome_unknown_since(self, since: float) -> int:
         """create_request calls that may or may not have spent a unit (no id came back)."""
         return await self._scalar(

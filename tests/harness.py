@@ -177,7 +177,7 @@ async def built_app(
     finally:
         await application.dp["broadcaster"].stop()
         await application.services.stop()
-        await application.upstream.close()
+        await application.pool.close()
         await db.close()
 
 

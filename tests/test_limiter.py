@@ -249,3 +249,59 @@ async def test_429s_below_our_limit_lower_it_and_quiet_windows_raise_it_back() -
         time.now += PERIOD
         await limiter.acquire()
     assert limiter.limit == 40  # never above what the settings allow
+
+
+async def test_429s_scattered_among_answered_calls_do_not_lower_the_limit() -> None:
+    """A few 429s in a busy window (a flaky proxy, not a limit) are not learned: lowering
+    the limit for them starved the bot to a tenth of its budget in the soak."""
+    time = FakeTime()
+    limiter = time.limiter(limit=1000)
+    for call in range(1, 2001):  # 200 calls a window for ten windows, one in 25 refused
+        await limiter.acquire()
+        if call % 25:
+            limiter.answered()
+        else:
+            assert not limiter.rate_limited()
+        time.now += PERIOD / 200
+    assert limiter.limit == 1000
+
+
+async def test_a_lowered_limit_climbs_back_while_429s_are_rare() -> None:
+    time = FakeTime()
+    limiter = time.limiter(limit=100)
+    for _ in range(10):
+        await limiter.acquire()
+    assert [limiter.rate_limited() for _ in range(3)] == [False, False, True]  # a storm
+    assert limiter.limit == 7
+    call = 0
+    while time.now < 30 * PERIOD:  # then calls at the lowered limit, one in 30 refused
+        call += 1
+        await limiter.acquire()
+        if call % 30:
+            limiter.answered()
+        else:
+            limiter.rate_limited()
+        time.now += PERIOD / max(1, limiter.limit)
+    assert limiter.limit == 100
+
+
+async def test_a_server_limit_below_ours_is_found_and_kept_to() -> None:
+    """The server refuses every call past its own 60 a window; ours says 100. The limit
+    settles near 60, and after the first windows few calls meet a 429."""
+    time = FakeTime()
+    limiter = time.limiter(limit=100)
+    accepted: list[float] = []
+    refusals_by_window = [0] * 20
+    while time.now < 20 * PERIOD:
+        await limiter.acquire()
+        accepted[:] = [t for t in accepted if t > time.now - PERIOD]
+        if len(accepted) < 60:
+            accepted.append(time.now)
+            limiter.answered()
+        else:
+            limiter.rate_limited()
+            refusals_by_window[int(time.now // PERIOD)] += 1
+        time.now += 0.1  # demand: 600 a window, far above either limit
+    assert 50 <= limiter.limit <= 66
+    # Each window wastes a few calls finding the edge again after a climb, never many.
+    assert max(refusals_by_window) <= 0.15 * 60, refusals_by_window

@@ -164,9 +164,6 @@ async def test_a_restart_settles_a_lost_create_against_the_kept_balance_despite_
         await client.create_request("hello", "chat")
         await client.close()
     await sent_job(before, "later")  # acknowledged after the lost one was sent
-    await before.db.execute("UPDATE jobs SET updated_at = updated_at - 120 WHERE id = ?",
-                            (job_id,))
-    await before.db.commit()
     await before.runner.stop()
 
     after = await make_app()
@@ -180,6 +177,32 @@ async def test_a_restart_settles_a_lost_create_against_the_kept_balance_despite_
         assert await state_of(after, job_id) is JobState.DELIVERED
         assert after.chatinfo.units == 998  # "later" and "hello", one unit each
         assert after.runner.reconciled == {"unspent": 1}
+
+
+async def test_a_restart_tells_apart_two_lost_creates_by_the_balance_between_them(
+        make_app: AppFactory) -> None:
+    """Two creates lost at a crash, one debit unreported: counting cannot tell whose. A
+    create acknowledged between them reported the balance, which shows the first spent
+    it (its id is lost) and the second nothing (it is sent again)."""
+    before = await make_app()
+    await before.runner.resume()  # reads the balance (1000) and keeps it
+    first = await add_job(before, content="first")
+    await before.jobs.mark_creating(first)
+    client = ChatinfoClient(before.chatinfo.base_url, "test-key")
+    await client.create_request("first", "chat")  # the server took it; the reply is lost
+    await client.close()
+    await sent_job(before, "between")  # reports 998: one debit before it unreported
+    second = await add_job(before, content="second")
+    await before.jobs.mark_creating(second)  # the crash came before it reached the server
+    await before.runner.stop()
+
+    after = await make_app()
+    await after.runner.resume()
+    await after.settle()
+    assert await state_of(after, first) is JobState.UNKNOWN
+    assert await state_of(after, second) is JobState.DELIVERED
+    assert after.runner.reconciled == {"spent": 1, "unspent": 1}
+    assert after.chatinfo.units == 997  # first, between, and second sent once
 
 
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:

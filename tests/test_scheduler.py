@@ -401,6 +401,21 @@ async def test_a_paused_queue_grants_nothing_until_resumed() -> None:
         await queue.stop()
 
 
+async def test_no_more_calls_are_granted_than_may_be_in_flight() -> None:
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=2)
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(1, job_id)) for job_id in range(1, 5)]
+        await wait_until(lambda: sum(t.done() for t in turns) == 2, timeout=2, what="two grants")
+        await asyncio.sleep(0.05)  # the budget has room for all four: only the cap holds
+        assert [t.done() for t in turns] == [True, True, False, False]
+        queue.sent(1, rate_limited=False)  # one call ends: one more may go
+        await asyncio.wait_for(turns[2], 1.0)
+        assert not turns[3].done() and queue.outstanding == 2
+    finally:
+        await queue.stop()
+
+
 async def test_queued_requests_survive_a_restart(make_app: AppFactory,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner_module, "RESUME_PAGE", 2)  # resumed over three pages

@@ -54,7 +54,7 @@ async def _run(settings: Settings, *, sandbox: bool) -> None:
         freeze_startup_objects()
         await serve(settings, bot=bot, app=app)
     finally:
-        await app.upstream.close()
+        await app.pool.close()
         await bot.session.close()
         await db.close()
 
@@ -65,8 +65,10 @@ async def _upstream(settings: Settings, sandbox: bool) -> AsyncIterator[Settings
     if not sandbox:
         yield settings
         return
-    server = FakeChatinfo({settings.chatinfo_api_key.get_secret_value(): "prestige"},
-                          units=SANDBOX_UNITS, solve_time=SANDBOX_SOLVE_SECONDS)
+    keys = settings.api_keys
+    server = FakeChatinfo(dict.fromkeys(keys, "prestige"), units=SANDBOX_UNITS,
+                          key_units=dict.fromkeys(keys, SANDBOX_UNITS) if len(keys) > 1 else None,
+                          solve_time=SANDBOX_SOLVE_SECONDS)
     url = await server.start()
     log.warning("SANDBOX MODE: answers come from the built-in fake chatinfo server at %s, "
                 "not from chatinfo.ru; no API key is used and no units are spent. Its "
@@ -79,7 +81,7 @@ async def _upstream(settings: Settings, sandbox: bool) -> AsyncIterator[Settings
 
 def sandbox_settings() -> Settings:
     """The settings from the environment, with the sandbox's own key and database."""
-    settings = Settings(chatinfo_api_key=f"sandbox-{secrets.token_hex(8)}",
+    settings = Settings(chatinfo_api_key=f"sandbox-{secrets.token_hex(8)}", chatinfo_api_keys=(),
                         chatinfo_base_url=AnyHttpUrl(SANDBOX_PLACEHOLDER_URL))
     return settings.model_copy(update={"database_path": sandbox_database(settings.database_path)})
 
@@ -115,5 +117,6 @@ def run_bot(*, sandbox: bool = False) -> int:
 
 def secrets_of(settings: Settings) -> list[str]:
     """What the logs must never show."""
-    secrets = [settings.bot_token, settings.chatinfo_api_key, settings.webhook_secret]
-    return [secret.get_secret_value() for secret in secrets if secret is not None]
+    secrets = [settings.bot_token, settings.webhook_secret]
+    return [*settings.api_keys,
+            *(secret.get_secret_value() for secret in secrets if secret is not None)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from bot.jobs.admission import Admission, QuotaClock
 from bot.jobs.broadcast import Broadcaster
 from bot.jobs.conversation import Conversations
 from bot.jobs.create_queue import FairQueue
+from bot.jobs.lanes import Lane
 from bot.jobs.poll_scheduler import PollScheduler
 from bot.jobs.runner import JobRunner, Outcome, RunnerPolicy
 from bot.jobs.solve_times import SolveTimes
@@ -35,9 +36,11 @@ from bot.telegram.i18n import UserLocaleMiddleware
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.menus import set_command_menus
 from bot.telegram.notify import AdminNotifier
-from bot.telegram.throttle import TelegramThrottle
+from bot.telegram.throttle import PressureGauge, TelegramThrottle, find_throttle
 from bot.upstream.account import Upstream
-from bot.upstream.client import CREATE, POLL, AttemptObserver, ChatinfoClient
+from bot.upstream.client import CREATE, POLL, AttemptObserver, ChatinfoClient, key_fingerprint
+from bot.upstream.pool import UpstreamPool
+from bot.upstream.units import AdminAlerts
 from handlers import get_routers
 from handlers.fallback import on_error
 from storage.broadcasts import BroadcastRepo
@@ -88,15 +91,36 @@ def make_bot(settings: Settings) -> Bot:
 
 
 def make_client(settings: Settings, observer: AttemptObserver | None = None,
-                **options: Any) -> ChatinfoClient:
-    """The chatinfo client for the configured key; `options` as ChatinfoClient takes them,
-    over the settings' rate limits."""
+                key: str | None = None, **options: Any) -> ChatinfoClient:
+    """The chatinfo client for `key` (the first configured one by default); `options` as
+    ChatinfoClient takes them, over the settings' rate limits."""
     limits = {"create_per_min": settings.chatinfo_create_per_min,
               "poll_per_min": settings.chatinfo_poll_per_min,
               "units_per_min": settings.chatinfo_units_per_min}
-    return ChatinfoClient(str(settings.chatinfo_base_url),
-                          settings.chatinfo_api_key.get_secret_value(), observer=observer,
-                          **{**limits, **options})
+    return ChatinfoClient(str(settings.chatinfo_base_url), key or settings.api_keys[0],
+                          observer=observer, **{**limits, **options})
+
+
+def make_pool(settings: Settings, alerts: AdminAlerts, upstream_calls: UpstreamCalls, *,
+              client: ChatinfoClient | Sequence[ChatinfoClient] | None = None,
+              client_options: Mapping[str, Any] | None = None) -> UpstreamPool:
+    """One `Upstream` per configured key (or per `client`, built elsewhere); with several,
+    the alerts name each "#n (fingerprint)", and the metrics label its calls."""
+    if client is not None:
+        clients = [client] if isinstance(client, ChatinfoClient) else list(client)
+        return UpstreamPool([
+            Upstream(made, alerts, settings.low_units_threshold,
+                     name=f"#{number} ({made.fingerprint})" if len(clients) > 1 else None)
+            for number, made in enumerate(clients, start=1)])
+    keys = settings.api_keys
+    upstreams = []
+    for number, key in enumerate(keys, start=1):
+        observer = (upstream_calls.observer(key_fingerprint(key)) if len(keys) > 1
+                    else upstream_calls.observe)
+        made = make_client(settings, observer, key, **(client_options or {}))
+        name = f"#{number} ({made.fingerprint})" if len(keys) > 1 else None
+        upstreams.append(Upstream(made, alerts, settings.low_units_threshold, name=name))
+    return UpstreamPool(upstreams)
 
 
 @dataclass(frozen=True)
@@ -104,37 +128,42 @@ class Application:
     """The bot, built: the Dispatcher and what runs beside it."""
 
     dp: Dispatcher
-    upstream: Upstream
+    upstream: Upstream  # the primary key's account (the only one, unless keys are pooled)
     runner: JobRunner
     # Started at the Dispatcher's startup in this order, stopped at its shutdown in reverse.
     services: Services
     metrics: Metrics
     health: HealthCheck
+    pool: UpstreamPool  # every key's account; `close()` it after the services stop
 
 
 def make_application(
     bot: Bot, db: Database, i18n: I18n, settings: Settings, *,
-    client: ChatinfoClient | None = None, client_options: Mapping[str, Any] | None = None,
+    client: ChatinfoClient | Sequence[ChatinfoClient] | None = None,
+    client_options: Mapping[str, Any] | None = None,
     policy: RunnerPolicy | None = None, sandbox: bool = False,
 ) -> Application:
     """Every object of the bot, each built once, here.
 
     `sandbox`: the API is the built-in fake (python -m bot --sandbox); admins are told.
 
-    `client`: one built elsewhere (a test's, a benchmark's) instead of `make_client(settings,
-    **client_options)`; the metrics count the chatinfo calls only of a client built here.
+    `client`: one built elsewhere (a test's, a benchmark's) instead of one per configured
+    key, `make_client(settings, key=..., **client_options)`; the metrics count the chatinfo
+    calls only of clients built here.
     """
-    upstream_calls = UpstreamCalls()
-    client = client or make_client(settings, upstream_calls.observe, **(client_options or {}))
+    upstream_calls = UpstreamCalls(keyed=client is None and len(settings.api_keys) > 1)
     users, jobs = UserRepo(db), JobRepo(db)
     quotas = QuotaRepo(db, settings.default_quota)
     clock = QuotaClock(settings.quota_timezone)
-    upstream = Upstream(client, AdminNotifier(bot, users, i18n, settings.admin_ids),
-                        settings.low_units_threshold)
+    pool = make_pool(settings, AdminNotifier(bot, users, i18n, settings.admin_ids),
+                         upstream_calls, client=client, client_options=client_options)
     policy = policy or RunnerPolicy(max_wait=float(settings.max_wait_seconds))
-    delivery = Delivery(bot)
-    runner = make_runner(bot, jobs, quotas, upstream, delivery, i18n, policy)
-    admission = Admission(jobs, quotas, upstream, clock, settings.max_pending_per_user,
+    throttle = find_throttle(bot)
+    # Without a throttle (tests), nothing measures Telegram's pressure: it stays normal.
+    pressure = throttle.pressure if throttle is not None else PressureGauge()
+    delivery = Delivery(bot, pressure)
+    runner = make_runner(bot, jobs, quotas, pool, delivery, i18n, policy)
+    admission = Admission(jobs, quotas, pool, clock, settings.max_pending_per_user,
                           late_after=policy.max_wait, database=db)
     broadcasts = BroadcastRepo(db)
     broadcaster = Broadcaster(
@@ -143,21 +172,22 @@ def make_application(
         audience=settings.allowed_user_ids | settings.admin_ids if settings.allowed_user_ids
         else None)
     heartbeat = Heartbeat()
-    services = Services(heartbeat, upstream, runner.service)
-    metrics = Metrics(database=settings.database_path, upstream=upstream, runner=runner,
+    services = Services(heartbeat, pool, runner.service)
+    metrics = Metrics(database=settings.database_path, upstream=pool, runner=runner,
                       upstream_calls=upstream_calls,
                       update_source="webhook" if settings.webhook_url else "polling",
-                      loop_lag=lambda: heartbeat.lag)
+                      loop_lag=lambda: heartbeat.lag, pressure=pressure)
     bot.session.middleware(metrics.telegram_middleware)
     health = HealthCheck({
         "event_loop": heartbeat.probe,
         "database": db.probe,
-        "units_refresher": services_probe([upstream], "units-refresher is not running"),
-        "job_workers": services_probe([runner.scheduler, runner.queue],
+        "units_refresher": services_probe([pool], "units-refresher is not running"),
+        "job_workers": services_probe([worker for lane in runner.lanes.values()
+                                       for worker in (lane.scheduler, lane.queue)],
                                       "the poll scheduler or the create queue has stopped"),
     })
     dp = Dispatcher(users=users, jobs=jobs, quotas=quotas, stats=StatsRepo(db), clock=clock,
-                    upstream=upstream, runner=runner, settings=settings,
+                    upstream=pool, runner=runner, settings=settings,
                     submitter=Submitter(admission, jobs, runner, clock),
                     conversations=Conversations(ConversationRepo(db),
                                                 settings.conversation_idle_minutes),
@@ -184,13 +214,13 @@ def make_application(
 
     dp.startup.register(on_startup)
     dp.shutdown.register(on_shutdown)
-    return Application(dp, upstream, runner, services, metrics, health)
+    return Application(dp, pool.primary, runner, services, metrics, health, pool)
 
 
-def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
+def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, pool: UpstreamPool,
                 delivery: Delivery, i18n: I18n, policy: RunnerPolicy) -> JobRunner:
-    """The runner, its view and its workers, which share the upstream's create and poll
-    budgets."""
+    """The runner, its view and its workers: per key, a lane with a create queue and a
+    poll scheduler that share out the key's create and poll budgets."""
     solve_times = SolveTimes(policy.prior)
     runner: JobRunner  # built last: the scheduler and the indicators call back into it
 
@@ -200,15 +230,18 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
     def progress_text(job_id: int, locale: str, seconds: float) -> str:
         return runner.progress_text(job_id, locale, seconds)
 
-    scheduler = PollScheduler(upstream.poll, upstream.budget(POLL), solve_times, policy.timing,
-                              settled=settled)
-    queue = FairQueue(upstream.budget(CREATE))
+    lanes = [Lane(upstream, FairQueue(upstream.budget(CREATE), policy.creates_in_flight,
+                            pressure=delivery.pressure),
+                  PollScheduler(upstream.poll, upstream.budget(POLL), solve_times,
+                                policy.timing, settled=settled))
+             for upstream in pool.keys]
     indicators = WaitingIndicators(bot, delivery, policy.progress_every, progress_text)
-    view = JobView(bot, delivery, indicators, queue, quotas, i18n, max_wait=policy.max_wait,
-                   late_wait=policy.late_wait)
-    # Each started before what uses it, and stopped after: the scheduler's answers start
-    # jobs, and jobs use the queue and the indicators.
-    workers = Services(indicators, queue, scheduler)
-    runner = JobRunner(jobs, upstream, view, scheduler=scheduler, queue=queue,
-                       solve_times=solve_times, workers=workers, policy=policy)
+    view = JobView(bot, delivery, indicators, [lane.queue for lane in lanes], quotas, i18n,
+                   max_wait=policy.max_wait, late_wait=policy.late_wait)
+    # Each started before what uses it, and stopped after: the schedulers' answers start
+    # jobs, and jobs use the queues and the indicators.
+    workers = Services(indicators, *(lane.queue for lane in lanes),
+                       *(lane.scheduler for lane in lanes))
+    runner = JobRunner(jobs, pool, view, lanes=lanes, solve_times=solve_times,
+                       workers=workers, policy=policy)
     return runner

@@ -13,7 +13,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import lazy_gettext as __
 from babel.support import LazyProxy
 
-from bot.upstream.account import Upstream
+from bot.upstream.pool import UpstreamPool
 from storage.db import Database
 from storage.jobs import JobRepo
 from storage.quotas import QuotaRepo
@@ -101,7 +101,7 @@ Verdict = Admitted | Refused | Redelivered
 
 
 class Admission:
-    def __init__(self, jobs: JobRepo, quotas: QuotaRepo, upstream: Upstream,
+    def __init__(self, jobs: JobRepo, quotas: QuotaRepo, upstream: UpstreamPool,
                  clock: QuotaClock, max_pending: int, *, late_after: float,
                  database: Database) -> None:
         self._database = database

@@ -1,5 +1,6 @@
 """Sharing the create_request budget among users: round-robin, so one heavy user cannot
-starve the others, and holding back after a 429 or during a balance check."""
+starve the others, and holding back after a 429, during a balance check, or while answers
+wait for Telegram's message budget."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import OrderedDict, deque
 from contextlib import suppress
 
 from bot.services import Worker
+from bot.telegram.throttle import PressureGauge
 from bot.upstream.limiter import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
@@ -21,14 +23,22 @@ class FairQueue(Worker):
     After a 429 (which spent nothing) the queue honours the server's window: it grants
     nothing until the oldest call of the last window has left it, then lets one call
     through as a probe and grants no other until that one's outcome is known (`sent`).
-    While paused (a balance check), it grants nothing at all.
+    While paused (a balance check), it grants nothing at all; nor while Telegram's
+    `pressure` holds new requests (an answer bought then would wait for Telegram). At most
+    `in_flight` granted calls are out at once: a failed create's balance check waits for
+    them, and the fewer creates are out together, the fewer a crash leaves undecided and
+    the more often the balance can tell which failed one spent.
     """
 
     name = "create-queue"
     PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
 
-    def __init__(self, limiter: SlidingWindowLimiter) -> None:
+    def __init__(self, limiter: SlidingWindowLimiter, in_flight: int = 1_000_000,
+                 pressure: PressureGauge | None = None) -> None:
         self._limiter = limiter
+        self._in_flight = in_flight
+        self._call_ended = asyncio.Event()
+        self._pressure = pressure or PressureGauge()
         # user -> their waiting (job id, ticket)s, users in round-robin order
         self._waiting: OrderedDict[int, deque[tuple[int, asyncio.Future[None]]]] = OrderedDict()
         self._changed = asyncio.Event()
@@ -106,6 +116,7 @@ class FairQueue(Worker):
     def sent(self, job_id: int, *, rate_limited: bool) -> None:
         """How the granted call went: a 429 holds the queue for the server's window."""
         self.outstanding -= 1
+        self._call_ended.set()
         if rate_limited:
             self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
             self._need_probe = True
@@ -130,6 +141,11 @@ class FairQueue(Worker):
                 await self._changed.wait()
                 continue
             await self._open.wait()
+            if self.outstanding >= self._in_flight:
+                self._call_ended.clear()
+                await self._call_ended.wait()
+                continue
+            await self._pressure.creates_may_go()
             if (held := self._hold_until - time.monotonic()) > 0:
                 await asyncio.sleep(held)
                 continue  # the hold may have grown, or a pause come, meanwhile

@@ -23,6 +23,7 @@ class Failure(StrEnum):
     BLOCKED = "blocked"  # the user blocked the bot: nobody to tell
     CANCELLED = "cancelled"  # the user stopped waiting with /cancel
     INTERNAL = "internal"  # a step of ours kept failing (a bug, the database, Telegram)
+    KEY_REMOVED = "key_removed"  # sent with an API key no longer configured: cannot poll
 
     @property
     def retryable(self) -> bool:
@@ -64,6 +65,9 @@ def failure_text(failure: Failure, *, sent: bool = False, inline_bot: str | None
                             "counted. Tap the button to try again, or rephrase it."),
         Failure.LOST: _("⚠️ The AI service lost this request after it was sent, so it was "
                         "counted. Tap the button to send it again."),
+        Failure.KEY_REMOVED: _("⚠️ This request was sent with an API key the bot no longer "
+                               "uses, so its answer cannot be fetched. It was counted; tap "
+                               "the button to send it again."),
         Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
                            "counted; tap the button to send it again."),
         Failure.CANCELLED: _("✖️ Cancelled before it was sent, so nothing was counted."),
@@ -98,6 +102,9 @@ def inline_failure_text(failure: Failure, *, sent: bool = False) -> str | None:
                             "counted. Ask @{bot} again, or rephrase it."),
         Failure.LOST: _("⚠️ The AI service lost this request after it was sent, so it was "
                         "counted. To send it again, ask @{bot} again."),
+        Failure.KEY_REMOVED: _("⚠️ This request was sent with an API key the bot no longer "
+                               "uses, so its answer cannot be fetched. It was counted; to "
+                               "send it again, ask @{bot} again."),
         Failure.TIMEOUT: _("⌛ No answer came in time. The request was sent, so it was "
                            "counted; to send it again, ask @{bot} again."),
         Failure.INTERNAL: _("⚠️ Something went wrong on our side, so this request could not "

@@ -24,8 +24,10 @@ from aiogram.exceptions import (
 
 from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
+from bot.jobs.balance_ledger import Verdict
 from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure
+from bot.jobs.lanes import Lane
 from bot.jobs.poll_scheduler import (
     Answer,
     Expired,
@@ -38,7 +40,6 @@ from bot.jobs.solve_times import PRIOR, SolveTimes
 from bot.jobs.view import JobView
 from bot.logs import job_event
 from bot.services import Service, Services
-from bot.upstream.account import Upstream
 from bot.upstream.client import (
     AccessDenied,
     ChatinfoError,
@@ -46,6 +47,7 @@ from bot.upstream.client import (
     RateLimited,
     UpstreamUnavailable,
 )
+from bot.upstream.pool import UpstreamPool
 from storage.jobs import UNFINISHED, Job, JobRepo, JobState
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ class RunnerPolicy:
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
     create_settles_after: float = 60.0
+    # create_request calls out at once: enough for the API's 1500 a minute at 0.6 s a
+    # call, few enough that a crash or a burst of failures leaves few for the balance to
+    # tell apart.
+    creates_in_flight: int = 16
     # A step that raises (a bug, the database) is tried again after 1, 2, 4, 8 s; the
     # fifth failure ends the job, and its user is told.
     step_attempts: int = 5
@@ -79,20 +85,23 @@ class RunnerPolicy:
 
 class JobRunner:
     """Carries jobs through their steps, and stores each; `view` shows them to the user.
-    Its `workers` (the create queue and the poll scheduler among them) run as one service
-    with it: `service`."""
+    Its `workers` (each key's create queue and poll scheduler among them) run as one
+    service with it: `service`."""
 
     def __init__(
-        self, jobs: JobRepo, upstream: Upstream, view: JobView, *, scheduler: PollScheduler,
-        queue: FairQueue, solve_times: SolveTimes, workers: Services, policy: RunnerPolicy,
+        self, jobs: JobRepo, pool: UpstreamPool, view: JobView, *, lanes: list[Lane],
+        solve_times: SolveTimes, workers: Services, policy: RunnerPolicy,
     ) -> None:
         self._jobs = jobs
-        self._upstream = upstream
+        self._pool = pool
         self._view = view
         self._policy = policy
         self._solve_times = solve_times
-        self.scheduler = scheduler
-        self.queue = queue
+        # One per key of the pool, in its order: the first is the primary key's.
+        self.lanes = {lane.key: lane for lane in lanes}
+        self._primary = lanes[0]
+        self.scheduler: PollScheduler = lanes[0].scheduler  # the primary key's
+        self.queue: FairQueue = lanes[0].queue
         self.workers = workers
         # A job is in one of these while it is unfinished: a task carries it, or it is
         # parked with the poll scheduler until its answer starts a task again.
@@ -101,25 +110,26 @@ class JobRunner:
         self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
         # Creates that failed with their outcome unknown, waiting for a balance check.
         self._ambiguous: set[int] = set()
+        # The lane (key) of each job in `_ambiguous` or `_settling`: its balance decides.
+        self._lane_of: dict[int, Lane] = {}
         # Creates the server may still be finishing (a timeout, a gateway error, a crash):
         # job id -> when the balance can settle them.
         self._settling: dict[int, float] = {}
         self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
         self._verdict_given = asyncio.Event()
         self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
-        self._reconciling = asyncio.Lock()
         self._create_settled = asyncio.Event()  # a create step ended or awaits a check
-        # The balance read while no create was in flight, and the creates acknowledged
-        # since: together, what the balance must be if only those spent units. (A balance
-        # a create reports is no anchor: a concurrent create may be counted in it.)
-        self._anchor: int | None = None
-        self._acked_since_anchor = 0
         self._job_left = asyncio.Event()
 
     @property
     def active(self) -> int:
         """Jobs carried on now: with a task, or waiting for their answer."""
-        return len(self._tasks) + self.scheduler.pending
+        return len(self._tasks) + sum(lane.scheduler.pending for lane in self.lanes.values())
+
+    @property
+    def view(self) -> JobView:
+        """What users see of jobs: the submitter asks it how to show a new one."""
+        return self._view
 
     @property
     def service(self) -> Service:
@@ -148,14 +158,21 @@ class JobRunner:
     async def resume(self) -> int:
         """Carry on every unfinished job after a start; how many there were."""
         self._solve_times.learn_all(await self._jobs.solve_history(self._policy.history))
-        await self._reconcile_mid_create()
+        # Rows from before the pool name no key: theirs was the primary (CHATINFO_API_KEY).
+        await self._jobs.adopt_unkeyed(self._primary.key)
+        for lane in self.lanes.values():
+            await self._reconcile_mid_create(lane)
+        if gone := await self._jobs.mid_create(keys_except=list(self.lanes)):
+            log.info("%d job(s) found mid-create with a key no longer configured", len(gone))
+            self.reconciled["assumed_spent"] += len(gone)
+            await self._end_unknown(gone)
         resumed, last_id = 0, 0
         # A page at a time: a backlog of thousands never sits in memory with its texts.
         while page := await self._jobs.unfinished(after=last_id, limit=RESUME_PAGE):
             for job in page:  # in id order: the create queue keeps its order
                 if (job.state is JobState.PENDING
                         and (job.placeholder_id is not None or job.inline)
-                        and not self._late(job)):
+                        and not self._late(job) and self._lane(job) is not None):
                     self._park(job)
                 else:
                     self.start(job.id)
@@ -165,62 +182,84 @@ class JobRunner:
             log.info("resuming %d unfinished jobs", resumed)
         return resumed
 
-    async def _read_balance(self) -> int | None:
+    def _lane(self, job: Job) -> Lane | None:
+        """The lane of the key the job was sent with; None if that key is no longer
+        configured."""
+        return self.lanes.get(job.upstream_key or self._primary.key)
+
+    def _choose_lane(self) -> Lane:
+        """The lane of the key a new request goes to (the pool decides)."""
+        lanes = {lane.upstream: lane for lane in self.lanes.values()}
+        chosen = self._pool.choose(lambda key: lanes[key].wait(),
+                                   lambda key: lanes[key].in_flight())
+        return lanes[chosen]
+
+    async def _read_balance(self, lane: Lane) -> int | None:
         try:
-            return await self._upstream.read_balance()
+            return await lane.upstream.read_balance()
         except ChatinfoError as error:
             log.warning("could not read the balance (%s); failed creates count as spent",
                         error)
             return None
 
-    async def _keep_anchor(self, actual: int | None, read_at: float) -> None:
-        """The balance read while no create was in flight: the anchor of the next check,
-        kept in the database for the next start. Jobs it settles as spent must be stored
-        so first: past the anchor, their debit is no longer seen."""
-        self._anchor, self._acked_since_anchor = actual, 0
-        await self._jobs.set_balance_anchor(actual, read_at)
+    async def _keep_anchor(self, lane: Lane, actual: int | None, read_at: float) -> None:
+        """Keep the key's balance, read while none of its creates was in flight, for the
+        next start: its ledger begins from it if a crash leaves creates to settle."""
+        await self._jobs.set_balance_anchor(actual, read_at, key=lane.key)
         if actual is not None:
-            await self._upstream.observe(actual)
+            await lane.upstream.observe(actual)
 
     async def _end_unknown(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:  # each job's task (or the next start) tells its user
             await self._jobs.end(job_id, JobState.UNKNOWN, Failure.UNKNOWN_OUTCOME)
 
-    async def _reconcile_mid_create(self) -> None:
-        """Read the balance while nothing is in flight (the anchor of later checks), and
-        settle the jobs a crash caught mid-create against the anchor kept before it.
-
-        If the balance is what the kept anchor and the creates acknowledged since make it,
-        none of them spent anything so far: those the server has surely finished are sent
-        again, and the younger ones are settled when it has. Otherwise their users are
-        told, as for any unknown outcome.
-        """
-        stuck = await self._jobs.mid_create()
-        expected = await self._jobs.expected_balance()
-        if expected is None and stuck:  # no anchor kept (a database from before it was)
-            expected = await self._jobs.balance_reported_before(min(stuck.values()))
-        read_at = time.time()
-        actual = await self._read_balance()
-        unspent = actual is not None and actual == expected
-        if stuck and not unspent:
-            verdict = ("spent" if expected is not None and actual == expected - len(stuck)
-                       else "assumed_spent")
-            self.reconciled[verdict] += len(stuck)
-            log.info("%d job(s) found mid-create: expected a balance of %s, found %s: %s",
-                     len(stuck), expected, actual, verdict)
-            await self._end_unknown(stuck)
-        await self._keep_anchor(actual, read_at)
-        if not (stuck and unspent):
-            return
+    async def _reconcile_mid_create(self, lane: Lane) -> None:
+        """Read the key's balance while nothing is in flight, and settle the jobs a crash
+        caught mid-create with it, by the balances kept from before the crash (the
+        `BalanceLedger`, as after any failed create): those shown to have spent nothing
+        are sent again, those shown or assumed to have spent end as unknown, and those the
+        server may still be finishing are settled when it surely has."""
+        stuck = await self._jobs.mid_create(key=lane.key)
+        if stuck:
+            await self._recall_balances(lane, min(stuck.values()))
         for job_id, sent_at in stuck.items():
-            settles_at = sent_at + self._policy.create_settles_after
-            if settles_at > time.time():
-                self._settling[job_id] = settles_at
-                continue
-            await self._jobs.requeue(job_id)
-            self.reconciled["unspent"] += 1
-            log.info("job %s found mid-create is sent again: the balance shows it spent "
-                     "nothing", job_id, extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+            lane.ledger.failed(job_id, sent_at, sent_at + self._policy.create_settles_after)
+        read_at = time.time()
+        actual = await self._read_balance(lane)
+        if actual is None:
+            verdicts = lane.ledger.give_up(time.time())
+        else:
+            lane.ledger.read(actual, read_at, time.time())
+            verdicts = lane.ledger.decide()
+        if stuck:
+            log.info("%d job(s) of key %s found mid-create: %s", len(stuck), lane.key,
+                     ", ".join(f"{n} {v}" for v, n in Counter(verdicts.values()).items())
+                     or "none decided yet")
+        self.reconciled.update(verdicts.values())
+        await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
+        await self._keep_anchor(lane, actual, read_at)
+        for job_id in stuck:
+            if job_id not in verdicts:  # the server may still be finishing it
+                self._settling[job_id] = stuck[job_id] + self._policy.create_settles_after
+                self._lane_of[job_id] = lane
+            elif verdicts[job_id] is Verdict.UNSPENT:
+                await self._jobs.requeue(job_id)
+                log.info("job %s found mid-create is sent again: the balance shows it spent "
+                         "nothing", job_id,
+                         extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+
+    async def _recall_balances(self, lane: Lane, since: float) -> None:
+        """Give the key's ledger the balances seen before a crash, around `since`: the
+        last one read, and those reported by the creates acknowledged from just before."""
+        if anchor := await self._jobs.balance_anchor(key=lane.key):
+            units, read_at = anchor
+            lane.ledger.read(units, read_at, read_at)
+        for units_after, sent_at, acknowledged in await self._jobs.creates_from(since,
+                                                                                key=lane.key):
+            # Not kept for rows from before it was: at most the client's wait earlier.
+            sent = acknowledged - self._policy.create_settles_after if sent_at is None \
+                else sent_at
+            lane.ledger.created(units_after, sent, acknowledged)
 
     async def stop(self) -> None:
         """Cancel the waiting, and stop the workers; let create_request calls in flight
@@ -268,6 +307,7 @@ class JobRunner:
                 stopped += 1
             elif current.state is JobState.CREATING:  # its create may have counted
                 self._settling.pop(current.id, None)
+                self._lane_of.pop(current.id, None)
                 await self._tell(current, Failure.UNKNOWN_OUTCOME, "cancelled mid-create")
         self._job_left.set()
         return stopped, kept
@@ -318,7 +358,8 @@ class JobRunner:
         """End a job whose step kept failing, and tell its user as for any failure (its
         quota given back if it was never sent). If even that fails, the job stays at its
         last step, and the next start carries it on."""
-        self.scheduler.drop(job_id)
+        for lane in self.lanes.values():
+            lane.scheduler.drop(job_id)
         try:
             job = await self._jobs.get(job_id)
             if job is None or job.state not in UNFINISHED:
@@ -336,7 +377,8 @@ class JobRunner:
         if job is None:
             return
         if (job.placeholder_id is None and not job.inline
-                and job.state in (JobState.NEW, JobState.CREATING)):
+                and job.state in (JobState.NEW, JobState.CREATING)
+                and not self._view.one_message(job.id, job.user_id)):
             try:
                 placeholder = await self._view.placeholder(job)
             except TelegramForbiddenError:
@@ -359,13 +401,21 @@ class JobRunner:
             job = await self._send(job)
         if job.state is JobState.PENDING:
             if outcome is None:
-                if self._late(job) and time.time() < self._late_deadline(job):
-                    await self._show_late(job)  # resumed late: a crash may have hidden it
-                self._park(job)
+                await self._await_answer(job)
                 return
             job = await self._conclude(job, outcome)
         if job.state is JobState.ANSWERED:
             await self._deliver(job)
+
+    async def _await_answer(self, job: Job) -> None:
+        """Leave the sent job to its key's poll scheduler; if that key is no longer
+        configured, nothing can fetch its answer: its user is told."""
+        if self._lane(job) is None:
+            await self._tell(job, Failure.KEY_REMOVED, f"its key {job.upstream_key} is gone")
+            return
+        if self._late(job) and time.time() < self._late_deadline(job):
+            await self._show_late(job)  # resumed late: a crash may have hidden it
+        self._park(job)
 
     async def _send(self, job: Job) -> Job:
         """Through the create queue; "working" on the placeholder once it is sent."""
@@ -384,16 +434,21 @@ class JobRunner:
         deadline = job.created_at + self._policy.max_wait
         first = False
         while True:
-            await self._view.queue_position(job)
+            lane = self._choose_lane()
+            await self._view.queue_position(job, lane.queue)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.time())):
-                    await self.queue.turn(job.user_id, job.id, first=first)
+                    await lane.queue.turn(job.user_id, job.id, first=first)
             except TimeoutError:
                 await self._tell(job, Failure.BUSY, "no create slot within the maximum wait")
                 return await self._reload(job)
+            if not lane.upstream.usable and self._pool.others_usable(lane.upstream):
+                lane.queue.give_back(job.id)  # its key ran dry meanwhile: another's turn
+                first = True
+                continue
             # Shielded: once create_request is sent, its id must be stored even during a
             # shutdown or a /cancel, or the unit it spent is lost to an "unknown" job.
-            step = asyncio.ensure_future(self._create_step(job))
+            step = asyncio.ensure_future(self._create_step(job, lane))
             self._creating[job.id] = step
             step.add_done_callback(partial(self._creating.pop, job.id))
             step.add_done_callback(lambda _: self._create_settled.set())
@@ -405,62 +460,83 @@ class JobRunner:
                 return job
             first = True
 
-    async def _create_step(self, job: Job) -> bool:
-        """One create_request; whether it surely spent nothing and the job is queued again
-        (a 429, or a failure the balance shows cost nothing)."""
+    async def _create_step(self, job: Job, lane: Lane) -> bool:
+        """One create_request with the lane's key; whether it surely spent nothing and the
+        job is queued again (a 429, a failure the balance shows cost nothing, or a key
+        turned away while another takes requests)."""
         reported = again = False
+        upstream = lane.upstream
         try:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
-            await self._jobs.mark_creating(job.id)
-            created = await self._upstream.create(job.content, job.mode)
+            sent = time.time()
+            await self._jobs.mark_creating(job.id, key=lane.key, sent_at=sent)
+            created = await upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited as error:
-            self.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
+            lane.queue.sent(job.id, rate_limited=True)  # hold the queue before anything else
             reported = again = True
             await self._jobs.requeue(job.id)  # nothing counted: sending it again is safe
             log.info("job %s waits: create_request got 429", job.id,
                      extra=job_event(job, "rate_limited"))
-            await self._upstream.learn(error)
+            await upstream.learn(error)
         except UpstreamUnavailable as error:
-            again = await self._after_unavailable(job, error)
-        except NotEnoughUnits as error:
-            await self._upstream.learn(error)
-            await self._tell(job, Failure.NO_UNITS, str(error))
-        except AccessDenied as error:
-            await self._upstream.learn(error)
-            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
+            again = await self._after_unavailable(job, error, lane, sent)
+        except (NotEnoughUnits, AccessDenied) as error:
+            await upstream.learn(error)
+            again = await self._turned_away(job, lane, error)
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
-            self._acked_since_anchor += 1
+            lane.ledger.created(created.units, sent, time.time())
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
-                await self._upstream.observe(created.units, from_create=True)
+                await upstream.observe(created.units, from_create=True)
         finally:
             if not reported:
-                self.queue.sent(job.id, rate_limited=False)
+                lane.queue.sent(job.id, rate_limited=False)
         return again
 
-    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable) -> bool:
+    async def _turned_away(self, job: Job, lane: Lane,
+                           error: NotEnoughUnits | AccessDenied) -> bool:
+        """The key has no units, or was refused: nothing was spent. Whether the job is
+        queued again for another key; if none takes requests, its user is told."""
+        if self._pool.others_usable(lane.upstream):
+            await self._jobs.requeue(job.id)
+            log.info("job %s goes to another key: key %s turned it away (%s)", job.id,
+                     lane.key, error, extra=job_event(job, "other_key"))
+            return True
+        if isinstance(error, NotEnoughUnits):
+            await self._tell(job, Failure.NO_UNITS, str(error))
+        else:
+            await self._tell(job, Failure.ACCESS_DENIED, f"{error}: {error.upstream_error}")
+        return False
+
+    async def _after_unavailable(self, job: Job, error: UpstreamUnavailable,
+                                 lane: Lane, sent: float) -> bool:
         """Whether the failed create surely spent nothing and is queued again now.
 
         Not idempotent: a create that reached the server may have spent a unit."""
         if not error.maybe_spent:
             await self._tell(job, Failure.UNREACHABLE, str(error))
-        elif not error.answered:  # the server may still be working on it
-            self._settling[job.id] = time.time() + self._policy.create_settles_after
+            return False
+        if not error.answered:  # the server may still be working on it
+            settles_at = time.time() + self._policy.create_settles_after
+            self._settling[job.id] = settles_at
+            self._lane_of[job.id] = lane
+            lane.ledger.failed(job.id, sent, settles_at)
             log.info("job %s: create_request failed (%s); the balance settles it",
                      job.id, error, extra=job_event(job, "settling"))
             # A debit already in the balance decides it now; an unchanged balance decides
             # nothing before the server is surely done (a late debit may still come).
-            await self._join_check(job)
-        elif await self._spent_nothing(job):
+            await self._join_check(job, lane)
+            return False
+        lane.ledger.failed(job.id, sent, time.time())  # the server was done when it replied
+        if await self._spent_nothing(job, lane):
             await self._requeue_unspent(job, error)
             return True
-        else:
-            await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+        await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
         return False
 
     async def _requeue_unspent(self, job: Job, error: object) -> None:
@@ -474,19 +550,21 @@ class JobRunner:
         if job.id not in self._verdicts:  # not decided at once
             await self._view.settling(job)
         settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
+        lane = self._lane_of.get(job.id)
         while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
             self._verdict_given.clear()
             await wait_event(self._verdict_given, left)  # early if a check decided it
-        async with self._reconciling:
-            if job.id not in self._verdicts:  # not decided with an earlier batch
-                await self._check_balance()
+        if lane is not None:
+            async with lane.reconciling:
+                if job.id not in self._verdicts:  # not decided with an earlier batch
+                    await self._check_balance(lane)
         if unspent := self._verdicts.pop(job.id):
             await self._requeue_unspent(job, "no reply")
         else:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
         return unspent
 
-    async def _spent_nothing(self, job: Job) -> bool:
+    async def _spent_nothing(self, job: Job, lane: Lane) -> bool:
         """Whether the balance shows that the job's failed create spent nothing.
 
         Creates are held and those in flight finish first, so only ours can have moved the
@@ -494,76 +572,75 @@ class JobRunner:
         again costs nothing new); anything else, a top-up or another program on the key
         included, is taken as spent, never risking a second unit.
         """
-        await self._join_check(job)
+        await self._join_check(job, lane)
         return self._verdicts.pop(job.id)
 
-    async def _join_check(self, job: Job) -> None:
-        """Have the job's failed create counted in a balance check: the one under way if it
-        has not read the balance yet, else the next."""
+    async def _join_check(self, job: Job, lane: Lane) -> None:
+        """Have the job's failed create counted in a balance check of its key: the one
+        under way if it has not read the balance yet, else the next."""
         self._ambiguous.add(job.id)
+        self._lane_of[job.id] = lane
         self._create_settled.set()
-        async with self._reconciling:
+        async with lane.reconciling:
             if job.id in self._ambiguous:  # not counted in an earlier check
-                await self._check_balance()
+                await self._check_balance(lane)
 
-    async def _check_balance(self) -> None:
-        """Decide every failed create that can be, against one fresh balance: those failed
-        in flight (`_ambiguous`) and those whose server has surely finished (`_settling`).
+    def _of_lane(self, job_ids: Iterable[int], lane: Lane) -> set[int]:
+        return {job_id for job_id in job_ids if self._lane_of.get(job_id) is lane}
 
-        A create failed in flight whose server may still be finishing it (it is settling)
-        is decided only by a debit: with the balance unchanged it waits for its time.
-        Creates still settling are decided too when the balance moved: their debit may be
-        in it, so a later check could not see it (one less per create: all spent).
-        """
-        self.queue.pause()
+    async def _check_balance(self, lane: Lane) -> None:
+        """Read the key's balance while no other create of its is in flight, and decide
+        every failed create of the key that the balances seen can settle
+        (`BalanceLedger`): those failed in flight (`_ambiguous`), and those the server may
+        have been finishing (`_settling`) once it surely has, or at once if their debit
+        shows. Only the lane's key is looked at: its creates, its queue, its balance."""
+        queue = lane.queue
+        queue.pause()
         try:
             while True:
                 # Every granted call has ended, or is one of the failed ones waiting here.
-                while self.queue.outstanding > len(self._ambiguous):
+                while queue.outstanding > len(self._of_lane(self._ambiguous, lane)):
                     self._create_settled.clear()
                     await wait_event(self._create_settled, 1.0)
-                in_flight = set(self._ambiguous)
+                in_flight = self._of_lane(self._ambiguous, lane)
                 # A failed call's server may still be finishing it: give a debit time to land.
                 await asyncio.sleep(self._policy.balance_check_grace)
-                if self._ambiguous == in_flight and self.queue.outstanding == len(in_flight):
+                if (self._of_lane(self._ambiguous, lane) == in_flight
+                        and queue.outstanding == len(in_flight)):
                     break  # nothing joined meanwhile; else wait for it, and its grace, too
-            self._ambiguous.clear()
-            now = time.time()
-            settled = {job for job, at in self._settling.items() if at <= now}
-            batch = (in_flight - set(self._settling)) | settled
-            expected = (None if self._anchor is None
-                        else self._anchor - self._acked_since_anchor)
+            self._ambiguous -= in_flight
             read_at = time.time()
-            actual = await self._read_balance()
-            unspent = actual is not None and actual == expected
-            if not unspent:
-                batch |= set(self._settling)
-            spent = expected is not None and actual == expected - len(batch)
-            verdict = "unspent" if unspent else "spent" if spent else "assumed_spent"
-            log.info("balance check for %d failed create(s): expected %s, found %s, %d left "
-                     "settling: %s", len(batch), expected, actual,
-                     len(self._settling) - len(batch & set(self._settling)), verdict)
-            for job_id in batch:
+            actual = await self._read_balance(lane)
+            if actual is None:
+                verdicts = lane.ledger.give_up(time.time())
+            else:
+                lane.ledger.read(actual, read_at, time.time())
+                verdicts = lane.ledger.decide()
+            for job_id in verdicts:
                 self._settling.pop(job_id, None)
-            if not unspent:
-                await self._end_unknown(batch)
-            await self._keep_anchor(actual, read_at)
-            self._verdicts.update(dict.fromkeys(batch, unspent))
-            if batch:  # none when only creates left settling were looked at
-                self.reconciled[verdict] += len(batch)
+                self._lane_of.pop(job_id, None)
+            counts = Counter(verdict.value for verdict in verdicts.values())
+            log.info("balance check of key %s: found %s; %s; %d left settling", lane.key,
+                     actual, ", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing decided",
+                     len(self._of_lane(self._settling, lane)))
+            await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
+            await self._keep_anchor(lane, actual, read_at)
+            self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
+            self.reconciled.update(verdicts.values())
             self._verdict_given.set()
         finally:
-            self.queue.resume()
+            queue.resume()
 
     def _park(self, job: Job) -> None:
-        """Leave the pending job to the poll scheduler: no task waits for its answer."""
-        assert job.upstream_id is not None
+        """Leave the pending job to its key's poll scheduler: no task waits for its answer."""
+        lane = self._lane(job)
+        assert job.upstream_id is not None and lane is not None
         late = self._late(job)
         if not (job.cancelled or job.id in self._quiet or late):
             self._view.watch(job)
         sent_at = job.upstream_at or job.created_at
         deadline = self._late_deadline(job) if late else job.created_at + self._policy.max_wait
-        self.scheduler.watch(
+        lane.scheduler.watch(
             job_id=job.id, upstream_id=job.upstream_id, mode=job.mode,
             length=len(job.content), age=time.time() - sent_at, max_wait=deadline - sent_at)
 
@@ -596,15 +673,20 @@ class JobRunner:
             case Lost():
                 await self._tell(job, Failure.LOST, str(outcome))
             case NotEnoughUnits():
-                await self._upstream.learn(outcome)
+                await self._learn(job, outcome)
                 await self._tell(job, Failure.NO_UNITS, str(outcome))
             case ChatinfoError():
-                await self._upstream.learn(outcome)
+                await self._learn(job, outcome)
                 await self._tell(job, Failure.ACCESS_DENIED,
                                  f"{outcome}: {outcome.upstream_error}")
             case _:
                 raise outcome
         return await self._reload(job)
+
+    async def _learn(self, job: Job, error: ChatinfoError) -> None:
+        """What a poll's error tells about the job's key."""
+        if (lane := self._lane(job)) is not None:
+            await lane.upstream.learn(error)
 
     async def _deliver(self, job: Job) -> None:
         assert job.result is not None
@@ -646,7 +728,8 @@ class JobRunner:
             return
         log.warning("job %s ended: %s (%s)", job.id, failure, detail,
                     extra=job_event(job, failure))
-        state = JobState.UNKNOWN if failure is Failure.UNKNOWN_OUTCOME else JobState.FAILED
+        state = (JobState.UNKNOWN if failure in (Failure.UNKNOWN_OUTCOME, Failure.KEY_REMOVED)
+                 else JobState.FAILED)
         # Stored before it is shown, and marked told only after: a crash or an outage in
         # between leaves an untold ending, which the next go at the job shows again.
         await self._jobs.end(job.id, state, failure)

@@ -18,7 +18,7 @@ from bot.jobs.admission import Admission, QuotaClock, Redelivered, Refusal, Refu
 from bot.jobs.conversation import earlier_text
 from bot.jobs.failures import Failure, failure_text
 from bot.jobs.runner import JobRunner
-from bot.telegram.wording import duration_text, placeholder_text
+from bot.telegram.wording import duration_text
 from storage.jobs import JobRepo
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,18 @@ class Submitter:
         log.info("job %s accepted", job_id, extra={
             "job_id": job_id, "user_id": message.from_user.id, "mode": mode,
             "outcome": "accepted"})
+        view = self._runner.view
         try:
             for notice in notices:
                 await message.reply(notice)
-            text = placeholder_text()
-            if earlier:
-                text += "\n" + earlier_text(earlier)
-            placeholder = await message.reply(text)
-            await self._jobs.set_placeholder(job_id, placeholder.message_id)
+            # Telegram's budget short: the answer alone, as a reply to the message.
+            if not view.one_message(job_id, message.from_user.id):
+                text = view.first_text(job_id, message.from_user.id)
+                if earlier:
+                    text += "\n" + earlier_text(earlier)
+                with view.placeholder_turn():
+                    placeholder = await message.reply(text)
+                await self._jobs.set_placeholder(job_id, placeholder.message_id)
         except Exception as error:
             # The job is admitted: whatever failed here, it goes on (the runner sends the
             # placeholder itself if need be), so the user must not be told to try again.

@@ -9,7 +9,8 @@ view to show it.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
@@ -26,8 +27,10 @@ from bot.telegram.i18n import in_locale
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.keyboards import answer_keyboard, full_answer_keyboard, retry_keyboard
 from bot.telegram.render import Part, first_part, render
+from bot.telegram.throttle import Pressure, in_background
 from bot.telegram.wording import (
     duration_text,
+    held_text,
     placeholder_text,
     queue_text,
     sending_text,
@@ -38,16 +41,19 @@ from storage.jobs import Job, JobState
 from storage.quotas import QuotaRepo
 
 Keyboard = InlineKeyboardMarkup | None
+# A new job this far from its create_request gets a placeholder whatever the pressure:
+# the user should see that it was received, and where it waits.
+VISIBLE_WAIT = 10.0
 
 
 class JobView:
     def __init__(self, bot: Bot, delivery: Delivery, indicators: WaitingIndicators,
-                 queue: FairQueue, quotas: QuotaRepo, i18n: I18n, *, max_wait: float,
+                 queues: Sequence[FairQueue], quotas: QuotaRepo, i18n: I18n, *, max_wait: float,
                  late_wait: float) -> None:
         self._bot = bot
         self._delivery = delivery
         self._indicators = indicators
-        self._queue = queue
+        self._queues = queues  # one per key of the pool
         self._quotas = quotas
         self._i18n = i18n
         self._max_wait = max_wait
@@ -56,6 +62,9 @@ class JobView:
         # Placeholders showing the queue (or a check of a failed create): once the request
         # is sent, they switch to "working" at once, not at their next progress edit.
         self._unsent_shown: set[int] = set()
+        # New jobs without a placeholder, until their create_request is over (the runner
+        # then posts none); a restart forgets them, and shows a placeholder after all.
+        self._one_message: set[int] = set()
 
     # --- while the job waits -----------------------------------------------------------
 
@@ -63,8 +72,61 @@ class JobView:
         """Post the "⏳" placeholder; its message id (raises TelegramForbiddenError if the
         user blocked the bot)."""
         with self._locale(job.locale):
-            text = placeholder_text()
-        return await self._delivery.placeholder(job, text)
+            text = self.first_text(job.id, job.user_id)
+        with self.placeholder_turn():
+            return await self._delivery.placeholder(job, text)
+
+    def one_message(self, job_id: int, user_id: int) -> bool:
+        """Whether a new job goes without a placeholder, its answer one new message that
+        replies to the user's: Telegram's budget is short (`Pressure.ONE_MESSAGE`), and a
+        placeholder and its edit would take two. Not if the job is to wait for its
+        create_request: a placeholder shows that it waits. Decided when it is first asked.
+        """
+        if job_id in self._one_message:
+            return True
+        pressure = self._delivery.pressure
+        if pressure.level is not Pressure.ONE_MESSAGE or self._waits(user_id):
+            return False
+        self._one_message.add(job_id)
+        pressure.degrade(Pressure.ONE_MESSAGE)
+        return True
+
+    def first_text(self, job_id: int, user_id: int) -> str:
+        """A new placeholder's text (in the current locale): while Telegram's budget is
+        short, its progress edits are left out, so it says at once if the job waits."""
+        pressure = self._delivery.pressure
+        if pressure.level >= Pressure.HOLD:
+            pressure.degrade(Pressure.HOLD)
+            self._unsent_shown.add(job_id)
+            return held_text()
+        if pressure.level >= Pressure.QUIET and self._waits(user_id):
+            queue, ahead, wait = self._soonest(user_id)
+            self._unsent_shown.add(job_id)
+            return queue_text(ahead, wait, held=queue.held)
+        return placeholder_text()
+
+    def placeholder_turn(self) -> AbstractContextManager[None]:
+        """Where a new placeholder queues for Telegram's budget: while new create_requests
+        are held, behind the answers (it takes only the room they leave), or it would
+        deepen the backlog that holds them."""
+        if self._delivery.pressure.level >= Pressure.HOLD:
+            return in_background()
+        return nullcontext()
+
+    def _waits(self, user_id: int) -> bool:
+        """Whether a job of this user's queued now waits long for its create_request."""
+        queue, _, wait = self._soonest(user_id)
+        return queue.held or wait >= VISIBLE_WAIT
+
+    def _soonest(self, user_id: int) -> tuple[FairQueue, int, float]:
+        """The key's create queue where a job of this user's would be sent soonest (a held
+        one last), with the requests ahead of it there and the seconds until it is."""
+        waits = []
+        for queue in self._queues:
+            ahead = queue.ahead_of_new(user_id)
+            waits.append((queue.held, queue.eta(ahead), ahead, queue))
+        _, wait, ahead, queue = min(waits, key=lambda entry: entry[:2])
+        return queue, ahead, wait
 
     def watch(self, job: Job) -> None:
         """"typing…" and the waiting time on the placeholder, until `forget`."""
@@ -78,6 +140,7 @@ class JobView:
         """create_request is over; a placeholder that showed the queue (or a check) says
         "working" at the next tick, not at its next due edit."""
         self._unsent.discard(job.id)
+        self._one_message.discard(job.id)  # the runner posts no placeholder after this
         if job.id in self._unsent_shown and job.state is JobState.PENDING:
             self._indicators.hurry(job.id)
         self._unsent_shown.discard(job.id)
@@ -86,14 +149,14 @@ class JobView:
         """No more waiting signals for the job; none lands after this."""
         await self._indicators.forget(job_id)
 
-    async def queue_position(self, job: Job) -> None:
-        """The job's place in the create queue, unless it is sent at once."""
-        ahead = self._queue.ahead_of_new(job.user_id)
-        seconds = self._queue.eta(ahead)
-        if not ahead and seconds < 1 and not self._queue.held:
+    async def queue_position(self, job: Job, queue: FairQueue) -> None:
+        """The job's place in its key's create queue, unless it is sent at once."""
+        ahead = queue.ahead_of_new(job.user_id)
+        seconds = queue.eta(ahead)
+        if not ahead and seconds < 1 and not queue.held:
             return  # sent at once: the first text is still true
         with self._locale(job.locale):
-            text = queue_text(ahead, seconds, held=self._queue.held)
+            text = queue_text(ahead, seconds, held=queue.held)
         self._unsent_shown.add(job.id)
         await self._delivery.progress(job.chat_id, job.placeholder_id, text)
 
@@ -113,13 +176,15 @@ class JobView:
             return settling_text()
         if job_id not in self._unsent:
             return None
-        ahead = self._queue.ahead(job_id)
-        if ahead is None:
+        place = next(((queue, ahead) for queue in self._queues
+                      if (ahead := queue.ahead(job_id)) is not None), None)
+        if place is None:
             return sending_text()  # its create_request is on its way
-        wait = self._queue.eta(ahead)
-        if not ahead and wait < 1 and not self._queue.held:
+        queue, ahead = place
+        wait = queue.eta(ahead)
+        if not ahead and wait < 1 and not queue.held:
             return sending_text()  # about to be sent
-        return queue_text(ahead, wait, held=self._queue.held)
+        return queue_text(ahead, wait, held=queue.held)
 
     async def settling(self, job: Job) -> None:
         """The service did not confirm the request, and the balance is being checked."""

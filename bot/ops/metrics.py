@@ -53,6 +53,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from bot.telegram.throttle import Pressure, PressureGauge
 from bot.upstream.client import CREATE, POLL, UNITS
 from storage.db import DatabaseError
 from storage.job_stats import BucketCounts, JobStats, JobStatsReader
@@ -60,6 +61,7 @@ from storage.job_stats import BucketCounts, JobStats, JobStatsReader
 if TYPE_CHECKING:
     from bot.jobs.runner import JobRunner
     from bot.upstream.account import Upstream
+    from bot.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 # A `_created` series beside every counter doubles the page and tells nothing a restart
@@ -103,7 +105,7 @@ def upstream_status(outcome: int | httpx.HTTPError) -> str:
 class StateCollector:
     """Families read at scrape time; `refresh()` reads the database before each scrape."""
 
-    def __init__(self, database: Path, upstream: Upstream, runner: JobRunner) -> None:
+    def __init__(self, database: Path, upstream: UpstreamPool, runner: JobRunner) -> None:
         self._reader = JobStatsReader(database)
         self._upstream = upstream
         self._runner = runner
@@ -118,16 +120,14 @@ class StateCollector:
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
-        if self._upstream.balance is not None:
-            yield GaugeMetricFamily(f"{PREFIX}_units_balance",
-                                    "The API unit balance last reported by chatinfo.",
-                                    value=self._upstream.balance)
+        yield from self._balances()
         yield GaugeMetricFamily(f"{PREFIX}_job_tasks",
                                 "Jobs the runner is working on in this process.",
                                 value=self._runner.active)
         yield GaugeMetricFamily(f"{PREFIX}_queued_jobs",
                                 "Jobs waiting for a create_request slot (the fair queue).",
-                                value=self._runner.queue.queued)
+                                value=sum(lane.queue.queued
+                                          for lane in self._runner.lanes.values()))
         reconciled = CounterMetricFamily(
             f"{PREFIX}_reconciled_creates", "Failed create_requests the balance settled since "
             "the start: unspent (sent again), spent (its id lost), assumed_spent (the balance "
@@ -137,20 +137,41 @@ class StateCollector:
         yield reconciled
         yield GaugeMetricFamily(f"{PREFIX}_polled_jobs",
                                 "Jobs waiting for their answer in the poll scheduler.",
-                                value=self._runner.scheduler.pending)
+                                value=sum(lane.scheduler.pending
+                                          for lane in self._runner.lanes.values()))
         if self._jobs is not None:
             yield from _job_families(self._jobs)
 
+    def _keys(self) -> tuple[list[str], list[tuple[list[str], Upstream]]]:
+        """The key label, and each key's value of it: with a pool of keys, each key's
+        series is labelled by its fingerprint; a single key's are not labelled."""
+        if not self._upstream.pooled:
+            return [], [([], self._upstream.primary)]
+        return ["key"], [([key.fingerprint], key) for key in self._upstream.keys]
+
+    def _balances(self) -> Iterable[Metric]:
+        names, keys = self._keys()
+        balance = GaugeMetricFamily(f"{PREFIX}_units_balance",
+                                    "The API unit balance last reported by chatinfo.",
+                                    labels=names)
+        for labels, key in keys:
+            if key.balance is not None:
+                balance.add_metric(labels, key.balance)
+        if balance.samples:
+            yield balance
+
     def _limits(self) -> Iterable[Metric]:
+        names, keys = self._keys()
         used = GaugeMetricFamily(
             f"{PREFIX}_rate_limit_used",
             "Calls made in the current 60-second window, per chatinfo endpoint "
-            "(get_response: the poll budget in use).", labels=["endpoint"])
+            "(get_response: the poll budget in use).", labels=[*names, "endpoint"])
         limit = GaugeMetricFamily(f"{PREFIX}_rate_limit", "Calls allowed per 60-second window.",
-                                  labels=["endpoint"])
-        for endpoint, limiter in self._upstream.budgets.items():
-            used.add_metric([endpoint], limiter.in_use())
-            limit.add_metric([endpoint], limiter.limit)
+                                  labels=[*names, "endpoint"])
+        for labels, key in keys:
+            for endpoint, limiter in key.budgets.items():
+                used.add_metric([*labels, endpoint], limiter.in_use())
+                limit.add_metric([*labels, endpoint], limiter.limit)
         return used, limit
 
 
@@ -183,30 +204,66 @@ def _histogram_family(name: str, documentation: str, data: BucketCounts) -> Metr
                                  buckets=list(zip(bounds, data.cumulative, strict=True)))
 
 
+class PressureCollector:
+    """Telegram's pressure (bot/telegram/throttle.py) and what each level left out."""
+
+    def __init__(self, pressure: PressureGauge) -> None:
+        self._pressure = pressure
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_telegram_pressure", "How short Telegram's message budget is now: 0 "
+            "normal, 1 no typing or progress edits, 2 new requests answered in one message, "
+            "3 new create_requests held.", value=int(self._pressure.level))
+        degraded = CounterMetricFamily(
+            f"{PREFIX}_telegram_degraded", "What a short Telegram budget left out since the "
+            "start, by level: 1 typing actions and progress edits skipped, 2 requests "
+            "answered in one message (no placeholder), 3 requests that arrived while new "
+            "create_requests were held.", labels=["level"])
+        for level in list(Pressure)[1:]:
+            degraded.add_metric([str(int(level))], self._pressure.degraded[level])
+        yield degraded
+
+
 class UpstreamCalls:
     """chatinfo HTTP attempts, counted as they happen: `observe` is the client's observer,
     so this exists before the client does; `Metrics` shows it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keyed: bool = False) -> None:
+        """`keyed`: a pool of keys, whose calls are labelled by the key's fingerprint
+        (`observer`)."""
+        keys = ["key"] if keyed else []
         self._calls = Counter(
             f"{PREFIX}_upstream_requests", "chatinfo HTTP attempts by endpoint and status.",
-            ["endpoint", "status"], registry=None)
+            [*keys, "endpoint", "status"], registry=None)
         self._seconds = Histogram(
             f"{PREFIX}_upstream_request_duration_seconds",
-            "chatinfo HTTP attempt latency by endpoint and status.", ["endpoint", "status"],
-            buckets=UPSTREAM_BUCKETS, registry=None)
+            "chatinfo HTTP attempt latency by endpoint and status.",
+            [*keys, "endpoint", "status"], buckets=UPSTREAM_BUCKETS, registry=None)
         self._rate_limited = Counter(
             f"{PREFIX}_upstream_rate_limited", "chatinfo 429 answers by endpoint.",
-            ["endpoint"], registry=None)
-        for endpoint in ENDPOINTS:
-            self._rate_limited.labels(endpoint=endpoint)  # shown as 0 before the first
+            [*keys, "endpoint"], registry=None)
+        if not keyed:
+            for endpoint in ENDPOINTS:
+                self._rate_limited.labels(endpoint=endpoint)  # shown as 0 before the first
 
-    def observe(self, endpoint: str, outcome: int | httpx.HTTPError, seconds: float) -> None:
+    def observer(self, key: str) -> Callable[[str, int | httpx.HTTPError, float], None]:
+        """The observer of one key's client: its calls labelled `key` (a fingerprint)."""
+        for endpoint in ENDPOINTS:
+            self._rate_limited.labels(key=key, endpoint=endpoint)  # 0 before the first
+
+        def observe(endpoint: str, outcome: int | httpx.HTTPError, seconds: float) -> None:
+            self.observe(endpoint, outcome, seconds, key=key)
+        return observe
+
+    def observe(self, endpoint: str, outcome: int | httpx.HTTPError, seconds: float, *,
+                key: str | None = None) -> None:
         status = upstream_status(outcome)
-        self._calls.labels(endpoint=endpoint, status=status).inc()
-        self._seconds.labels(endpoint=endpoint, status=status).observe(seconds)
+        labels = {"endpoint": endpoint} if key is None else {"key": key, "endpoint": endpoint}
+        self._calls.labels(**labels, status=status).inc()
+        self._seconds.labels(**labels, status=status).observe(seconds)
         if outcome == 429:
-            self._rate_limited.labels(endpoint=endpoint).inc()
+            self._rate_limited.labels(**labels).inc()
 
     def collect(self) -> Iterable[Metric]:
         for metric in (self._calls, self._seconds, self._rate_limited):
@@ -236,13 +293,16 @@ class Metrics:
     the state of `upstream` and `runner`, and the Bot API calls, once `telegram_middleware`
     is on the bot's session. `render()` answers a scrape."""
 
-    def __init__(self, *, database: Path, upstream: Upstream, runner: JobRunner,
+    def __init__(self, *, database: Path, upstream: UpstreamPool, runner: JobRunner,
                  upstream_calls: UpstreamCalls, update_source: str,
-                 loop_lag: Callable[[], float] | None = None) -> None:
+                 loop_lag: Callable[[], float] | None = None,
+                 pressure: PressureGauge | None = None) -> None:
         self.registry = CollectorRegistry()
         self._state = StateCollector(database, upstream, runner)
         self.registry.register(self._state)
         self.registry.register(upstream_calls)
+        if pressure is not None:
+            self.registry.register(PressureCollector(pressure))
         telegram_calls = Counter(f"{PREFIX}_telegram_requests", "Bot API calls by method.",
                                  ["method"], registry=self.registry)
         telegram_errors = Counter(f"{PREFIX}_telegram_errors",

@@ -15,6 +15,7 @@ from aiogram.types import InlineKeyboardMarkup, MessageEntity, ReplyParameters
 
 from bot.telegram.render import Part
 from bot.telegram.retries import entities_rejected, message_gone, not_modified, with_retries
+from bot.telegram.throttle import Pressure, PressureGauge
 from storage.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ _Call = Callable[[list[MessageEntity] | None], Awaitable[object]]
 
 
 class Delivery:
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, pressure: PressureGauge | None = None) -> None:
+        """`pressure`: the throttle's, which progress edits give way to (none: never)."""
         self._bot = bot
+        self.pressure = pressure or PressureGauge()
 
     async def show(self, job: Job, part: Part, keyboard: Keyboard = None) -> None:
         """Turn the placeholder into `part`; a new message if it is gone or too old.
@@ -83,8 +86,12 @@ class Delivery:
         return message.message_id
 
     async def progress(self, chat_id: int, placeholder_id: int | None, text: str) -> None:
-        """Best effort, no retries: a missed progress update is not worth a delay."""
+        """Best effort, no retries: a missed progress update is not worth a delay, and none
+        is made while answers wait for Telegram's budget."""
         if placeholder_id is None:
+            return
+        if self.pressure.level >= Pressure.QUIET:
+            self.pressure.degrade(Pressure.QUIET)
             return
         try:
             await self._bot.edit_message_text(text=text, chat_id=chat_id,

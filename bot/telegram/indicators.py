@@ -2,7 +2,8 @@
 
 One loop serves every waiting job, so ten thousand pending jobs cost one task, not
 twenty thousand; both signals are cosmetic and get a small, fixed share of Telegram's
-budget, skipped (never queued) when it is used up.
+budget, skipped (never queued) when it is used up, or when answers wait for the budget
+(the first level of `Pressure`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiogram.enums import ChatAction
 
 from bot.services import Worker
 from bot.telegram.delivery import Delivery
+from bot.telegram.throttle import Pressure
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import Job
 
@@ -116,6 +118,12 @@ class WaitingIndicators(Worker):
         now = time.monotonic()
         for chat_id in list(self._chats):
             if now - self._typed_at.get(chat_id, 0.0) < TYPING_EVERY:
+                continue
+            if self._delivery.pressure.level >= Pressure.QUIET:
+                # Answers wait for Telegram: "typing…" is the first thing to go (counted
+                # once per chat and round, as if it had been sent).
+                self._delivery.pressure.degrade(Pressure.QUIET)
+                self._typed_at[chat_id] = now
                 continue
             if self._typing_budget.delay() > 0:
                 return

@@ -29,6 +29,12 @@ def placeholder_text() -> str:
     return _("⏳ Got it, one moment…")
 
 
+def held_text() -> str:
+    """The first text of a placeholder while new requests wait for Telegram's budget."""
+    return _("⏳ Got it. Many answers are being sent right now, so your request waits its "
+             "turn; nothing is spent yet.")
+
+
 def sending_text() -> str:
     return _("⏳ Sending your request…")
 

@@ -7,8 +7,8 @@ units tracker (the balance cached from what the API reports, refreshed in the ba
 and the admins' alerts about it).
 
 The create queue and the poll scheduler hand out the create and poll budgets' slots among
-the jobs; `create` and `poll` are the calls made in such a slot. A second key would be a
-second `Upstream`, with its own queue and scheduler.
+the jobs; `create` and `poll` are the calls made in such a slot. Each key of a pool
+(bot/upstream/pool.py) is an `Upstream` of its own, with its own queue and scheduler.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ from bot.upstream.units import AdminAlerts, UnitsTracker
 class Upstream:
     """One account. A service: its balance refresher runs from `start` to `stop`."""
 
-    def __init__(self, client: ChatinfoClient, alerts: AdminAlerts, low_threshold: int) -> None:
+    def __init__(self, client: ChatinfoClient, alerts: AdminAlerts, low_threshold: int, *,
+                 name: str | None = None) -> None:
+        """`name`: how the admins' alerts name this key, when it is one of several."""
         self._client = client
-        self._units = UnitsTracker(client, alerts, low_threshold)
+        self._units = UnitsTracker(client, alerts, low_threshold, key_name=name)
+        self.fingerprint = client.fingerprint
+        self.name = name or self.fingerprint
 
     # --- budgets ---------------------------------------------------------------------------
 
@@ -72,6 +76,16 @@ class Upstream:
     def exhausted(self) -> bool:
         """The balance is spent: new requests are refused without calling."""
         return self._units.exhausted
+
+    @property
+    def refused(self) -> bool:
+        """The API refused the key (tariff not Prestige, or a wrong key)."""
+        return self._units.refused
+
+    @property
+    def usable(self) -> bool:
+        """Whether new requests may go to this key: units left, and not refused."""
+        return not (self.exhausted or self.refused)
 
     async def refresh(self) -> int:
         """A fresh balance from the API, recorded, the admins alerted as it says (raises

@@ -7,6 +7,7 @@ name the endpoint and the kind of failure, never the key or the body we sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -184,6 +185,11 @@ class ChatinfoClient:
         self._attempts = attempts
         self._backoff = backoff
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's short, one-way name for logs, /units and the metrics."""
+        return key_fingerprint(self._key)
+
     async def close(self) -> None:
         await self._http.aclose()
 
@@ -250,7 +256,7 @@ class ChatinfoClient:
         limiter = self.limiters[endpoint]
         if limiter.rate_limited():
             log.warning("chatinfo %s: 429s below our limit; now %d calls a window instead of "
-                        "%d, climbing back while no 429 comes", endpoint, limiter.limit,
+                        "%d, climbing back while 429s stay rare", endpoint, limiter.limit,
                         limiter.configured)
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], *, sent_is_safe: bool) -> Any:
@@ -266,6 +272,8 @@ class ChatinfoClient:
             raise UpstreamUnavailable(f"{endpoint}: {type(error).__name__}",
                                       maybe_spent=not sent_is_safe) from None
         elapsed = self._observe(endpoint, response.status_code, started)
+        if response.status_code != 429:
+            self.limiters[endpoint].answered()  # 429s are counted where they are learned
         log.debug("chatinfo %s -> %d in %.3fs", endpoint, response.status_code, elapsed)
         return _interpret(endpoint, response, maybe_spent=not sent_is_safe)
 
@@ -308,6 +316,11 @@ def _rejected(endpoint: str, status: int, body: dict[str, Any]) -> RequestReject
     error = body.get("error")
     return RequestRejected(f"{endpoint}: rejected (HTTP {status})", status,
                            error if isinstance(error, str) else None)
+
+
+def key_fingerprint(key: str) -> str:
+    """8 hex digits of the key's SHA-256: tells keys apart, gives nothing of them away."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def _int_or_none(value: object) -> int | None:

@@ -14,6 +14,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 LEARN_AFTER_429S = 3
+# 429s are taken as the server's real limit only when they are at least this share of its
+# replies in the window. A limit lower than ours refuses every call past it, so its 429s
+# are a large share at once; 429s scattered among many answered calls (a flaky proxy,
+# another program's burst) are not a limit, and lowering ours for them only starves us.
+LEARN_SHARE = 0.1
 
 
 class SlidingWindowLimiter:
@@ -29,8 +34,10 @@ class SlidingWindowLimiter:
             raise ValueError("limit must be positive")
         self.configured = limit  # what the settings (the API's documentation) allow
         self.limit = limit  # what the server is found to allow: lowered by its 429s
-        self._strikes: list[float] = []  # 429s met below our own limit, in this window
-        self._last_429 = self._raised_at = float("-inf")
+        # The server's replies in the current window (True for a 429), oldest first.
+        self._replies: deque[tuple[float, bool]] = deque()
+        self._refused = 0  # the 429s among them
+        self._lowered_at = self._raised_at = float("-inf")
         self.period = period
         self._clock = clock
         self._sleep = sleep
@@ -44,33 +51,56 @@ class SlidingWindowLimiter:
             return 0.0
         return max(0.0, self._stamps[-self.limit] + self.period - self._clock())
 
+    def answered(self) -> None:
+        """The server replied to a call with anything but 429."""
+        self._record(refused=False)
+
     def rate_limited(self) -> bool:
-        """The server said 429 to a call we allowed. Three times in a window means it
-        allows fewer calls than we thought: our limit drops to the calls of the window
-        it did not refuse (and climbs back slowly in `acquire`). Whether it dropped now."""
-        now = self._clock()
-        self._last_429 = now
-        self._strikes = [t for t in self._strikes if t > now - self.period] + [now]
-        if len(self._strikes) < LEARN_AFTER_429S:
+        """The server said 429 to a call we allowed. Three in a window, making up at
+        least `LEARN_SHARE` of its replies, mean it allows fewer calls than we thought:
+        our limit drops to the calls of the window it did not refuse (and climbs back
+        slowly in `acquire`). Whether it dropped now."""
+        now = self._record(refused=True)
+        if not self._refusals_show_a_limit():
             return False
-        allowed = max(1, self.in_use() - len(self._strikes))
+        allowed = max(1, self.in_use() - self._refused)
         if allowed >= self.limit:
             return False
         self.limit = allowed
+        self._lowered_at = now
         return True
 
-    def _climb(self) -> None:
-        """A whole window without a 429: win back a tenth of the way to the configured
-        limit (at least a tenth more). A storm of 429s from another program on the key
-        can drop the limit to a few calls; climbing only by a tenth of that would starve
-        the bot for an hour after the storm. A key truly limited below its documented
-        rate meets three 429s at the next step up, and the limit drops back."""
+    def _record(self, *, refused: bool) -> float:
         now = self._clock()
-        if (self.limit < self.configured and now - self._last_429 >= self.period
-                and now - self._raised_at >= self.period):
-            step = max(1, self.limit // 10, (self.configured - self.limit) // 10)
-            self.limit = min(self.configured, self.limit + step)
-            self._raised_at = now
+        self._forget_before(now - self.period)
+        self._replies.append((now, refused))
+        self._refused += refused
+        return now
+
+    def _refusals_show_a_limit(self) -> bool:
+        return self._refused >= max(LEARN_AFTER_429S, LEARN_SHARE * len(self._replies))
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._replies and self._replies[0][0] <= cutoff:
+            self._refused -= self._replies.popleft()[1]
+
+    def _climb(self) -> None:
+        """A whole window without learning a lower limit, and with 429s too few to teach
+        one: win back a tenth of the way to the configured limit (at least a tenth
+        more). A storm of 429s from another program on the key can drop the limit to a
+        few calls; climbing only by a tenth of that would starve the bot for an hour
+        after the storm. A key truly limited below its documented rate meets a share of
+        429s at the next step up, and the limit drops back."""
+        now = self._clock()
+        if self.limit >= self.configured or now - self._raised_at < self.period \
+                or now - self._lowered_at < self.period:
+            return
+        self._forget_before(now - self.period)
+        if self._refusals_show_a_limit():
+            return
+        step = max(1, self.limit // 10, (self.configured - self.limit) // 10)
+        self.limit = min(self.configured, self.limit + step)
+        self._raised_at = now
 
     def window_clears_at(self) -> float:
         """When the oldest call of the current window leaves it (now, if none is in it)."""

@@ -135,6 +135,7 @@ class Served:
     content: str | None  # create_request's content as sent (before the 5000 cut)
     request_id: int | None  # get_response's id
     arrived_at: float  # on the fake's clock
+    key: str | None = None  # the API key it carried
 
 
 @dataclass
@@ -165,6 +166,7 @@ class FakeChatinfo:
         keys: Mapping[str, str] | None = None,
         *,
         units: int = 1000,
+        key_units: Mapping[str, int] | None = None,
         solve_time: Callable[[str, str], float] | float = 2.0,
         answer: Callable[[str, str], str] | None = None,
         limits: Mapping[str, int] | None = None,
@@ -172,7 +174,9 @@ class FakeChatinfo:
         window: float = WINDOW,
     ) -> None:
         self.keys = dict(keys if keys is not None else {"test-key": "prestige"})
-        self.units = units  # one account behind every key, like one subscription
+        self.units = units  # one account behind every key, like one subscription,
+        # except the keys with an account of their own (a pool of keys): key -> balance
+        self.key_units = dict(key_units or {})
         self.solve_time = solve_time
         self.answer = answer or (lambda mode, content: f"[{mode}] {content}")
         self.limits = {**RATE_LIMITS, **(limits or {})}
@@ -192,6 +196,10 @@ class FakeChatinfo:
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+
+    def units_of(self, key: str) -> int:
+        """The balance behind `key`: its own, or the shared account's."""
+        return self.key_units.get(key, self.units)
 
     def inject(self, endpoint: str, fault: Fault, times: int = 1) -> None:
         if endpoint not in ENDPOINTS:
@@ -238,9 +246,11 @@ class FakeChatinfo:
         """Calls still being answered (a slow fault holds its call past the client's timeout)."""
         return sum(1 for call in self.served if call.status == IN_FLIGHT)
 
-    def generated_429s(self) -> int:
-        """429s the fake's own rate limits produced (injected ones do not count)."""
-        return sum(1 for call in self.served if call.status == 429 and call.fault is None)
+    def generated_429s(self, key: str | None = None) -> int:
+        """429s the fake's own rate limits produced (injected ones do not count), to calls
+        with `key` if given."""
+        return sum(1 for call in self.served if call.status == 429 and call.fault is None
+                   and (key is None or call.key == key))
 
     async def wait_for(
         self,
@@ -295,7 +305,9 @@ class FakeChatinfo:
             raw = await request.read()
             fault, drawn = self._next_fault(name)
             index = len(self.served)
-            self.served.append(Served(name, IN_FLIGHT, fault, drawn, *_identify(raw), arrived))
+            content, request_id, key = _identify(raw)
+            self.served.append(Served(name, IN_FLIGHT, fault, drawn, content, request_id,
+                                      arrived, key))
             response = await self._respond(name, raw, fault, arrived)
             status = 0 if response is None else response.status
             self.statuses[name, status] += 1
@@ -346,7 +358,7 @@ class FakeChatinfo:
                 return self._create(key, body)
             if name == "get_response":
                 return self._get(key, body)
-            return web.json_response({"success": True, "units": self.units})
+            return web.json_response({"success": True, "units": self.units_of(key)})
         except _RejectError as exc:
             return exc.response
 
@@ -383,10 +395,13 @@ class FakeChatinfo:
         # server may not have.
         if not isinstance(mode, str) or mode not in MODES_BY_NAME:
             mode = "chat"
-        if self.units <= 0:
+        if self.units_of(key) <= 0:
             raise _RejectError(403, NO_UNITS, units=0)
         content = content[:MAX_CONTENT_CHARS]  # the spec cuts silently, so do we
-        self.units -= 1
+        if key in self.key_units:
+            self.key_units[key] -= 1
+        else:
+            self.units -= 1
         now = self.clock()
         solve = self.solve_time(mode, content) if callable(self.solve_time) else self.solve_time
         record = FakeRequest(
@@ -401,7 +416,8 @@ class FakeChatinfo:
         self._next_id += 1
         self.requests.append(record)
         self._by_id[record.id] = record
-        return web.json_response({"success": True, "units": self.units, "id": record.id})
+        return web.json_response({"success": True, "units": self.units_of(key),
+                                  "id": record.id})
 
     def _get(self, key: str, body: dict[str, Any]) -> web.Response:
         request_id = body.get("id")
@@ -420,18 +436,20 @@ class FakeChatinfo:
         return web.json_response({"success": True, "solving": False, "result": record.result})
 
 
-def _identify(raw: bytes) -> tuple[str | None, int | None]:
-    """The content (create_request) or id (get_response) a call carried, for the journal."""
+def _identify(raw: bytes) -> tuple[str | None, int | None, str | None]:
+    """The content (create_request) or id (get_response) a call carried, and its key, for
+    the journal."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return None, None
+        return None, None, None
     if not isinstance(body, dict):
-        return None, None
-    content, request_id = body.get("content"), body.get("id")
+        return None, None, None
+    content, request_id, key = body.get("content"), body.get("id"), body.get("key")
     return (content if isinstance(content, str) else None,
             request_id if isinstance(request_id, int) and not isinstance(request_id, bool)
-            else None)
+            else None,
+            key if isinstance(key, str) else None)
 
 
 async def _truth(value: bool | Awaitable[bool]) -> bool:
@@ -439,7 +457,10 @@ async def _truth(value: bool | Awaitable[bool]) -> bool:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = FakeChatinfo({args.key: "prestige"}, units=args.units, solve_time=args.solve_time)
+    keys = args.key or ["test-key"]
+    server = FakeChatinfo(dict.fromkeys(keys, "prestige"), units=args.units,
+                          key_units=dict.fromkeys(keys, args.units) if len(keys) > 1 else None,
+                          solve_time=args.solve_time)
     if args.fault_rate:
         server.inject_random(standard_faults(args.slow_delay), args.fault_rate, seed=args.seed)
     stop = asyncio.Event()
@@ -450,7 +471,8 @@ async def _serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     url = await server.start(args.host, args.port)
     try:
-        print(f"Fake chatinfo listening on {url} - use API key {args.key!r}", flush=True)
+        print(f"Fake chatinfo listening on {url} - use API key(s) {', '.join(keys)}",
+              flush=True)
         await stop.wait()
     finally:
         await server.stop()
@@ -462,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--solve-time", type=float, default=3.0, help="seconds per answer")
-    parser.add_argument("--key", default="test-key", help="the one valid Prestige key")
+    parser.add_argument("--key", action="append",
+                        help="a valid Prestige key (default test-key); repeat it for a pool "
+                             "of keys, each with --units of its own")
     parser.add_argument("--fault-rate", type=float, default=0.0,
                         help="share of calls that fail at random (0 to 1), of every kind")
     parser.add_argument("--slow-delay", type=float, default=25.0,

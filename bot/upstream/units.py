@@ -39,9 +39,12 @@ class UnitsTracker(Worker):
     name = "units-refresher"
 
     def __init__(self, client: ChatinfoClient, notifier: AdminAlerts,
-                 low_threshold: int) -> None:
+                 low_threshold: int, *, key_name: str | None = None) -> None:
         self._client = client
         self._notifier = notifier
+        # One of a pool of keys: each alert names its key (by fingerprint), and says the
+        # others carry on.
+        self._key_name = key_name
         self._low_threshold = low_threshold
         self.balance: int | None = None
         self._low_alerted = False
@@ -53,6 +56,20 @@ class UnitsTracker(Worker):
     @property
     def exhausted(self) -> bool:
         return self.balance == 0
+
+    @property
+    def refused(self) -> bool:
+        """The API refused the key (tariff, or a wrong key) since it last reported a balance."""
+        return self._denied_alerted
+
+    async def _send(self, text: Callable[[], str]) -> None:
+        """To the admins; from one key of a pool, naming it."""
+        name = self._key_name
+        if name is None:
+            await self._notifier.send(text)
+        else:
+            await self._notifier.send(lambda: _("🔑 Key {key}: {alert}").format(
+                key=name, alert=text()))
 
     async def observe(self, units: int, *, from_create: bool = False) -> None:
         """Record a balance the API reported; alert once per crossing.
@@ -70,18 +87,20 @@ class UnitsTracker(Worker):
             self._low_alerted = False
         if units > 0 and self._empty_alerted:
             self._empty_alerted = False
-            await self._notifier.send(lambda: ngettext(
+            await self._send(lambda: ngettext(
                 "✅ The API units are back: {units} unit. Users are served again.",
                 "✅ The API units are back: {units} units. Users are served again.",
                 units).format(units=units))
         if units == 0 and not self._empty_alerted:
             self._empty_alerted = self._low_alerted = True  # one alert says both
-            await self._notifier.send(lambda: _(
+            await self._send(lambda: _(
                 "🛑 The API unit balance is exhausted. Users are told the service is out of "
-                "capacity until it is topped up."))
+                "capacity until it is topped up.") if self._key_name is None else _(
+                "🛑 Its unit balance is exhausted. New requests go to the other keys; once "
+                "every key is empty, users are told the service is out of capacity."))
         elif units < self._low_threshold and not self._low_alerted:
             self._low_alerted = True
-            await self._notifier.send(lambda: ngettext(
+            await self._send(lambda: ngettext(
                 "⚠️ The API unit balance is low: {units} unit left.",
                 "⚠️ The API unit balance is low: {units} units left.", units).format(units=units))
 
@@ -89,9 +108,11 @@ class UnitsTracker(Worker):
         """The API refused the key (tariff not Prestige, or a wrong key)."""
         if not self._denied_alerted:
             self._denied_alerted = True
-            await self._notifier.send(lambda: _(
+            await self._send(lambda: (_(
                 "🛑 The API refused our key: {reason}. Users are told the service is "
-                "unavailable until this is fixed.").format(
+                "unavailable until this is fixed.") if self._key_name is None else _(
+                "🛑 The API refused it: {reason}. New requests go to the other keys; once "
+                "none works, users are told the service is unavailable.")).format(
                     reason=refusal_reason(upstream_error)))
 
     async def refresh(self) -> int:
@@ -114,7 +135,7 @@ class UnitsTracker(Worker):
                 self._limited.discard(endpoint)
             elif endpoint not in self._limited:
                 self._limited.add(endpoint)
-                await self._notifier.send(lambda e=endpoint, lim=limiter: ngettext(  # type: ignore[misc]
+                await self._send(lambda e=endpoint, lim=limiter: ngettext(  # type: ignore[misc]
                     "⚠️ The API answers 429 below its documented rate: {endpoint} now gets "
                     "{limit} call a minute instead of {configured}. Is another program "
                     "using the key?",

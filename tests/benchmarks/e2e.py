@@ -8,7 +8,9 @@ server each in their own process, so the CPU seconds and peak RSS reported are t
 alone, read from /proc just before it is stopped. Updates are POSTed to the webhook at
 `--rate` a second. "Ready" is when the fake chatinfo had the answer; "delivered" is when
 the fake Bot API first received a message or edit carrying it, so the lag includes the
-bot's Telegram throttle, as users see it.
+bot's Telegram throttle, as users see it. "One-message answers" came as a new message, with
+no placeholder before them (the throttle's pressure at level 2, bot/telegram/throttle.py);
+below the table, the bot's own /metrics says what each level of pressure left out.
 
 Beside each run, the spec's sample loop (tests/benchmarks/load.py's baseline) faces the
 same messages and solve times. The sweep runs σ 0.1, 0.3, 0.6 and 0.9, each cold (an empty
@@ -47,7 +49,7 @@ from tests.benchmarks.load import (
     seed_history,
     user_modes,
 )
-from tests.benchmarks.upstream import UpstreamProcess
+from tests.benchmarks.upstream import UpstreamProcess, bench_keys, per_key_text
 from tests.botprocess import STARTUP_TIMEOUT, BotProcess
 from tests.fakes.telegram_api import FakeTelegramAPI, message_update
 
@@ -173,10 +175,11 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     bot = BotProcess(workdir, {})
     await prepare_database(args, bot.database)
-    upstream = UpstreamProcess(args.seed, args.noise)
+    upstream = UpstreamProcess(args.seed, args.noise, keys=args.keys)
     telegram = TelegramProcess()
     bot.env |= {
-        "CHATINFO_API_KEY": "bench-key", "CHATINFO_BASE_URL": upstream.start(),
+        "CHATINFO_API_KEYS": ",".join(bench_keys(args.keys)),
+        "CHATINFO_BASE_URL": upstream.start(),
         "TELEGRAM_API_URL": telegram.start(), "WEBHOOK_URL": WEBHOOK_URL,
         "WEBHOOK_SECRET": WEBHOOK_SECRET, "DAILY_QUOTA": "0", "MAX_PENDING_PER_USER": "10000",
         "TELEGRAM_MESSAGES_PER_SECOND": str(args.telegram_rate), "LOG_LEVEL": "WARNING",
@@ -197,13 +200,23 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
            and finished_jobs(bot) - args.history < jobs):
         await asyncio.sleep(0.5)  # another process's database: nothing to await but time
     cpu, rss = process_usage(pid)
+    degraded = await degraded_counts(bot)
     if bot.launcher:  # the bot stops; the profiler writes its file and follows
         os.kill(pid, signal.SIGTERM)
     await bot.stop(signal.SIGCONT if bot.launcher else signal.SIGTERM, timeout=60)
     records, statuses, polls = upstream.finish()
     sent = telegram.finish()
-    return summarise(args, jobs, sent_for, records, statuses, polls, sent,
-                     cpu - cpu_at_start, rss)
+    return {**summarise(args, jobs, sent_for, records, statuses, polls, sent,
+                        cpu - cpu_at_start, rss),
+            "per_key": per_key_text(upstream.per_key), "degraded": degraded}
+
+
+async def degraded_counts(bot: BotProcess) -> dict[str, int]:
+    """What Telegram's pressure left out, by level, as the bot's /metrics counts it."""
+    _, page = await bot.get("/metrics")
+    prefix = "chatinfo_bot_telegram_degraded_total{level=\""
+    return {line[len(prefix)]: int(float(line.split()[-1])) for line in page.splitlines()
+            if line.startswith(prefix)}
 
 
 def bot_pid(bot: BotProcess) -> int:
@@ -273,6 +286,13 @@ ROWS = (
 )
 
 
+def degraded_note(label: str, ours: dict[str, Any]) -> str:
+    counts = ours["degraded"]
+    return (f"{label}: the bot's pressure left out {counts.get('1', 0)} typing actions and "
+            f"progress edits, answered {counts.get('2', 0)} requests in one message (no "
+            f"placeholder), and held {counts.get('3', 0)} requests' create_request.")
+
+
 def row(label: str, ours: dict[str, Any], loop: dict[str, Any] | None) -> str:
     cells = [label, str(ours["jobs"])]
     for _, key, fmt in ROWS:
@@ -314,6 +334,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="σ 0.1-0.9, cold and warm, throttle on and off")
     parser.add_argument("--no-loop", action="store_true", help="skip the sample loop runs")
+    parser.add_argument("--keys", type=int, default=1,
+                        help="API keys in the bot's pool (CHATINFO_API_KEYS), each an "
+                             "account of the fake's")
     parser.add_argument("--details", type=Path, default=None,
                         help="append a JSON line per delivered answer to this file: its "
                              "solve time, first poll, polls and lag")
@@ -321,14 +344,17 @@ def main() -> int:
                         help="record the bot with py-spy (pip install py-spy) into this file "
                              "of collapsed stacks; see tests/benchmarks/hotspots.py")
     args = parser.parse_args()
-    lines = [HEADER]
+    lines, notes = [HEADER], []
     for label, plan in runs(args):
         print(f"running {label} ({plan.rate}/s for {plan.duration:.0f} s)…", file=sys.stderr)
         ours = asyncio.run(run_ours(plan))
         loop = None if args.no_loop else run_loop(plan)
         lines.append(row(label, ours, loop))
-        print(lines[-1], file=sys.stderr)
+        notes.append(degraded_note(label, ours))
+        print(lines[-1], notes[-1], sep="\n", file=sys.stderr)
+        print(f"per API key: {ours['per_key']}", file=sys.stderr)
     print("\n".join(lines))
+    print("\n" + "\n".join(notes))
     print("\nCells with two figures are ours / the sample loop's; the loop's polls are "
           "unlimited and never throttled by Telegram.")
     return 0

@@ -42,7 +42,14 @@ from storage.conversations import ConversationRepo
 from storage.db import Database, open_database
 from storage.jobs import JobState
 from storage.users import UserRepo
-from tests.benchmarks.upstream import MODE_BASE, NOISE_SIGMA, UpstreamProcess, solve_seconds
+from tests.benchmarks.upstream import (
+    MODE_BASE,
+    NOISE_SIGMA,
+    UpstreamProcess,
+    bench_keys,
+    per_key_text,
+    solve_seconds,
+)
 from tests.fakes.mocked_bot import RecordingSession
 from tests.fakes.telegram_api import message_update
 
@@ -157,12 +164,13 @@ def usage() -> tuple[float, float]:
 async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     db = await open_database(workdir / "bench.sqlite3")
-    client = CountingClient(url, "bench-key")
+    keys = bench_keys(args.keys)
+    clients = [CountingClient(url, key) for key in keys]  # one per key of the pool
     session = TimedSession()
     bot = Bot("42:BENCH", session=session)
-    settings = Settings(bot_token="42:BENCH", chatinfo_api_key="bench-key", daily_quota=0,
+    settings = Settings(bot_token="42:BENCH", chatinfo_api_keys=",".join(keys), daily_quota=0,
                         max_pending_per_user=10_000, database_path=workdir / "bench.sqlite3")
-    app = make_application(bot, db, make_i18n(), settings, client=client,
+    app = make_application(bot, db, make_i18n(), settings, client=clients,
                            policy=RunnerPolicy())
     dp, runner = app.dp, app.runner
     freeze_startup_objects()  # as `python -m bot` does
@@ -191,10 +199,14 @@ async def run_ours(args: argparse.Namespace, url: str) -> dict[str, Any]:
     delivered = {row[1]: answer_edits[(row[2], row[3])] for row in rows
                  if row[4] == JobState.DELIVERED and (row[2], row[3]) in answer_edits}
     await runner.stop()
-    await client.close()
+    await app.pool.close()
     await db.close()
+    polls = clients[0]
+    for other in clients[1:]:
+        polls.poll_times.extend(other.poll_times)
+        polls.poll_ids.extend(other.poll_ids)
     return {"sent_for": sent_for, "created": sum(1 for r in rows if r[1] is not None),
-            "delivered": delivered, "polls": client, "jobs": len(rows)}
+            "delivered": delivered, "polls": polls, "jobs": len(rows)}
 
 
 async def run_baseline(args: argparse.Namespace, url: str) -> dict[str, Any]:
@@ -264,13 +276,14 @@ def summarise(name: str, result: dict[str, Any], records: list[Any],
 
 
 async def variant(args: argparse.Namespace) -> dict[str, Any]:
-    upstream = UpstreamProcess(args.seed, args.noise)
+    upstream = UpstreamProcess(args.seed, args.noise, keys=args.keys)
     url = upstream.start()
     cpu_before, _ = usage()
     result = await (run_ours(args, url) if args.variant == "ours" else run_baseline(args, url))
     cpu_after, rss = usage()
     records, statuses, _ = upstream.finish()
-    return summarise(args.variant, result, records, statuses, cpu_after - cpu_before, rss)
+    return {**summarise(args.variant, result, records, statuses, cpu_after - cpu_before, rss),
+            "per_key": per_key_text(upstream.per_key)}
 
 
 ROWS = (
@@ -278,6 +291,7 @@ ROWS = (
     ("create_request per second", "created_per_s", "{:.1f}"),
     ("peak get_response in any 60 s (limit 15000)", "peak_polls_60s", "{:.0f}"),
     ("HTTP 429 responses", "http_429", "{:.0f}"),
+    ("per API key", "per_key", "{}"),
     ("polls per job, mean", "polls_per_job_mean", "{:.2f}"),
     ("polls per job, p99", "polls_per_job_p99", "{:.0f}"),
     ("lag ready -> Telegram edit, p50 (s)", "lag_p50", "{:.2f}"),
@@ -315,6 +329,8 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=2000,
                         help="answered jobs the bot has from before (0: a cold start)")
     parser.add_argument("--only", choices=("ours", "baseline"), help="run one variant")
+    parser.add_argument("--keys", type=int, default=1,
+                        help="API keys in the bot's pool, each an account of the fake's")
     parser.add_argument("--variant", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -327,7 +343,8 @@ def main() -> int:
             [sys.executable, "-m", "tests.benchmarks.load", "--variant", name,
              "--rate", str(args.rate), "--duration", str(args.duration),
              "--drain", str(args.drain), "--seed", str(args.seed),
-             "--noise", str(args.noise), "--history", str(args.history)],
+             "--noise", str(args.noise), "--history", str(args.history),
+             "--keys", str(args.keys)],
             check=True, capture_output=True, text=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(table(results))

@@ -47,10 +47,25 @@ class Record:
     first_polled_at: float | None = None
 
 
-def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
+def per_key_text(per_key: dict[str, tuple[int, int]]) -> str:
+    """"bench-key: 250 created, 0×429 · bench-key-2: ..." for the tables."""
+    return " · ".join(f"{key}: {created} created, {limited}×429"
+                      for key, (created, limited) in per_key.items())
+
+
+def bench_keys(count: int) -> list[str]:
+    """The benchmark's API keys: bench-key, then bench-key-2 and on for a pool."""
+    return ["bench-key", *(f"bench-key-{n}" for n in range(2, count + 1))]
+
+
+def _serve(seed: int, noise: float, scale: float, limits: dict[str, int], keys: int,
            conn: Connection) -> None:
     async def main() -> None:
-        server = FakeChatinfo(keys={"bench-key": "prestige"}, units=10**9, limits=limits,
+        names = bench_keys(keys)
+        # A pool's keys are accounts of their own: a balance and rate windows each.
+        server = FakeChatinfo(keys=dict.fromkeys(names, "prestige"), units=10**9,
+                              key_units=dict.fromkeys(names, 10**9) if keys > 1 else None,
+                              limits=limits,
                               solve_time=lambda mode, content: solve_seconds(
                                   seed, mode, content, noise, scale))
         conn.send(await server.start())
@@ -62,9 +77,11 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
             if call.endpoint == "get_response" and call.request_id is not None:
                 polls[call.request_id] += 1
                 first_polls.setdefault(call.request_id, call.arrived_at)
+        per_key = {key: (sum(1 for r in server.requests if r.key == key),
+                         server.generated_429s(key)) for key in names}
         conn.send(([Record(r.id, r.content.split(" ", 1)[0], r.ready_at, r.created_at,
                            first_polls.get(r.id))
-                    for r in server.requests], dict(server.statuses), polls))
+                    for r in server.requests], dict(server.statuses), polls, per_key))
         await server.stop()
 
     asyncio.run(main())
@@ -72,10 +89,13 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int],
 
 class UpstreamProcess:
     def __init__(self, seed: int, noise: float = NOISE_SIGMA, scale: float = 1.0,
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, keys: int = 1) -> None:
         self._conn, child = multiprocessing.Pipe()
         self._process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(seed, noise, scale, limits or {}, child), daemon=True)
+            target=_serve, args=(seed, noise, scale, limits or {}, keys, child), daemon=True)
+
+        # After `finish`: per key, the creates it served and the 429s its limits produced.
+        self.per_key: dict[str, tuple[int, int]] = {}
 
     def start(self) -> str:
         self._process.start()
@@ -85,6 +105,6 @@ class UpstreamProcess:
     def finish(self) -> tuple[list[Record], dict[tuple[str, int], int], Counter[int]]:
         """Every request made, the status counts, and get_response calls per request."""
         self._conn.send("records")
-        records, statuses, polls = self._conn.recv()
+        records, statuses, polls, self.per_key = self._conn.recv()
         self._process.join(timeout=10)
         return records, statuses, polls

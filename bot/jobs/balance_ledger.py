@@ -1,0 +1,161 @@
+"""Which failed create_request calls spent a unit, told by the balances the API reports.
+
+The balance only falls, by one unit for each create the server processed. Every balance we
+see is pinned to a span of time: a successful create reports the balance just after its
+own debit, at some moment between sending it and its reply; a read of the units endpoint
+reports it at some moment during the read. Put in order of value, these sightings are in
+order of time, and where two neighbours differ by more than the debits seen between them,
+the difference is debits nobody reported: failed creates whose span overlaps the time
+between the two sightings. So a failed create that overlaps no such gap spent nothing; a
+gap with exactly as many candidates as missing units shows each of them spent; anything
+else (two candidates for one unit, a gap nobody of ours explains, a balance that rose) is
+taken as spent, never risking a second unit.
+
+Counting alone (the balance now against the last read less the creates acknowledged since)
+cannot tell which of several creates that failed close together spent; the order of the
+reported balances usually can.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    UNSPENT = "unspent"  # the balance shows it spent nothing: sending it again is safe
+    SPENT = "spent"  # the balance shows its unit debited: its answer is lost
+    ASSUMED_SPENT = "assumed_spent"  # the balance cannot tell: taken as spent
+
+
+@dataclass(frozen=True, slots=True)
+class _Sighting:
+    """The balance `value`, as it was at some moment between `start` and `end`; `debit`:
+    it is the balance right after a create of ours, so that create's unit is in it."""
+
+    value: int
+    start: float
+    end: float
+    debit: bool
+
+
+@dataclass(slots=True)
+class _Failure:
+    sent: float
+    done_by: float  # when the server has surely finished with it
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gap:
+    units: int  # debits nobody reported
+    start: float
+    end: float
+
+    def overlaps(self, failure: _Failure) -> bool:
+        return failure.sent < self.end and self.start < failure.done_by
+
+
+class BalanceLedger:
+    """The balances seen since the oldest undecided failed create, and the failures."""
+
+    def __init__(self) -> None:
+        self._sightings: list[_Sighting] = []
+        self._failures: dict[int, _Failure] = {}
+        self._blind = False  # a create succeeded without reporting the balance
+
+    def read(self, balance: int, start: float, end: float) -> None:
+        """The units endpoint said `balance` during [start, end]."""
+        self._sightings.append(_Sighting(balance, start, end, debit=False))
+
+    def created(self, balance: int | None, sent: float, replied: float) -> None:
+        """A create of ours succeeded and reported the balance after it."""
+        if balance is None:
+            self._blind = True
+        else:
+            self._sightings.append(_Sighting(balance, sent, replied, debit=True))
+
+    def failed(self, job_id: int, sent: float, done_by: float) -> None:
+        """A create of ours failed without saying whether the server processed it."""
+        self._failures[job_id] = _Failure(sent, done_by)
+
+    def decide(self) -> dict[int, Verdict]:
+        """The verdict on each undecided failed create that the balances seen settle.
+
+        Call it right after a read made while no other create of ours was in flight. A
+        create the server may have processed after the last read is decided only if a
+        gap already shows it spent."""
+        gaps = self._gaps()
+        last_seen = max((s.start for s in self._sightings), default=float("-inf"))
+        verdicts = {}
+        for job_id, failure in self._undecided():
+            verdict = self._judge(failure, gaps)
+            # Shown spent, or never to be told (nothing seen before it, or sightings not to
+            # be trusted), or surely finished: decided now; else a later read may tell.
+            final = verdict is Verdict.SPENT or not self._judgeable(failure, gaps)
+            if final or failure.done_by <= last_seen:
+                verdicts[job_id] = failure.verdict = verdict
+        self._forget_settled()
+        return verdicts
+
+    def give_up(self, now: float) -> dict[int, Verdict]:
+        """No balance to go by: every failed create the server has finished is taken as
+        spent."""
+        verdicts = {job_id: Verdict.ASSUMED_SPENT for job_id, failure in self._undecided()
+                    if failure.done_by <= now}
+        for job_id in verdicts:
+            self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
+        self._forget_settled()
+        return verdicts
+
+    def _undecided(self) -> list[tuple[int, _Failure]]:
+        return [(job_id, f) for job_id, f in self._failures.items() if f.verdict is None]
+
+    def _judgeable(self, failure: _Failure, gaps: list[_Gap] | None) -> bool:
+        return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
+
+    def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict:
+        if gaps is None or not self._judgeable(failure, gaps):
+            return Verdict.ASSUMED_SPENT
+        mine = [gap for gap in gaps if gap.overlaps(failure)]
+        if not mine:
+            return Verdict.UNSPENT
+        if len(mine) == 1:
+            rivals = [other for other in self._failures.values() if mine[0].overlaps(other)]
+            if len(rivals) == mine[0].units and all(
+                    other.verdict in (None, Verdict.SPENT)
+                    and sum(gap.overlaps(other) for gap in gaps) == 1 for other in rivals):
+                return Verdict.SPENT
+        return Verdict.ASSUMED_SPENT
+
+    def _gaps(self) -> list[_Gap] | None:
+        """The stretches of time with debits nobody reported; None when the sightings
+        cannot be trusted to show them (a rising balance, or a create that did not say)."""
+        if self._blind or not self._sightings:
+            return None
+        # Equal values: the create's own sighting comes before a read that saw the same.
+        ordered = sorted(self._sightings, key=lambda s: (-s.value, not s.debit))
+        gaps = []
+        for earlier, later in itertools.pairwise(ordered):
+            units = earlier.value - later.value - later.debit
+            if units < 0 or later.end < earlier.start:  # seen sooner, yet lower: a top-up
+                return None
+            if units:
+                gaps.append(_Gap(units, earlier.start, later.end))
+        return gaps
+
+    def _forget_settled(self) -> None:
+        """Keep only what later verdicts need: the sightings from the last one before the
+        oldest undecided failure was sent (just the last one when none is left), and the
+        decided failures that may still share a gap with them."""
+        oldest = min((f.sent for _, f in self._undecided()), default=float("inf"))
+        before = [s for s in self._sightings if s.end <= oldest]
+        if not before:
+            return
+        anchor = max(before, key=lambda s: s.end)
+        self._sightings = [s for s in self._sightings if s.end >= anchor.start]
+        self._failures = {job_id: f for job_id, f in self._failures.items()
+                          if f.verdict is None or f.done_by > anchor.start}
+        if not self._undecided():
+            self._blind = False

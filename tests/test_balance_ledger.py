@@ -1,0 +1,124 @@
+"""BalanceLedger: which failed creates spent a unit, from the balances seen and when."""
+
+from __future__ import annotations
+
+from bot.jobs.balance_ledger import BalanceLedger, Verdict
+
+UNSPENT, SPENT, ASSUMED = Verdict.UNSPENT, Verdict.SPENT, Verdict.ASSUMED_SPENT
+
+
+def ledger_from(balance: int = 100) -> BalanceLedger:
+    ledger = BalanceLedger()
+    ledger.read(balance, 0.0, 0.1)
+    return ledger
+
+
+def test_of_two_creates_failed_together_the_one_whose_time_has_the_missing_unit_spent_it() -> None:
+    """Counting alone sees one unit missing for two failed creates and must assume both
+    spent; the reported balances place the missing unit in the time of only one."""
+    ledger = ledger_from(100)
+    ledger.created(99, 1.0, 1.2)
+    ledger.failed(1, 1.5, 1.8)  # between the creates that reported 99 and 98: no gap
+    ledger.created(98, 2.0, 2.2)
+    ledger.failed(2, 3.0, 3.3)  # after 98, before the read of 96 with one more debit seen
+    ledger.created(96, 3.5, 3.7)
+    ledger.read(96, 5.0, 5.1)
+    assert ledger.decide() == {1: UNSPENT, 2: SPENT}
+
+
+def test_two_failures_in_one_gap_of_one_unit_cannot_be_told_apart() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.failed(2, 1.2, 1.6)
+    ledger.read(99, 3.0, 3.1)
+    assert ledger.decide() == {1: ASSUMED, 2: ASSUMED}
+
+
+def test_two_failures_in_one_gap_of_two_units_both_spent() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.failed(2, 1.2, 1.6)
+    ledger.read(98, 3.0, 3.1)
+    assert ledger.decide() == {1: SPENT, 2: SPENT}
+
+
+def test_a_gap_nobody_of_ours_explains_makes_its_failure_assumed_spent() -> None:
+    """Another program on the key spent two units while one create of ours failed."""
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.read(98, 3.0, 3.1)
+    assert ledger.decide() == {1: ASSUMED}
+
+
+def test_a_top_up_hides_nothing_it_makes_every_failure_assumed_spent() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.created(1099, 2.0, 2.1)  # topped up by 1000 meanwhile
+    ledger.read(1099, 3.0, 3.1)
+    assert ledger.decide() == {1: ASSUMED}
+
+
+def test_a_create_that_did_not_report_the_balance_blinds_the_ledger_until_all_is_decided() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.created(None, 2.0, 2.1)
+    ledger.read(99, 3.0, 3.1)
+    assert ledger.decide() == {1: ASSUMED}
+    ledger.failed(2, 4.0, 4.5)  # decided against the last read alone now
+    ledger.read(99, 5.0, 5.1)
+    assert ledger.decide() == {2: UNSPENT}
+
+
+def test_a_failure_the_server_may_still_process_waits_unless_its_debit_shows() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)  # a timeout: the server may finish it until 61 s
+    ledger.read(100, 3.0, 3.1)
+    assert ledger.decide() == {}  # no debit yet; one may still come
+    ledger.created(98, 10.0, 10.2)  # another create: one debit unreported before it
+    ledger.read(98, 20.0, 20.1)
+    assert ledger.decide() == {1: SPENT}  # its debit is seen: no need to wait
+
+
+def test_a_failure_the_server_has_finished_without_a_debit_is_unspent_at_the_next_read() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)
+    ledger.read(100, 30.0, 30.1)
+    assert ledger.decide() == {}
+    ledger.created(99, 40.0, 40.2)
+    ledger.read(99, 62.0, 62.1)
+    assert ledger.decide() == {1: UNSPENT}
+
+
+def test_without_a_balance_seen_before_it_a_failure_cannot_be_judged() -> None:
+    ledger = BalanceLedger()
+    ledger.failed(1, 1.0, 1.5)
+    ledger.read(100, 3.0, 3.1)
+    assert ledger.decide() == {1: ASSUMED}
+
+
+def test_a_gap_confirms_a_failure_the_server_may_still_be_processing() -> None:
+    """Two units missing, two candidates, one of them still settling: both are spent."""
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.failed(2, 1.2, 61.0)
+    ledger.read(98, 3.0, 3.1)
+    assert ledger.decide() == {1: SPENT, 2: SPENT}
+
+
+def test_giving_up_without_a_balance_assumes_spent_only_what_the_server_has_finished() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.5)
+    ledger.failed(2, 1.2, 61.0)
+    assert ledger.give_up(now=5.0) == {1: ASSUMED}
+    ledger.read(100, 70.0, 70.1)
+    assert ledger.decide() == {2: UNSPENT}
+
+
+def test_what_is_decided_is_forgotten_and_later_checks_start_from_the_last_read() -> None:
+    ledger = ledger_from(100)
+    for job_id in range(1, 200):
+        at = job_id * 10.0
+        ledger.failed(job_id, at, at + 0.5)
+        ledger.read(100, at + 1.0, at + 1.1)
+        assert ledger.decide() == {job_id: UNSPENT}
+    assert len(ledger._sightings) == 1 and not ledger._failures  # bounded, not a history
