@@ -101,7 +101,11 @@ async def test_a_saturated_budget_still_serves_every_job_in_due_order() -> None:
         order.append(upstream_id)
         return "done" if order.count(upstream_id) == 2 else None
 
-    async with Waiting(poll, limiter) as waiting:
+    # A second poll is due a gap after the first returns: later than every first poll is
+    # due, however long it took to watch all twenty (a loaded machine) and however soon
+    # the first returned.
+    timing = PollTiming(hit_chance=0.0, min_gap=0.2, max_gap=0.2, earliest=0.0)
+    async with Waiting(poll, limiter, timing) as waiting:
         await asyncio.gather(*(waiting.watch(n) for n in range(20)))
 
     first_round = order[:20]
