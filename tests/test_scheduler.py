@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 
 import pytest
@@ -18,8 +19,9 @@ from bot.jobs.poll_scheduler import (
     PollScheduler,
     PollTiming,
     next_poll_after,
+    possible_from,
 )
-from bot.jobs.solve_times import PRIOR, Estimate, SolveTimes
+from bot.jobs.solve_times import MIN_SIGMA, PRIOR, RECENT, Estimate, SolveTimes
 from bot.upstream.client import RateLimited, RequestRejected
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import JobState
@@ -99,7 +101,11 @@ async def test_a_saturated_budget_still_serves_every_job_in_due_order() -> None:
         order.append(upstream_id)
         return "done" if order.count(upstream_id) == 2 else None
 
-    async with Waiting(poll, limiter) as waiting:
+    # A second poll is due a gap after the first returns: later than every first poll is
+    # due, however long it took to watch all twenty (a loaded machine) and however soon
+    # the first returned.
+    timing = PollTiming(hit_chance=0.0, min_gap=0.2, max_gap=0.2, earliest=0.0)
+    async with Waiting(poll, limiter, timing) as waiting:
         await asyncio.gather(*(waiting.watch(n) for n in range(20)))
 
     first_round = order[:20]
@@ -171,33 +177,165 @@ def test_solve_times_learn_a_line_per_mode() -> None:
     short, long = times.estimate("essay", 200), times.estimate("essay", 3000)
     assert short.quantile(0.5) == pytest.approx(12, rel=0.01)
     assert long.quantile(0.5) == pytest.approx(40, rel=0.01)
+    assert short.sigma == MIN_SIGMA  # on the line: as sure as it ever gets
     unlearned = times.estimate("poems", 200)  # a mode without answers yet: all answers
-    assert (unlearned.scale, unlearned.ratios) == (1.0, [11.0 + n for n in range(20)])
-    assert SolveTimes().estimate("poems", 200).ratios == list(PRIOR)  # nothing learned
+    assert 11.0 < unlearned.median < 30.0 and unlearned.sigma > 0.2
+    assert unlearned.bound == 30.0  # never first polled later than the slowest lately
+    prior = SolveTimes().estimate("poems", 200)  # nothing learned
+    assert min(PRIOR) < prior.median < max(PRIOR) and prior.bound == math.inf
+
+
+def noisy(seconds: float, n: int, spread: float) -> float:
+    """`seconds` off by a fixed pattern of relative errors of about `spread`."""
+    return seconds * math.exp(spread * math.sin(n * 2.4))
+
+
+def fast(length: int) -> float:
+    return 2.0 + length / 100
+
+
+def learn_slow_then_fast(times: SolveTimes, fast_answers: int) -> None:
+    """300 answers from an earlier regime ten times as slow, then the latest ones."""
+    for n in range(300):
+        length = 50 + 37 * n % 900
+        times.learn("chat", length, noisy(10 * fast(length), n, 0.1))
+    for n in range(fast_answers):
+        length = 50 + 53 * n % 900
+        times.learn("chat", length, noisy(fast(length), n, 0.1))
+
+
+def test_after_a_regime_change_the_first_poll_waits_no_longer_than_recent_answers() -> None:
+    timing = PollTiming()
+    before, after = SolveTimes(), SolveTimes()
+    learn_slow_then_fast(before, 0)
+    learn_slow_then_fast(after, RECENT)
+
+    # Most of what the model knows is ten times too slow, but the first poll for the
+    # next job is bounded by the slowest of the 20 latest answers at its length.
+    first_before = next_poll_after(0.0, before.estimate("chat", 400), timing)
+    first_after = next_poll_after(0.0, after.estimate("chat", 400), timing)
+    assert first_before > 5 * fast(400)
+    assert first_after <= 1.2 * fast(400) + timing.max_gap
+
+
+def test_first_polls_that_keep_finding_answers_move_the_first_poll_earlier() -> None:
+    # Every answer learned is where a first poll found it: all the model hears is that
+    # answers took about as long as it thought, since the polls never looked sooner.
+    times, timing = SolveTimes(), PollTiming()
+    learn_slow_then_fast(times, 0)
+    first_polls = []
+    for _ in range(12):
+        estimate = times.estimate("chat", 400)
+        first = next_poll_after(0.0, estimate, timing)
+        first_polls.append(first)
+        times.first_poll("chat", estimate, asked_at=first, found=True)  # ready long ago
+
+    assert first_polls[-1] < first_polls[0] / 8  # it went looking sooner
+    assert first_polls[-1] <= 2 * fast(400) + timing.max_gap
+
+    # And once first polls find nothing that early, they move back towards the model.
+    for _ in range(40):
+        estimate = times.estimate("chat", 400)
+        times.first_poll("chat", estimate, asked_at=next_poll_after(0.0, estimate, timing),
+                         found=False)
+    assert next_poll_after(0.0, times.estimate("chat", 400), timing) > 4 * first_polls[-1]
+
+
+def test_first_polls_that_find_answers_as_often_as_expected_change_nothing() -> None:
+    times, timing = SolveTimes(), PollTiming()
+    for n in range(300):
+        times.learn("chat", 100, noisy(5.0, n, 0.1))
+    estimate = times.estimate("chat", 100)
+    first = next_poll_after(0.0, estimate, timing)
+    chance = 1.0 - estimate.survival(first)
+    for n in range(200):  # hits and misses in the proportion the estimate holds
+        times.first_poll("chat", estimate, asked_at=first, found=(n * chance) % 1.0 < chance)
+    assert times.estimate("chat", 100).early == 1.0
+
+
+def test_the_window_widens_with_the_residuals_and_follows_the_latest() -> None:
+    def polls_for(times: SolveTimes, seconds: float) -> int:
+        estimate, elapsed, polls = times.estimate("chat", 100), 0.0, 0
+        while polls == 0 or elapsed < seconds:
+            elapsed += next_poll_after(elapsed, estimate, PollTiming())
+            polls += 1
+        return polls
+
+    precise, rough, calmed = SolveTimes(), SolveTimes(), SolveTimes()
+    for n in range(300):
+        precise.learn("chat", 100, noisy(20.0, n, 0.05))
+        rough.learn("chat", 100, noisy(20.0, n, 0.8))
+        calmed.learn("chat", 100, noisy(20.0, n, 0.8))
+    for n in range(90):  # three half-lives of good predictions since
+        calmed.learn("chat", 100, noisy(20.0, n, 0.05))
+
+    sigmas = [t.estimate("chat", 100).sigma for t in (precise, rough, calmed)]
+    assert sigmas[0] < 0.1 and sigmas[1] > 0.4
+    assert sigmas[2] < sigmas[1] / 2  # the recent residuals weigh most
+    # A rough model looks over a wider window: more polls for the same answer.
+    assert polls_for(precise, 21.0) < polls_for(rough, 21.0)
+
+
+def test_when_all_modes_get_harder_to_predict_a_quiet_mode_widens_too() -> None:
+    times = SolveTimes()
+    for n in range(300):
+        times.learn("chat", 100, noisy(5.0, n, 0.05))
+        times.learn("essay", 100, noisy(20.0, n, 0.05))
+    quiet_before = times.estimate("essay", 100).sigma
+    for n in range(40):  # upstream turns erratic; only chat answers come meanwhile
+        times.estimate("chat", 100)  # as the scheduler does when the job is watched
+        times.learn("chat", 100, noisy(5.0, n, 0.9))
+
+    assert quiet_before < 0.1
+    assert times.estimate("essay", 100).sigma > 0.4  # without an answer of its own
+
+
+def test_history_is_learned_newest_last() -> None:
+    newest_fast, newest_slow = SolveTimes(), SolveTimes()
+    newest_fast.learn_all([("chat", 100, 5.0)] * 40 + [("chat", 100, 50.0)] * 260)
+    newest_slow.learn_all([("chat", 100, 50.0)] * 40 + [("chat", 100, 5.0)] * 260)
+    middle = math.sqrt(5.0 * 50.0)  # where both would be if all weighed alike
+    assert newest_fast.estimate("chat", 100).median < middle  # the 40 latest weigh most
+    assert newest_slow.estimate("chat", 100).median > middle
 
 
 def test_polls_wait_for_a_possible_answer_then_crowd_then_thin_out() -> None:
-    estimate = Estimate(10.0, sorted([0.9, 0.95, 1.0, 1.0, 1.05, 1.1] * 10))
-    timing = PollTiming(hit_chance=0.4, min_gap=0.3, max_gap=2.0, earliest=0.0)
+    estimate = Estimate(10.0, 0.05)
+    timing = PollTiming(hit_chance=0.4, min_gap=0.3, max_gap=2.0, earliest=0.01)
     moments, elapsed = [], 0.0
-    while elapsed < 20:
+    while elapsed < 25:
         elapsed += next_poll_after(elapsed, estimate, timing)
-        moments.append(round(elapsed, 2))
+        moments.append(elapsed)
 
-    # Nothing can be ready before 9 s; by 10 s, 40% of the answers are.
-    assert moments[0] == 10.0
+    # Nothing is likely ready before 8.9 s (the 1% quantile); by 10 s half the answers are.
+    assert estimate.quantile(0.01) < moments[0] <= estimate.quantile(0.01) + timing.max_gap
     inside = [m for m in moments if m <= 11]
     assert len(inside) <= 4  # the likely window takes a few polls, not one a second
     gaps = [b - a for a, b in itertools.pairwise(moments)]
-    assert all(0.3 <= gap <= 2.0 for gap in gaps)
-    assert gaps[-1] == 2.0  # the overdue tail: every max_gap, so the lag stays bounded
+    assert all(0.3 - 1e-9 <= gap <= 2.0 + 1e-9 for gap in gaps)
+    assert gaps[-1] == pytest.approx(2.0)  # the overdue tail: every max_gap, so the lag
+    # stays bounded
+
+
+def test_no_poll_is_more_than_max_gap_after_an_answer_became_possible() -> None:
+    timing = PollTiming()
+    for median, sigma, bound in itertools.product((1.0, 8.0, 90.0), (0.05, 0.3, 0.9, 2.0),
+                                                  (math.inf, 3.0)):
+        estimate = Estimate(median, sigma, bound)
+        possible = possible_from(estimate, timing)
+        assert possible <= bound
+        assert next_poll_after(0.0, estimate, timing) <= possible + timing.max_gap
+        for elapsed in (possible, possible + 0.5, 2 * median, 10 * median + 100):
+            assert timing.min_gap <= next_poll_after(elapsed, estimate, timing) \
+                <= timing.max_gap
 
 
 def test_the_first_poll_comes_within_max_gap_of_the_earliest_answer() -> None:
-    widely_spread = Estimate(10.0, [float(n) for n in range(1, 11)])  # 10 s to 100 s
-    timing = PollTiming(hit_chance=0.5, min_gap=0.3, max_gap=2.0, earliest=0.0)
+    widely_spread = Estimate(30.0, 1.0)  # 3 s to 300 s
+    timing = PollTiming(hit_chance=0.5, min_gap=0.3, max_gap=2.0, earliest=0.01)
+    earliest = widely_spread.quantile(0.01)
 
-    assert next_poll_after(0.0, widely_spread, timing) == 12.0  # not at 50 s: lag <= 2 s
+    assert next_poll_after(0.0, widely_spread, timing) == pytest.approx(earliest + 2.0)
     assert next_poll_after(30.0, widely_spread, timing) == 2.0
 
 

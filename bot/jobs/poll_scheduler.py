@@ -8,7 +8,6 @@ everyone when the poll budget is short, so nothing starves.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import itertools
 import logging
@@ -17,7 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from bot.jobs import crashpoints
@@ -31,44 +30,54 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PollTiming:
-    # Chosen by replaying the load benchmark's jobs (README): fewest polls per job with
-    # lag p50 <= 0.45 s and p99 <= 1.9 s.
-    hit_chance: float = 0.6  # each poll should find about this share of the answers left
+    # Chosen by replaying the load benchmark's jobs (README), cold and warm, at σ 0.1 to
+    # 0.9: fewest polls per job with lag p50 <= 0.5 s and p99 <= 1.9 s at σ 0.1.
+    hit_chance: float = 0.7  # each poll should find about this share of the answers left
     min_gap: float = 0.4  # never poll one job more often than this
     max_gap: float = 1.9  # once an answer is possible, never wait longer (bounds the lag)
-    earliest: float = 0.01  # answers sooner than this quantile of solve times are rare
+    earliest: float = 0.003  # answers sooner than this quantile of solve times are rare
+
+
+def possible_from(estimate: Estimate, timing: PollTiming) -> float:
+    """Seconds after the create from which an answer is worth looking for: the model's
+    `earliest` quantile, as its first polls have proved it (`early`), and never later
+    than the slowest recent answers allow."""
+    return min(estimate.quantile(timing.earliest) * estimate.early, estimate.bound)
 
 
 def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> float:
     """Seconds from now until the next poll of a job `elapsed` seconds old.
 
-    An answer is possible only from the `earliest` quantile on; from then (or now, if
-    later) each poll is placed where it has about `hit_chance` of finding the answer,
-    given that it was not there before: so polls crowd where answers usually arrive
-    (little lag for few polls) and thin out where they rarely do. No poll is more than
-    `max_gap` after the moment an answer became possible, which bounds the lag.
+    An answer is possible only from `possible_from` on; from then (or now, if later)
+    each poll is placed where it has about `hit_chance` of finding the answer, given
+    that it was not there before: so polls crowd where answers usually arrive (little
+    lag for few polls) and thin out where they rarely do, and the window is as wide as
+    the model's recent errors. No poll is more than `max_gap` after the moment an
+    answer became possible, which bounds the lag.
     """
-    start = max(elapsed, estimate.quantile(timing.earliest))  # nothing to find before
-    later = bisect.bisect_right(estimate.ratios, start / estimate.scale)
-    remaining = len(estimate.ratios) - later
-    if remaining <= 0:
-        return start - elapsed + timing.max_gap
-    target = estimate.scale * estimate.ratios[later + int(remaining * timing.hit_chance)]
+    start = max(elapsed, possible_from(estimate, timing))  # nothing to find before
+    # An answer missing for longer than the spread allows says the model errs for this
+    # job: the window is widened to that much error, so an overdue job is not polled
+    # ever more densely where a precise model would have it come any moment.
+    overdue = math.log(start / estimate.median) if start > 0.0 else 0.0
+    if overdue > estimate.sigma:
+        estimate = replace(estimate, sigma=overdue)
+    left = estimate.survival(start)
+    target = estimate.quantile(1.0 - left * (1.0 - timing.hit_chance))
     return start - elapsed + min(max(target - start, timing.min_gap), timing.max_gap)
 
 
-def solved_after(missed_at: float | None, found_at: float, timing: PollTiming) -> float:
+def solved_after(missed_at: float | None, found_at: float, estimate: Estimate) -> float:
     """When an answer was ready, as far as the polls tell: between the last poll that
-    missed it (if any) and the one that found it, in seconds after the create.
+    missed it (if any; else the create) and the one that found it, in seconds after the
+    create, where the job's estimate puts it within them.
 
     Not the moment it was found, which is later by the lag: learning that would place
-    every poll later, so the lag would grow, and so on. A hit at the first poll is taken
-    to have come in the 1.5 poll gaps before it, not just since the earliest likely
-    moment: so answers sooner than the model expects still teach it.
+    every poll later, so the lag would grow, and so on. A hit at the first poll is placed
+    within all the time before it, not just after the earliest likely moment: so answers
+    sooner than the model expects still teach it.
     """
-    if missed_at is not None:
-        return (missed_at + found_at) / 2
-    return max(MIN_SECONDS, found_at - 0.75 * timing.max_gap)
+    return max(MIN_SECONDS, estimate.mean_between(missed_at or 0.0, found_at))
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
@@ -184,7 +193,7 @@ class PollScheduler(Worker):
             due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
             job_id=job_id, upstream_id=upstream_id, mode=sys.intern(mode), length=length,
             started=now - age, deadline=now - age + max_wait, estimate=estimate,
-            missed_at=None, blind=age > estimate.quantile(self._timing.earliest))
+            missed_at=None, blind=age > possible_from(estimate, self._timing))
         self._entries[job_id] = entry
         self._push(entry)
 
@@ -212,7 +221,7 @@ class PollScheduler(Worker):
     def _bracket(self, entry: _Entry, found_at: float) -> float | None:
         if entry.blind and entry.missed_at is None:
             return None
-        return solved_after(entry.missed_at, found_at, self._timing)
+        return solved_after(entry.missed_at, found_at, entry.estimate)
 
     async def _serve(self) -> None:
         while True:
@@ -266,6 +275,10 @@ class PollScheduler(Worker):
         except ChatinfoError as error:
             self._settle(entry, error)
             return
+        else:
+            if entry.polls == 0 and not entry.blind:
+                self._solve_times.first_poll(entry.mode, entry.estimate, asked_at=asked_at,
+                                             found=result is not None)
         finally:
             self._in_flight.release()
             entry.polls += 1

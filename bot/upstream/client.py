@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
+from httpcore._utils import is_socket_readable
 
 from bot.config import RATE_LIMITS
 from bot.upstream.limiter import SlidingWindowLimiter
@@ -22,6 +24,14 @@ from bot.upstream.limiter import SlidingWindowLimiter
 log = logging.getLogger(__name__)
 
 CREATE, POLL, UNITS = "create_request", "get_response", "units"
+# The connection pool. httpcore looks at every pooled connection on every call (is it
+# idle, has it expired: a few system calls each), so kept connections cost CPU on every
+# poll, and more of them than calls in flight at once only cost. The scheduler spends
+# the poll budget a few calls at a time (5 in any 20 ms); more at once come when the
+# server is slow, and those may open more connections, which are closed once they are
+# not needed.
+MAX_CONNECTIONS = 64
+MAX_KEEPALIVE = 16
 # Our clock and the server's disagree by transit time; a second of slack keeps a burst
 # sent at the edge of our window from landing inside the server's.
 WINDOW_SECONDS = 61.0
@@ -77,6 +87,56 @@ class UpstreamUnavailable(ChatinfoError):
         self.answered = answered
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """httpcore's anyio stream, with its socket looked up once.
+
+    The pool asks every idle connection whether its socket is readable (the server hung
+    up) on every call, and anyio answers by building a dict of all the socket's
+    attributes, a getpeername system call among them: a tenth of the bot's CPU.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._socket
+        if info == "is_readable":
+            return self._socket is not None and is_socket_readable(self._socket)
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.AnyIOBackend):
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        return _Stream(await super().connect_tcp(host, port, timeout, local_address,
+                                                 socket_options))
+
+
+def _transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    # httpx offers no way to choose httpcore's network backend; its pool keeps it here.
+    pool = transport._pool
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    pool._network_backend = _Backend()
+    return transport
+
+
 @dataclass(frozen=True)
 class CreatedRequest:
     id: int
@@ -106,16 +166,15 @@ class ChatinfoClient:
     ) -> None:
         self._key = api_key
         self._observer = observer
+        # The limiter stamps a call before it gets a connection; a pool as large as the
+        # poll scheduler's concurrency (64) keeps calls from queueing here and reaching
+        # the server later than stamped.
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS,
+                              max_keepalive_connections=MAX_KEEPALIVE)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/api/gpt/",
             timeout=httpx.Timeout(timeout, connect=5.0),
-            transport=transport,
-            # The limiter stamps a call before it gets a connection; a roomy pool keeps
-            # calls from queueing here and reaching the server later than stamped.
-            # Idle connections are kept up to the poll scheduler's concurrency (64):
-            # opening one per call costs more CPU than the call, and the pool checks
-            # every idle connection on every call, so keeping many costs too.
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=transport or _transport(limits),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {

@@ -195,7 +195,9 @@ async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     sent_for = await feed(bot, args)
     deadline = time.monotonic() + args.drain
     jobs = int(args.rate * args.duration)
-    while time.monotonic() < deadline and finished_jobs(bot) < jobs:  # noqa: ASYNC110
+    # The history's jobs are finished from the start: only this run's count.
+    while (time.monotonic() < deadline  # noqa: ASYNC110
+           and finished_jobs(bot) - args.history < jobs):
         await asyncio.sleep(0.5)  # another process's database: nothing to await but time
     cpu, rss = process_usage(pid)
     degraded = await degraded_counts(bot)
@@ -242,6 +244,15 @@ def summarise(args: argparse.Namespace, jobs: int, sent_for: float, records: lis
     by_tag = {r.tag: r for r in records}
     lags = [at - by_tag[tag].ready_at for tag, at in delivered.items() if tag in by_tag]
     per_job = [polls[by_tag[tag].id] for tag in delivered if tag in by_tag]
+    if args.details:
+        with args.details.open("a") as out:
+            for tag, at in delivered.items():
+                if (record := by_tag.get(tag)) is not None:
+                    out.write(json.dumps({
+                        "noise": args.noise, "history": args.history, "tag": tag,
+                        "solve": record.ready_at - record.created_at,
+                        "first_poll": (record.first_polled_at or at) - record.created_at,
+                        "polls": polls[record.id], "lag": at - record.ready_at}) + "\n")
     return {
         "variant": "ours", "jobs": jobs, "delivered": len(delivered),
         "created_per_s": len(records) / sent_for,
@@ -326,6 +337,9 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=1,
                         help="API keys in the bot's pool (CHATINFO_API_KEYS), each an "
                              "account of the fake's")
+    parser.add_argument("--details", type=Path, default=None,
+                        help="append a JSON line per delivered answer to this file: its "
+                             "solve time, first poll, polls and lag")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the bot with py-spy (pip install py-spy) into this file "
                              "of collapsed stacks; see tests/benchmarks/hotspots.py")

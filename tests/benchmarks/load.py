@@ -121,19 +121,21 @@ async def seed_history(db: Database, args: argparse.Namespace) -> None:
     """
     modes = user_modes(args.seed)
     earlier = plan_messages(args.seed + 1000, args.rate, args.history / args.rate)
-    now = time.time()
-    for _, user_id, text in earlier:
+    # Sent as they were planned, an hour ago: the answers come in the order they would
+    # have (the model weighs its latest answers most, so that order matters).
+    began = time.time() - 3600
+    for at, user_id, text in earlier:
         seconds = solve_seconds(args.seed + 1000, modes[user_id], text, args.noise,
                                 getattr(args, "scale", 1.0))
         await db.execute(
             """INSERT INTO users (id, first_seen, last_seen) VALUES (?, ?, ?)
-               ON CONFLICT DO NOTHING""", (user_id, now, now))
+               ON CONFLICT DO NOTHING""", (user_id, began, began))
         await db.execute(
             """INSERT INTO jobs (user_id, chat_id, locale, mode, content, state, upstream_id,
                                  result, created_at, updated_at, upstream_at, answered_at)
                VALUES (?, ?, 'en', ?, ?, 'delivered', 0, '', ?, ?, ?, ?)""",
-            (user_id, user_id, modes[user_id], text, now - 3600, now - 3600, now - 3600,
-             now - 3600 + seconds))
+            (user_id, user_id, modes[user_id], text, began + at, began + at, began + at,
+             began + at + seconds))
     await db.commit()
 
 

@@ -44,6 +44,7 @@ class Record:
     tag: str  # the content's first word: the benchmarks number every message "#n"
     ready_at: float  # time.monotonic(), the same clock in every process on this machine
     created_at: float
+    first_polled_at: float | None = None
 
 
 def per_key_text(per_key: dict[str, tuple[int, int]]) -> str:
@@ -70,11 +71,16 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int], keys: 
         conn.send(await server.start())
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # the parent asks for the records
-        polls = Counter(call.request_id for call in server.served
-                        if call.endpoint == "get_response" and call.request_id is not None)
+        polls: Counter[int] = Counter()
+        first_polls: dict[int, float] = {}
+        for call in server.served:
+            if call.endpoint == "get_response" and call.request_id is not None:
+                polls[call.request_id] += 1
+                first_polls.setdefault(call.request_id, call.arrived_at)
         per_key = {key: (sum(1 for r in server.requests if r.key == key),
                          server.generated_429s(key)) for key in names}
-        conn.send(([Record(r.id, r.content.split(" ", 1)[0], r.ready_at, r.created_at)
+        conn.send(([Record(r.id, r.content.split(" ", 1)[0], r.ready_at, r.created_at,
+                           first_polls.get(r.id))
                     for r in server.requests], dict(server.statuses), polls, per_key))
         await server.stop()
 
