@@ -233,20 +233,10 @@ class JobRunner:
             await self._recall_balances(lane, min(stuck.values()))
         for job_id, sent_at in stuck.items():
             lane.ledger.failed(job_id, sent_at, sent_at + self._policy.create_settles_after)
-        read_at = time.time()
-        actual = await self._read_balance(lane)
-        if actual is None:
-            verdicts = lane.ledger.give_up(time.time())
-        else:
-            lane.ledger.read(actual, read_at, time.time())
-            verdicts = lane.ledger.decide()
+        _actual, verdicts = await self._settle_by_balance(lane)
         if stuck:
             log.info("%d job(s) of key %s found mid-create: %s", len(stuck), lane.key,
-                     ", ".join(f"{n} {v}" for v, n in Counter(verdicts.values()).items())
-                     or "none decided yet")
-        self.reconciled.update(verdicts.values())
-        await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
-        await self._keep_anchor(lane, actual, read_at)
+                     _counted(verdicts) or "none decided yet")
         for job_id in stuck:
             if job_id not in verdicts:  # the server may still be finishing it
                 self._settling[job_id] = stuck[job_id] + self._policy.create_settles_after
@@ -256,6 +246,22 @@ class JobRunner:
                 log.info("job %s found mid-create is sent again: the balance shows it spent "
                          "nothing", job_id,
                          extra={"job_id": job_id, "outcome": "reconciled_unspent"})
+
+    async def _settle_by_balance(self, lane: Lane) -> tuple[int | None, dict[int, Verdict]]:
+        """Read the key's balance (nothing of its in flight) and let its ledger decide the
+        failed creates it can: those that may have spent end as unknown, and the balance is
+        kept for the next start. The balance read (None: none), and the verdicts."""
+        read_at = time.time()
+        actual = await self._read_balance(lane)
+        if actual is None:
+            verdicts = lane.ledger.give_up(time.time())
+        else:
+            lane.ledger.read(actual, read_at, time.time())
+            verdicts = lane.ledger.decide()
+        self.reconciled.update(verdicts.values())
+        await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
+        await self._keep_anchor(lane, actual, read_at)
+        return actual, verdicts
 
     async def _recall_balances(self, lane: Lane, since: float) -> None:
         """Give the key's ledger the balances seen before a crash, around `since`: the
@@ -618,24 +624,14 @@ class JobRunner:
                         and queue.outstanding == len(in_flight)):
                     break  # nothing joined meanwhile; else wait for it, and its grace, too
             self._ambiguous -= in_flight
-            read_at = time.time()
-            actual = await self._read_balance(lane)
-            if actual is None:
-                verdicts = lane.ledger.give_up(time.time())
-            else:
-                lane.ledger.read(actual, read_at, time.time())
-                verdicts = lane.ledger.decide()
+            actual, verdicts = await self._settle_by_balance(lane)
             for job_id in verdicts:
                 self._settling.pop(job_id, None)
                 self._lane_of.pop(job_id, None)
-            counts = Counter(verdict.value for verdict in verdicts.values())
             log.info("balance check of key %s: found %s; %s; %d left settling", lane.key,
-                     actual, ", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing decided",
+                     actual, _counted(verdicts) or "nothing decided",
                      len(self._of_lane(self._settling, lane)))
-            await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
-            await self._keep_anchor(lane, actual, read_at)
             self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
-            self.reconciled.update(verdicts.values())
             self._verdict_given.set()
         finally:
             queue.resume()
@@ -774,3 +770,8 @@ class _RunnerService:
 
     def alive(self) -> bool:
         return self.runner.workers.alive()
+
+
+def _counted(verdicts: dict[int, Verdict]) -> str:
+    """"2 unspent, 1 assumed_spent", for the log."""
+    return ", ".join(f"{n} {v.value}" for v, n in Counter(verdicts.values()).items())
