@@ -49,7 +49,7 @@ TEST_WINDOW = 2.0
 # Tests' answers come in a fraction of a second; so does the first poll.
 FAST_POLLS = RunnerPolicy(max_wait=30.0, timing=PollTiming(min_gap=0.02, max_gap=0.05),
                           prior=(0.05, 0.1, 0.2), balance_check_grace=0.05, late_wait=0.5,
-                          create_settles_after=0.3)
+                          create_settles_after=0.3, verdict_patience=1.0)
 
 
 def asked(content: str) -> str:

@@ -586,9 +586,9 @@ def mid_send_gaps(times: list[float], kills: list[float]) -> list[float]:
 
 
 def reconciled_in(log: str) -> Counter[str]:
-    """The verdicts of the bot's balance checks (bot/jobs/runner.py), from its log."""
+    """The verdicts on failed creates (bot/jobs/runner.py `_decide`), from its log."""
     verdicts: Counter[str] = Counter()
-    for line in re.findall(r"(?:balance check of key|found mid-create:).*$", log, re.MULTILINE):
+    for line in re.findall(r"balances of key \w+: .*$", log, re.MULTILINE):
         for count, verdict in re.findall(r"(\d+) (unspent|spent|assumed_spent)\b", line):
             verdicts[verdict] += int(count)
     return verdicts

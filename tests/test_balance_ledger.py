@@ -105,13 +105,56 @@ def test_a_gap_confirms_a_failure_the_server_may_still_be_processing() -> None:
     assert ledger.decide() == {1: SPENT, 2: SPENT}
 
 
-def test_giving_up_without_a_balance_assumes_spent_only_what_the_server_has_finished() -> None:
+def test_a_failure_assumed_spent_is_not_judged_again_and_the_others_still_are() -> None:
     ledger = ledger_from(100)
     ledger.failed(1, 1.0, 1.5)
     ledger.failed(2, 1.2, 61.0)
-    assert ledger.give_up(now=5.0) == {1: ASSUMED}
+    assert ledger.assume_spent(1) == {1: ASSUMED}
     ledger.read(100, 70.0, 70.1)
     assert ledger.decide() == {2: UNSPENT}
+
+
+def test_a_gap_a_create_in_flight_may_fill_decides_nothing_until_it_ends() -> None:
+    """Two units missing and one failed create: the create still in flight may report
+    one of them. Once it does, the other is the failed create's."""
+    ledger = ledger_from(100)
+    ledger.sending(5, 1.0)
+    ledger.failed(1, 1.1, 1.3)
+    ledger.read(98, 3.0, 3.1)
+    assert ledger.decide() == {}
+    ledger.created(99, 1.0, 3.5, job_id=5)
+    assert ledger.decide() == {1: SPENT}
+
+
+def test_a_create_in_flight_that_spent_nothing_leaves_the_gap_to_the_failure() -> None:
+    ledger = ledger_from(100)
+    ledger.sending(5, 1.0)
+    ledger.failed(1, 1.1, 1.3)
+    ledger.read(99, 3.0, 3.1)
+    assert ledger.decide() == {}
+    ledger.ended(5)  # a 429: nothing spent
+    assert ledger.decide() == {1: SPENT}
+
+
+def test_a_failure_no_gap_explains_spent_nothing_whatever_is_in_flight() -> None:
+    """Its debit would be missing from the sightings for good: those in flight can only
+    report debits of their own."""
+    ledger = ledger_from(100)
+    ledger.sending(5, 1.0)
+    ledger.failed(1, 1.1, 1.3)
+    ledger.created(99, 2.0, 2.2, job_id=6)  # sent after it: its own unit, no other gone
+    assert ledger.decide() == {1: UNSPENT}
+
+
+def test_a_read_is_wanted_if_no_balance_was_seen_since_it_failed_or_was_surely_done() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 5.0, noticed=1.2)
+    assert ledger.wants_read(1, now=1.3)  # its debit may show already
+    ledger.created(99, 1.4, 1.6)  # a create sent since reported a balance
+    assert not ledger.wants_read(1, now=1.7)
+    assert ledger.wants_read(1, now=5.5)  # surely done: none seen since
+    ledger.created(98, 5.2, 5.4)
+    assert not ledger.wants_read(1, now=5.5)
 
 
 def test_what_is_decided_is_forgotten_and_later_checks_start_from_the_last_read() -> None:

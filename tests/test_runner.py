@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -151,6 +153,32 @@ async def test_a_job_caught_mid_create_just_now_is_settled_once_the_server_is_su
         assert app.sent(EditMessageText)[-1].text == "[chat] hello"
         assert app.chatinfo.units == 998  # one unit per answer
         assert app.runner.reconciled == {"unspent": 1}
+
+
+async def test_requests_go_on_while_a_failed_create_waits_for_its_verdict(app: App) -> None:
+    """Nothing is held while the balance settles a failed create, not even for a slow
+    create in flight: the creates sent meanwhile report balances of their own, and those
+    already show that the failed one spent nothing."""
+    app.chatinfo.inject("create_request", Fault.slow(5.0))  # the first: out for 5 s
+    app.chatinfo.inject("create_request", Fault.http(500, "oops"))  # the second: spent nothing
+    slow = await add_job(app, content="slow", user_id=1)
+    failed = await add_job(app, content="failed", user_id=2)
+    later = await add_job(app, content="later", user_id=3)
+    await app.runner.resume()
+
+    async def delivered(job_id: int) -> bool:
+        return await state_of(app, job_id) is JobState.DELIVERED
+
+    deadline = time.monotonic() + 4.0  # short of the slow create's 5 s
+    while not (await delivered(later) and await delivered(failed)):
+        assert time.monotonic() < deadline, "held behind the slow create"
+        await asyncio.sleep(0.02)
+    assert await state_of(app, slow) is JobState.CREATING
+    await app.settle()
+    assert await delivered(slow)
+    assert app.chatinfo.calls["create_request"] == 4  # the failed one sent once more
+    assert app.chatinfo.units == 997  # one unit per answer
+    assert app.runner.reconciled == {"unspent": 1}
 
 
 @pytest.mark.parametrize("reached", [False, True])

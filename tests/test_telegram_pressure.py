@@ -171,7 +171,7 @@ async def test_level_2_still_posts_a_placeholder_for_a_request_that_must_wait(
     """A job that waits for its create_request is shown waiting, and where: the progress
     edits that would say so are left out under pressure, so the placeholder says it."""
     gauge = press(app, Pressure.ONE_MESSAGE)
-    app.runner.queue.pause()  # as during a balance check: nothing is granted
+    app.runner.queue.pause()  # the key's creates must wait: nothing is granted
     await app.feed(message_update(1, "hello", message_id=500))
     [placeholder] = app.sent(SendMessage)
     assert placeholder.text.startswith("⏳ The AI service asked us to slow down")

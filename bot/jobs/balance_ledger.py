@@ -14,6 +14,11 @@ taken as spent, never risking a second unit.
 Counting alone (the balance now against the last read less the creates acknowledged since)
 cannot tell which of several creates that failed close together spent; the order of the
 reported balances usually can.
+
+Creates still in flight are known too (`sending`): the balance they will report is not seen
+yet, so a gap they may fall in is open, and decides nothing until they end. So nothing has
+to be held while failed creates are settled: the creates that go on meanwhile only add
+sightings, which pin the debits closer in time.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class _Sighting:
 class _Failure:
     sent: float
     done_by: float  # when the server has surely finished with it
+    noticed: float  # when it failed (a read from then on may show its debit)
     verdict: Verdict | None = None
 
 
@@ -66,34 +72,61 @@ class BalanceLedger:
     def __init__(self) -> None:
         self._sightings: list[_Sighting] = []
         self._failures: dict[int, _Failure] = {}
+        self._in_flight: dict[int, float] = {}  # job id -> when its create was sent
         self._blind = False  # a create succeeded without reporting the balance
 
     def read(self, balance: int, start: float, end: float) -> None:
         """The units endpoint said `balance` during [start, end]."""
         self._sightings.append(_Sighting(balance, start, end, debit=False))
 
-    def created(self, balance: int | None, sent: float, replied: float) -> None:
+    def sending(self, job_id: int, sent: float) -> None:
+        """A create of ours is sent: until it ends, a gap it may fall in is open."""
+        self._in_flight[job_id] = sent
+
+    def ended(self, job_id: int) -> None:
+        """The job's create ended spending nothing (a 429, a key turned away), or its
+        outcome is recorded (`created`, `failed`)."""
+        self._in_flight.pop(job_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def created(self, balance: int | None, sent: float, replied: float,
+                job_id: int | None = None) -> None:
         """A create of ours succeeded and reported the balance after it."""
+        if job_id is not None:
+            self.ended(job_id)
         if balance is None:
             self._blind = True
         else:
             self._sightings.append(_Sighting(balance, sent, replied, debit=True))
 
-    def failed(self, job_id: int, sent: float, done_by: float) -> None:
-        """A create of ours failed without saying whether the server processed it."""
-        self._failures[job_id] = _Failure(sent, done_by)
+    def failed(self, job_id: int, sent: float, done_by: float,
+               noticed: float | None = None) -> None:
+        """A create of ours failed without saying whether the server processed it; we
+        knew at `noticed` (by default: when it was sent)."""
+        self.ended(job_id)
+        self._failures[job_id] = _Failure(sent, done_by, sent if noticed is None else noticed)
+
+    def undecided(self, job_id: int) -> bool:
+        """Whether the job's failed create awaits its verdict."""
+        failure = self._failures.get(job_id)
+        return failure is not None and failure.verdict is None
 
     def decide(self) -> dict[int, Verdict]:
         """The verdict on each undecided failed create that the balances seen settle.
 
-        Call it right after a read made while no other create of ours was in flight. A
-        create the server may have processed after the last read is decided only if a
-        gap already shows it spent."""
+        A create the server may have processed after the last balance seen is decided
+        only if a gap already shows it spent; one that may fall in a gap a create in
+        flight may yet explain waits for that create."""
         gaps = self._gaps()
         last_seen = max((s.start for s in self._sightings), default=float("-inf"))
         verdicts = {}
         for job_id, failure in self._undecided():
             verdict = self._judge(failure, gaps)
+            if verdict is None:
+                continue
             # Shown spent, or never to be told (nothing seen before it, or sightings not to
             # be trusted), or surely finished: decided now; else a later read may tell.
             final = verdict is Verdict.SPENT or not self._judgeable(failure, gaps)
@@ -102,15 +135,22 @@ class BalanceLedger:
         self._forget_settled()
         return verdicts
 
-    def give_up(self, now: float) -> dict[int, Verdict]:
-        """No balance to go by: every failed create the server has finished is taken as
-        spent."""
-        verdicts = {job_id: Verdict.ASSUMED_SPENT for job_id, failure in self._undecided()
-                    if failure.done_by <= now}
-        for job_id in verdicts:
-            self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
+    def wants_read(self, job_id: int, now: float) -> bool:
+        """Whether a read of the balance now may tell the failed create's outcome, and
+        no balance seen would: none since it failed (its debit may show already), or none
+        since the server is surely done with it (only then can the balance show it spent
+        nothing)."""
+        failure = self._failures.get(job_id)
+        if failure is None:
+            return False
+        since = failure.done_by if failure.done_by <= now else failure.noticed
+        return all(s.start < since for s in self._sightings)
+
+    def assume_spent(self, job_id: int) -> dict[int, Verdict]:
+        """No balance tells (soon enough): the failed create is taken as spent."""
+        self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
         self._forget_settled()
-        return verdicts
+        return {job_id: Verdict.ASSUMED_SPENT}
 
     def _undecided(self) -> list[tuple[int, _Failure]]:
         return [(job_id, f) for job_id, f in self._failures.items() if f.verdict is None]
@@ -118,12 +158,18 @@ class BalanceLedger:
     def _judgeable(self, failure: _Failure, gaps: list[_Gap] | None) -> bool:
         return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
 
-    def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict:
+    def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict | None:
+        """None: a create in flight may yet report a unit of a gap the failure may be in.
+        (None overlapping shows it spent nothing already: a debit of its would be missing
+        from the sightings for good, which those in flight can only add to.)"""
         if gaps is None or not self._judgeable(failure, gaps):
             return Verdict.ASSUMED_SPENT
         mine = [gap for gap in gaps if gap.overlaps(failure)]
         if not mine:
             return Verdict.UNSPENT
+        earliest_in_flight = min(self._in_flight.values(), default=float("inf"))
+        if any(gap.end > earliest_in_flight for gap in mine):
+            return None
         if len(mine) == 1:
             rivals = [other for other in self._failures.values() if mine[0].overlaps(other)]
             if len(rivals) == mine[0].units and all(

@@ -1,6 +1,6 @@
 """Sharing the create_request budget among users: round-robin, so one heavy user cannot
-starve the others, and holding back after a 429, during a balance check, or while answers
-wait for Telegram's message budget."""
+starve the others, and holding back after a 429, or while answers wait for Telegram's
+message budget."""
 
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ class FairQueue(Worker):
     After a 429 (which spent nothing) the queue honours the server's window: it grants
     nothing until the oldest call of the last window has left it, then lets one call
     through as a probe and grants no other until that one's outcome is known (`sent`).
-    While paused (a balance check), it grants nothing at all; nor while Telegram's
-    `pressure` holds new requests (an answer bought then would wait for Telegram). At most
-    `in_flight` granted calls are out at once: a failed create's balance check waits for
-    them, and the fewer creates are out together, the fewer a crash leaves undecided and
-    the more often the balance can tell which failed one spent.
+    It grants nothing while Telegram's `pressure` holds new requests (an answer bought
+    then would wait for Telegram), nor while `pause`d. At most `in_flight` granted calls
+    are out at once: the fewer creates are out together, the fewer a crash leaves
+    undecided and the more often the balance can tell which failed one spent.
     """
 
     name = "create-queue"
@@ -46,7 +45,7 @@ class FairQueue(Worker):
         self._need_probe = False  # a 429 came: the next grant is a probe
         self._probe_job: int | None = None  # the probe out now
         self._probe_done = asyncio.Event()
-        self._open = asyncio.Event()  # cleared while the balance is checked
+        self._open = asyncio.Event()  # cleared while paused
         self._open.set()
         self.outstanding = 0  # granted calls whose outcome (`sent`) is not known yet
 
@@ -74,7 +73,7 @@ class FairQueue(Worker):
 
     @property
     def held(self) -> bool:
-        """Whether a 429 (or a balance check) holds the queue now."""
+        """Whether a 429 (or a pause) holds the queue now."""
         return self._hold_until > time.monotonic() or not self._open.is_set()
 
     def eta(self, ahead: int) -> float:
@@ -107,7 +106,7 @@ class FairQueue(Worker):
         self.sent(job_id, rate_limited=False)
 
     def pause(self) -> None:
-        """Grant nothing until `resume`: the balance is being compared."""
+        """Grant nothing until `resume` (the creates of the key are to wait)."""
         self._open.clear()
 
     def resume(self) -> None:

@@ -27,6 +27,16 @@ class Lane:
     # creates that spent a unit from those that did not.
     ledger: BalanceLedger = field(default_factory=BalanceLedger)
     reconciling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    read_failed_at: float = float("-inf")  # when a read of its balance last failed
+    _news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def news_event(self) -> asyncio.Event:
+        """Set when the ledger next learns something (a create ends, or fails)."""
+        return self._news
+
+    def news(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()  # each waiter holds the one it waited on
 
     @property
     def key(self) -> str:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 Outcome = Answer | Exception  # what polling a job came to: its answer, or why it ended
 
 RESUME_PAGE = 500
-BALANCE_READ_PATIENCE = 5.0  # seconds a balance check may wait for the units budget
+BALANCE_READ_PATIENCE = 5.0  # seconds a balance read may wait for the units budget
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -71,10 +71,15 @@ class RunnerPolicy:
     timing: PollTiming = field(default_factory=PollTiming)
     prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
     history: int = 2000  # answered jobs the solve-time model learns from at start
-    balance_check_grace: float = 2.0  # seconds after a failed create before asking units
+    # A server that replied with an error may still be finishing the call behind a
+    # gateway: its failed create is taken as done this long after the reply.
+    balance_check_grace: float = 2.0
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
     create_settles_after: float = 60.0
+    # Past when a failed create was surely done, the balances seen get this long (for the
+    # creates in flight to report theirs, and for a units read) before it is assumed spent.
+    verdict_patience: float = 30.0
     # create_request calls out at once: enough for the API's 1500 a minute at 0.6 s a
     # call, few enough that a crash or a burst of failures leaves few for the balance to
     # tell apart.
@@ -110,17 +115,14 @@ class JobRunner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._creating: dict[int, asyncio.Future[bool]] = {}
         self._quiet: set[int] = set()  # cancelled after they were sent: no signals, no posts
-        # Creates that failed with their outcome unknown, waiting for a balance check.
-        self._ambiguous: set[int] = set()
-        # The lane (key) of each job in `_ambiguous` or `_settling`: its balance decides.
+        # The lane (key) of each job in `_settling`: its balance decides.
         self._lane_of: dict[int, Lane] = {}
-        # Creates the server may still be finishing (a timeout, a gateway error, a crash):
-        # job id -> when the balance can settle them.
+        # Creates that failed with their outcome unknown (a timeout, a gateway error, a
+        # crash): job id -> when the server has surely finished with it.
         self._settling: dict[int, float] = {}
         self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
         self._verdict_given = asyncio.Event()
         self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
-        self._create_settled = asyncio.Event()  # a create step ended or awaits a check
         self._job_left = asyncio.Event()
 
     @property
@@ -197,71 +199,82 @@ class JobRunner:
         return lanes[chosen]
 
     async def _read_balance(self, lane: Lane) -> int | None:
-        """The key's balance now; None if the API cannot say it soon. The create queue is
-        held meanwhile, so waiting long for the units budget (a 429 storm used it up) would
-        hold every request: the failed creates are assumed spent instead."""
+        """The key's balance now; None if the API cannot say it soon (the failed creates
+        waiting for it go by the balances their key's creates report)."""
         if (wait := lane.upstream.budget(UNITS).delay()) > BALANCE_READ_PATIENCE:
-            log.warning("no balance read for %.0f s (the units budget is used up); failed "
-                        "creates count as spent", wait)
+            log.warning("no balance read for %.0f s (the units budget is used up)", wait)
             return None
         try:
             return await lane.upstream.read_balance()
         except ChatinfoError as error:
-            log.warning("could not read the balance (%s); failed creates count as spent",
-                        error)
+            log.warning("could not read the balance (%s)", error)
             return None
-
-    async def _keep_anchor(self, lane: Lane, actual: int | None, read_at: float) -> None:
-        """Keep the key's balance, read while none of its creates was in flight, for the
-        next start: its ledger begins from it if a crash leaves creates to settle."""
-        await self._jobs.set_balance_anchor(actual, read_at, key=lane.key)
-        if actual is not None:
-            await lane.upstream.observe(actual)
 
     async def _end_unknown(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:  # each job's task (or the next start) tells its user
             await self._jobs.end(job_id, JobState.UNKNOWN, Failure.UNKNOWN_OUTCOME)
 
     async def _reconcile_mid_create(self, lane: Lane) -> None:
-        """Read the key's balance while nothing is in flight, and settle the jobs a crash
-        caught mid-create with it, by the balances kept from before the crash (the
-        `BalanceLedger`, as after any failed create): those shown to have spent nothing
-        are sent again, those shown or assumed to have spent end as unknown, and those the
-        server may still be finishing are settled when it surely has."""
+        """Read the key's balance, and settle the jobs a crash caught mid-create with it,
+        by the balances kept from before the crash (the `BalanceLedger`, as after any
+        failed create): those shown to have spent nothing are sent again, those shown or
+        assumed to have spent end as unknown, and the rest wait for the balances to come."""
         stuck = await self._jobs.mid_create(key=lane.key)
         if stuck:
             await self._recall_balances(lane, min(stuck.values()))
         for job_id, sent_at in stuck.items():
-            lane.ledger.failed(job_id, sent_at, sent_at + self._policy.create_settles_after)
-        _actual, verdicts = await self._settle_by_balance(lane)
+            done_by = sent_at + self._policy.create_settles_after
+            lane.ledger.failed(job_id, sent_at, done_by)
+            self._settling[job_id] = done_by
+            self._lane_of[job_id] = lane
+        async with lane.reconciling:
+            await self._read_into_ledger(lane)
+            verdicts = await self._decide(lane)
         if stuck:
             log.info("%d job(s) of key %s found mid-create: %s", len(stuck), lane.key,
                      _counted(verdicts) or "none decided yet")
         for job_id in stuck:
-            if job_id not in verdicts:  # the server may still be finishing it
-                self._settling[job_id] = stuck[job_id] + self._policy.create_settles_after
-                self._lane_of[job_id] = lane
-            elif verdicts[job_id] is Verdict.UNSPENT:
+            if self._verdicts.get(job_id):
+                del self._verdicts[job_id]
+                self._settling.pop(job_id, None)
                 await self._jobs.requeue(job_id)
                 log.info("job %s found mid-create is sent again: the balance shows it spent "
                          "nothing", job_id,
                          extra={"job_id": job_id, "outcome": "reconciled_unspent"})
 
-    async def _settle_by_balance(self, lane: Lane) -> tuple[int | None, dict[int, Verdict]]:
-        """Read the key's balance (nothing of its in flight) and let its ledger decide the
-        failed creates it can: those that may have spent end as unknown, and the balance is
-        kept for the next start. The balance read (None: none), and the verdicts."""
+    async def _read_into_ledger(self, lane: Lane) -> None:
+        """Read the key's balance for its ledger. Kept for the next start too when none of
+        the key's creates was in flight: its ledger then begins from it."""
+        quiet = lane.ledger.in_flight == 0
         read_at = time.time()
         actual = await self._read_balance(lane)
         if actual is None:
-            verdicts = lane.ledger.give_up(time.time())
-        else:
-            lane.ledger.read(actual, read_at, time.time())
-            verdicts = lane.ledger.decide()
+            lane.read_failed_at = time.time()
+            return
+        lane.ledger.read(actual, read_at, time.time())
+        await lane.upstream.observe(actual)
+        if quiet and lane.ledger.in_flight == 0:
+            await self._jobs.set_balance_anchor(actual, read_at, key=lane.key)
+
+    async def _decide(self, lane: Lane, *, give_up: Iterable[int] = ()) -> dict[int, Verdict]:
+        """The verdicts the key's balances seen now allow (and "assumed spent" on the
+        failed creates of `give_up`, if still undecided): recorded, and their jobs woken."""
+        verdicts = lane.ledger.decide()
+        for job_id in give_up:
+            if lane.ledger.undecided(job_id):
+                verdicts.update(lane.ledger.assume_spent(job_id))
+        if not verdicts:
+            return verdicts
         self.reconciled.update(verdicts.values())
         await self._end_unknown(job for job, v in verdicts.items() if v is not Verdict.UNSPENT)
-        await self._keep_anchor(lane, actual, read_at)
-        return actual, verdicts
+        for job_id in verdicts:
+            self._settling.pop(job_id, None)
+            self._lane_of.pop(job_id, None)
+        log.info("balances of key %s: %s; %d left settling", lane.key, _counted(verdicts),
+                 len(self._of_lane(self._settling, lane)))
+        self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
+        self._verdict_given.set()
+        return verdicts
 
     async def _recall_balances(self, lane: Lane, since: float) -> None:
         """Give the key's ledger the balances seen before a crash, around `since`: the
@@ -322,7 +335,8 @@ class JobRunner:
                 stopped += 1
             elif current.state is JobState.CREATING:  # its create may have counted
                 self._settling.pop(current.id, None)
-                self._lane_of.pop(current.id, None)
+                if (lane := self._lane_of.pop(current.id, None)) is not None:
+                    self.reconciled.update(lane.ledger.assume_spent(current.id).values())
                 await self._tell(current, Failure.UNKNOWN_OUTCOME, "cancelled mid-create")
         self._job_left.set()
         return stopped, kept
@@ -466,7 +480,6 @@ class JobRunner:
             step = asyncio.ensure_future(self._create_step(job, lane))
             self._creating[job.id] = step
             step.add_done_callback(partial(self._creating.pop, job.id))
-            step.add_done_callback(lambda _: self._create_settled.set())
             again = await asyncio.shield(step)
             if job.id in self._settling or job.id in self._verdicts:  # decided at once, or not
                 again = await self._settle(job)
@@ -485,6 +498,7 @@ class JobRunner:
             crashpoints.reach(crashpoints.BEFORE_CREATE)
             sent = time.time()
             await self._jobs.mark_creating(job.id, key=lane.key, sent_at=sent)
+            lane.ledger.sending(job.id, sent)
             created = await upstream.create(job.content, job.mode)
             crashpoints.reach(crashpoints.AFTER_CREATE)
         except RateLimited as error:
@@ -502,13 +516,15 @@ class JobRunner:
         except ChatinfoError as error:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
-            lane.ledger.created(created.units, sent, time.time())
+            lane.ledger.created(created.units, sent, time.time(), job.id)
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
                 await upstream.observe(created.units, from_create=True)
         finally:
+            lane.ledger.ended(job.id)  # nothing spent, if not recorded as created or failed
+            lane.news()
             if not reported:
                 lane.queue.sent(job.id, rate_limited=False)
         return again
@@ -530,28 +546,23 @@ class JobRunner:
 
     async def _after_unavailable(self, job: Job, error: UpstreamUnavailable,
                                  lane: Lane, sent: float) -> bool:
-        """Whether the failed create surely spent nothing and is queued again now.
-
-        Not idempotent: a create that reached the server may have spent a unit."""
+        """Record the failed create for the balance to settle (`_settle`); not queued
+        again now (False). Not idempotent: a create that reached the server may have spent
+        a unit."""
         if not error.maybe_spent:
             await self._tell(job, Failure.UNREACHABLE, str(error))
             return False
-        if not error.answered:  # the server may still be working on it
-            settles_at = time.time() + self._policy.create_settles_after
-            self._settling[job.id] = settles_at
-            self._lane_of[job.id] = lane
-            lane.ledger.failed(job.id, sent, settles_at)
-            log.info("job %s: create_request failed (%s); the balance settles it",
-                     job.id, error, extra=job_event(job, "settling"))
-            # A debit already in the balance decides it now; an unchanged balance decides
-            # nothing before the server is surely done (a late debit may still come).
-            await self._join_check(job, lane)
-            return False
-        lane.ledger.failed(job.id, sent, time.time())  # the server was done when it replied
-        if await self._spent_nothing(job, lane):
-            await self._requeue_unspent(job, error)
-            return True
-        await self._tell(job, Failure.UNKNOWN_OUTCOME, str(error))
+        # Without the server's word, it may still be working on the call; with it, it may
+        # still be finishing it behind a gateway.
+        noticed = time.time()
+        done_by = noticed + (self._policy.balance_check_grace if error.answered
+                             else self._policy.create_settles_after)
+        self._settling[job.id] = done_by
+        self._lane_of[job.id] = lane
+        lane.ledger.failed(job.id, sent, done_by, noticed)
+        lane.news()
+        log.info("job %s: create_request failed (%s); the balance settles it", job.id, error,
+                 extra=job_event(job, "settling"))
         return False
 
     async def _requeue_unspent(self, job: Job, error: object) -> None:
@@ -560,81 +571,48 @@ class JobRunner:
                  job.id, error, extra=job_event(job, "reconciled_unspent"))
 
     async def _settle(self, job: Job) -> bool:
-        """Once the server has surely finished the job's failed create, let the balance
-        tell whether it spent a unit: sent again if not (True), else the user is told."""
-        if job.id not in self._verdicts:  # not decided at once
-            await self._view.settling(job)
-        settles_at = self._settling.get(job.id, 0.0)  # a check may have decided it already
+        """Once the balances seen tell whether the job's failed create spent a unit: sent
+        again if not (True), else the user is told."""
         lane = self._lane_of.get(job.id)
-        while job.id not in self._verdicts and (left := settles_at - time.time()) > 0:
-            self._verdict_given.clear()
-            await wait_event(self._verdict_given, left)  # early if a check decided it
         if lane is not None:
-            async with lane.reconciling:
-                if job.id not in self._verdicts:  # not decided with an earlier batch
-                    await self._check_balance(lane)
-        if unspent := self._verdicts.pop(job.id):
-            await self._requeue_unspent(job, "no reply")
+            await self._await_verdict(job, lane)
+        if unspent := self._verdicts.pop(job.id, False):
+            await self._requeue_unspent(job, "failed create")
         else:
             await self._tell(job, Failure.UNKNOWN_OUTCOME, "the balance shows it may have spent")
         return unspent
 
-    async def _spent_nothing(self, job: Job, lane: Lane) -> bool:
-        """Whether the balance shows that the job's failed create spent nothing.
-
-        Creates are held and those in flight finish first, so only ours can have moved the
-        balance: unchanged means none of the failed creates spent a unit (sending them
-        again costs nothing new); anything else, a top-up or another program on the key
-        included, is taken as spent, never risking a second unit.
-        """
-        await self._join_check(job, lane)
-        return self._verdicts.pop(job.id)
-
-    async def _join_check(self, job: Job, lane: Lane) -> None:
-        """Have the job's failed create counted in a balance check of its key: the one
-        under way if it has not read the balance yet, else the next."""
-        self._ambiguous.add(job.id)
-        self._lane_of[job.id] = lane
-        self._create_settled.set()
-        async with lane.reconciling:
-            if job.id in self._ambiguous:  # not counted in an earlier check
-                await self._check_balance(lane)
+    async def _await_verdict(self, job: Job, lane: Lane) -> None:
+        """Until the key's ledger decides the job's failed create: by the balances its
+        other creates report, or a units read once the server is surely done with it and
+        nothing reported since. Nothing else waits meanwhile: the creates in flight only
+        add sightings. Past `verdict_patience` it is assumed spent."""
+        done_by = self._settling.get(job.id, time.time())
+        shown = False
+        while job.id not in self._verdicts:
+            news = lane.news_event()
+            async with lane.reconciling:
+                await self._decide(lane)
+                now = time.time()
+                if (job.id not in self._verdicts and lane.ledger.wants_read(job.id, now)
+                        and now - lane.read_failed_at >= self._policy.balance_check_grace
+                        and not 0 < done_by - now <= self._policy.balance_check_grace):
+                    await self._read_into_ledger(lane)
+                    await self._decide(lane)
+                if job.id not in self._verdicts \
+                        and time.time() > done_by + self._policy.verdict_patience:
+                    await self._decide(lane, give_up=[job.id])
+            if job.id in self._verdicts:
+                return
+            # Shown unless it is a matter of a moment: a debit not in the balance yet.
+            if not shown and abs(time.time() - done_by) > self._policy.balance_check_grace:
+                await self._view.settling(job)
+                shown = True
+            wake = min(self._policy.balance_check_grace, max(0.0, done_by - time.time()))
+            await wait_event(news, max(wake, 0.05))
 
     def _of_lane(self, job_ids: Iterable[int], lane: Lane) -> set[int]:
         return {job_id for job_id in job_ids if self._lane_of.get(job_id) is lane}
-
-    async def _check_balance(self, lane: Lane) -> None:
-        """Read the key's balance while no other create of its is in flight, and decide
-        every failed create of the key that the balances seen can settle
-        (`BalanceLedger`): those failed in flight (`_ambiguous`), and those the server may
-        have been finishing (`_settling`) once it surely has, or at once if their debit
-        shows. Only the lane's key is looked at: its creates, its queue, its balance."""
-        queue = lane.queue
-        queue.pause()
-        try:
-            while True:
-                # Every granted call has ended, or is one of the failed ones waiting here.
-                while queue.outstanding > len(self._of_lane(self._ambiguous, lane)):
-                    self._create_settled.clear()
-                    await wait_event(self._create_settled, 1.0)
-                in_flight = self._of_lane(self._ambiguous, lane)
-                # A failed call's server may still be finishing it: give a debit time to land.
-                await asyncio.sleep(self._policy.balance_check_grace)
-                if (self._of_lane(self._ambiguous, lane) == in_flight
-                        and queue.outstanding == len(in_flight)):
-                    break  # nothing joined meanwhile; else wait for it, and its grace, too
-            self._ambiguous -= in_flight
-            actual, verdicts = await self._settle_by_balance(lane)
-            for job_id in verdicts:
-                self._settling.pop(job_id, None)
-                self._lane_of.pop(job_id, None)
-            log.info("balance check of key %s: found %s; %s; %d left settling", lane.key,
-                     actual, _counted(verdicts) or "nothing decided",
-                     len(self._of_lane(self._settling, lane)))
-            self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
-            self._verdict_given.set()
-        finally:
-            queue.resume()
 
     def _park(self, job: Job) -> None:
         """Leave the pending job to its key's poll scheduler: no task waits for its answer."""
