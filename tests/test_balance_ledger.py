@@ -165,3 +165,26 @@ def test_what_is_decided_is_forgotten_and_later_checks_start_from_the_last_read(
         ledger.read(100, at + 1.0, at + 1.1)
         assert ledger.decide() == {job_id: UNSPENT}
     assert len(ledger._sightings) == 1 and not ledger._failures  # bounded, not a history
+
+
+def test_a_unit_only_one_failure_can_explain_is_its_and_then_tells_the_next_gap() -> None:
+    """A dropped create (its time long) and a short failed one share a gap of one unit;
+    but an earlier gap only the dropped one overlaps shows its unit there, so the shared
+    one is the short one's."""
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)  # no reply: done 60 s later
+    ledger.created(98, 2.0, 2.1)  # one unit missing since the read: only 1's
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(96, 11.0, 11.1)  # one more missing: 1's or 2's
+    ledger.read(96, 70.0, 70.1)
+    assert ledger.decide() == {1: SPENT, 2: SPENT}
+
+
+def test_a_unit_two_failures_may_explain_stays_unknown_however_they_are_linked() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)
+    ledger.created(99, 2.0, 2.1)  # nothing missing yet
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(97, 11.0, 11.1)  # one missing: 1's or 2's
+    ledger.read(97, 70.0, 70.1)
+    assert ledger.decide() == {1: ASSUMED, 2: ASSUMED}

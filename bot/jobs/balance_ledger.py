@@ -48,7 +48,7 @@ class _Sighting:
     debit: bool
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # each failed create is itself, whatever its times
 class _Failure:
     sent: float
     done_by: float  # when the server has surely finished with it
@@ -170,13 +170,26 @@ class BalanceLedger:
         earliest_in_flight = min(self._in_flight.values(), default=float("inf"))
         if any(gap.end > earliest_in_flight for gap in mine):
             return None
-        if len(mine) == 1:
-            rivals = [other for other in self._failures.values() if mine[0].overlaps(other)]
-            if len(rivals) == mine[0].units and all(
-                    other.verdict in (None, Verdict.SPENT)
-                    and sum(gap.overlaps(other) for gap in gaps) == 1 for other in rivals):
-                return Verdict.SPENT
+        # Spent, if the missing units around it cannot all be others' debits.
+        closed = [gap for gap in gaps if gap.end <= earliest_in_flight]
+        near, rivals = self._around(failure, closed)
+        if _coverable(near, [*rivals, failure]) and not _coverable(near, rivals):
+            return Verdict.SPENT
         return Verdict.ASSUMED_SPENT
+
+    def _around(self, failure: _Failure, gaps: list[_Gap]) -> tuple[list[_Gap], list[_Failure]]:
+        """The gaps linked to the failure's through failed creates that overlap two, and
+        those other failed creates (not shown unspent) that overlap them."""
+        near = [gap for gap in gaps if gap.overlaps(failure)]
+        others = [f for f in self._failures.values()
+                  if f is not failure and f.verdict is not Verdict.UNSPENT]
+        rivals: list[_Failure] = []
+        while True:
+            joined = [f for f in others if f not in rivals and any(g.overlaps(f) for g in near)]
+            if not joined:
+                return near, rivals
+            rivals += joined
+            near += [g for g in gaps if g not in near and any(g.overlaps(f) for f in joined)]
 
     def _gaps(self) -> list[_Gap] | None:
         """The stretches of time with debits nobody reported; None when the sightings
@@ -213,3 +226,25 @@ class BalanceLedger:
                           if f.verdict is None or f.done_by > anchor.start}
         if not self._undecided():
             self._blind = False
+
+
+def _coverable(gaps: list[_Gap], failures: list[_Failure]) -> bool:
+    """Whether every unit missing in the gaps can be the debit of a different one of the
+    failed creates, each in a gap its time overlaps (a bipartite matching, by augmenting
+    paths: the gaps are few)."""
+    slots = [gap for gap in gaps for _ in range(gap.units)]
+    if len(slots) > len(failures):
+        return False
+    slot_of: dict[int, int] = {}  # failure's index -> the slot it is the debit of
+
+    def claim(slot: int, tried: set[int]) -> bool:
+        for index, failure in enumerate(failures):
+            if index in tried or not slots[slot].overlaps(failure):
+                continue
+            tried.add(index)
+            if index not in slot_of or claim(slot_of[index], tried):
+                slot_of[index] = slot
+                return True
+        return False
+
+    return all(claim(slot, set()) for slot in range(len(slots)))

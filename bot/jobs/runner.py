@@ -555,8 +555,8 @@ class JobRunner:
         # Without the server's word, it may still be working on the call; with it, it may
         # still be finishing it behind a gateway.
         noticed = time.time()
-        done_by = noticed + (self._policy.balance_check_grace if error.answered
-                             else self._policy.create_settles_after)
+        done_by = (noticed + self._policy.balance_check_grace if error.answered
+                   else sent + self._policy.create_settles_after)
         self._settling[job.id] = done_by
         self._lane_of[job.id] = lane
         lane.ledger.failed(job.id, sent, done_by, noticed)
