@@ -204,6 +204,15 @@ class JobRepo:
         return [(None if units is None else int(units), None if sent is None else float(sent),
                  float(acked)) for units, sent, acked in rows]
 
+    async def taken_as_spent_from(self, moment: float, *, key: str) -> list[float]:
+        """When each create sent with `key` from `moment` on that failed and was taken as
+        spent (its job unknown, or since retried) was sent."""
+        rows = await self._db.execute_fetchall(
+            """SELECT sent_at FROM jobs WHERE sent_at >= ? AND upstream_key = ?
+               AND state IN (?, ?) AND upstream_id IS NULL ORDER BY sent_at""",
+            (moment, key, JobState.UNKNOWN, JobState.RETRIED))
+        return [float(row[0]) for row in rows]
+
     async def mid_create(self, *, key: str | None = None,
                          keys_except: Sequence[str] = ()) -> dict[int, float]:
         """Jobs whose create_request may have been sent (with `key`, if given; with none of

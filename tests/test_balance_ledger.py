@@ -188,3 +188,14 @@ def test_a_unit_two_failures_may_explain_stays_unknown_however_they_are_linked()
     ledger.created(97, 11.0, 11.1)  # one missing: 1's or 2's
     ledger.read(97, 70.0, 70.1)
     assert ledger.decide() == {1: ASSUMED, 2: ASSUMED}
+
+
+def test_a_failure_taken_as_spent_before_a_restart_explains_a_unit_after_it() -> None:
+    """Two units missing: one is the failed create a previous run took as spent, so the
+    other is the one a crash left undecided."""
+    ledger = ledger_from(100)
+    ledger.spent_earlier(1.0, 61.0)
+    ledger.failed(7, 2.0, 62.0)
+    ledger.created(97, 3.0, 3.1)
+    ledger.read(97, 70.0, 70.1)
+    assert ledger.decide() == {7: SPENT}

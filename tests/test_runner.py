@@ -159,12 +159,16 @@ async def test_requests_go_on_while_a_failed_create_waits_for_its_verdict(app: A
     """Nothing is held while the balance settles a failed create, not even for a slow
     create in flight: the creates sent meanwhile report balances of their own, and those
     already show that the failed one spent nothing."""
-    app.chatinfo.inject("create_request", Fault.slow(5.0))  # the first: out for 5 s
-    app.chatinfo.inject("create_request", Fault.http(500, "oops"))  # the second: spent nothing
+    await add_job(app, content="warm-up", user_id=4)
+    await app.runner.resume()
+    await app.settle()  # the start's probe went through
+    app.chatinfo.inject("create_request", Fault.slow(5.0))  # the next: out for 5 s
+    app.chatinfo.inject("create_request", Fault.http(500, "oops"))  # then: spent nothing
     slow = await add_job(app, content="slow", user_id=1)
     failed = await add_job(app, content="failed", user_id=2)
     later = await add_job(app, content="later", user_id=3)
-    await app.runner.resume()
+    for job_id in (slow, failed, later):
+        app.runner.start(job_id)
 
     async def delivered(job_id: int) -> bool:
         return await state_of(app, job_id) is JobState.DELIVERED
@@ -176,8 +180,8 @@ async def test_requests_go_on_while_a_failed_create_waits_for_its_verdict(app: A
     assert await state_of(app, slow) is JobState.CREATING
     await app.settle()
     assert await delivered(slow)
-    assert app.chatinfo.calls["create_request"] == 4  # the failed one sent once more
-    assert app.chatinfo.units == 997  # one unit per answer
+    assert app.chatinfo.calls["create_request"] == 5  # the failed one sent once more
+    assert app.chatinfo.units == 996  # one unit per answer
     assert app.runner.reconciled == {"unspent": 1}
 
 
@@ -231,6 +235,32 @@ async def test_a_restart_tells_apart_two_lost_creates_by_the_balance_between_the
     assert await state_of(after, second) is JobState.DELIVERED
     assert after.runner.reconciled == {"spent": 1, "unspent": 1}
     assert after.chatinfo.units == 997  # first, between, and second sent once
+
+
+async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
+        make_app: AppFactory) -> None:
+    """Two units gone without a reported balance: one is the create the run before took
+    as spent (its user was told), so the other is the one the crash caught mid-create."""
+    before = await make_app()
+    await before.runner.resume()  # reads the balance (1000) and keeps it
+    client = ChatinfoClient(before.chatinfo.base_url, "test-key")
+    key = next(iter(before.runner.lanes))  # the fingerprint of the one key
+    earlier = await add_job(before, content="earlier")
+    await before.jobs.mark_creating(earlier, key=key)
+    await client.create_request("earlier", "chat")  # spent; the reply was lost...
+    await before.jobs.end(earlier, JobState.UNKNOWN, "unknown_outcome")  # ...and so judged
+    lost = await add_job(before, content="lost")
+    await before.jobs.mark_creating(lost, key=key)
+    await client.create_request("lost", "chat")  # spent; then the crash
+    await client.close()
+    await before.runner.stop()
+
+    after = await make_app()
+    await after.runner.resume()
+    await after.settle()
+    assert await state_of(after, lost) is JobState.UNKNOWN
+    assert after.runner.reconciled == {"spent": 1}
+    assert after.chatinfo.calls["create_request"] == 2  # neither sent again
 
 
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:

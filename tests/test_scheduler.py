@@ -409,13 +409,46 @@ async def test_no_more_calls_are_granted_than_may_be_in_flight() -> None:
     queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=2)
     queue.start()
     try:
-        turns = [asyncio.create_task(queue.turn(1, job_id)) for job_id in range(1, 5)]
-        await wait_until(lambda: sum(t.done() for t in turns) == 2, timeout=2, what="two grants")
+        turns = [asyncio.create_task(queue.turn(1, job_id)) for job_id in range(5)]
+        await asyncio.wait_for(turns[0], 1.0)
+        queue.sent(0, rate_limited=False)  # the start's probe went through
+        await wait_until(lambda: sum(t.done() for t in turns) == 3, timeout=2, what="two grants")
         await asyncio.sleep(0.05)  # the budget has room for all four: only the cap holds
-        assert [t.done() for t in turns] == [True, True, False, False]
+        assert [t.done() for t in turns] == [True, True, True, False, False]
         queue.sent(1, rate_limited=False)  # one call ends: one more may go
+        await asyncio.wait_for(turns[3], 1.0)
+        assert not turns[4].done() and queue.outstanding == 2
+    finally:
+        await queue.stop()
+
+
+async def test_a_slow_probe_at_the_start_holds_the_others_only_briefly() -> None:
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=0.3))
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(3)]
+        await asyncio.wait_for(turns[0], 1.0)  # out, and never reports in time
+        await asyncio.wait_for(asyncio.gather(*turns[1:]), FairQueue.START_PROBE_TIMEOUT + 2)
+    finally:
+        await queue.stop()
+
+
+async def test_the_first_call_after_a_start_is_a_probe() -> None:
+    """The server's window may be full (our calls before a restart, another program's):
+    a 429 storm met at a start costs one 429, not a burst of them."""
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=0.3))
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(3)]
+        await asyncio.wait_for(turns[0], 1.0)
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in turns[1:])  # nothing else while the probe is out
+        queue.sent(0, rate_limited=True)  # a storm: the queue holds for the window
+        assert queue.held
+        await asyncio.wait_for(turns[1], 2.0)  # the next probe, once the window cleared
+        assert not turns[2].done()
+        queue.sent(1, rate_limited=False)  # the storm is over: the rest go
         await asyncio.wait_for(turns[2], 1.0)
-        assert not turns[3].done() and queue.outstanding == 2
     finally:
         await queue.stop()
 

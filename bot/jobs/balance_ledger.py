@@ -73,6 +73,7 @@ class BalanceLedger:
         self._sightings: list[_Sighting] = []
         self._failures: dict[int, _Failure] = {}
         self._in_flight: dict[int, float] = {}  # job id -> when its create was sent
+        self._earlier = itertools.count(-1, -1)  # keys of `spent_earlier`, apart from jobs'
         self._blind = False  # a create succeeded without reporting the balance
 
     def read(self, balance: int, start: float, end: float) -> None:
@@ -108,6 +109,11 @@ class BalanceLedger:
         knew at `noticed` (by default: when it was sent)."""
         self.ended(job_id)
         self._failures[job_id] = _Failure(sent, done_by, sent if noticed is None else noticed)
+
+    def spent_earlier(self, sent: float, done_by: float) -> None:
+        """A failed create taken as spent before (a previous run's): its debit may be one
+        of the gaps around the failures still to decide."""
+        self._failures[next(self._earlier)] = _Failure(sent, done_by, sent, Verdict.ASSUMED_SPENT)
 
     def undecided(self, job_id: int) -> bool:
         """Whether the job's failed create awaits its verdict."""

@@ -31,6 +31,9 @@ class FairQueue(Worker):
 
     name = "create-queue"
     PROBE_TIMEOUT = 60.0  # longer than a create call with its retries
+    # The start's probe only tells a 429 storm, whose reply is quick: a slow create is
+    # not left to hold everyone.
+    START_PROBE_TIMEOUT = 2.0
 
     def __init__(self, limiter: SlidingWindowLimiter, in_flight: int = 1_000_000,
                  pressure: PressureGauge | None = None) -> None:
@@ -42,7 +45,11 @@ class FairQueue(Worker):
         self._waiting: OrderedDict[int, deque[tuple[int, asyncio.Future[None]]]] = OrderedDict()
         self._changed = asyncio.Event()
         self._hold_until = 0.0  # monotonic; no grant before it
-        self._need_probe = False  # a 429 came: the next grant is a probe
+        # A 429 came, or we just started (the server's window may be full, of our calls
+        # before a restart or another program's): the next grant is a probe, so meeting a
+        # 429 storm costs one 429, not a burst of them.
+        self._need_probe = True
+        self._probe_timeout = self.START_PROBE_TIMEOUT
         self._probe_job: int | None = None  # the probe out now
         self._probe_done = asyncio.Event()
         self._open = asyncio.Event()  # cleared while paused
@@ -119,6 +126,7 @@ class FairQueue(Worker):
         if rate_limited:
             self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
             self._need_probe = True
+            self._probe_timeout = self.PROBE_TIMEOUT
             log.warning("create_request got 429: holding new requests for %.0f s",
                         self._hold_until - time.monotonic())
         if job_id == self._probe_job:
@@ -170,7 +178,7 @@ class FairQueue(Worker):
         self._probe_done.clear()
         ticket.set_result(None)
         with suppress(TimeoutError):  # a caller that never reports cannot stall us
-            async with asyncio.timeout(self.PROBE_TIMEOUT):
+            async with asyncio.timeout(self._probe_timeout):
                 await self._probe_done.wait()
         self._probe_job = None
         return True

@@ -278,7 +278,11 @@ class JobRunner:
 
     async def _recall_balances(self, lane: Lane, since: float) -> None:
         """Give the key's ledger the balances seen before a crash, around `since`: the
-        last one read, and those reported by the creates acknowledged from just before."""
+        last one read, and those reported by the creates acknowledged from just before;
+        and the failed creates taken as spent then, whose debits may be among them."""
+        settles = self._policy.create_settles_after
+        for sent in await self._jobs.taken_as_spent_from(since - settles, key=lane.key):
+            lane.ledger.spent_earlier(sent, sent + settles)
         if anchor := await self._jobs.balance_anchor(key=lane.key):
             units, read_at = anchor
             lane.ledger.read(units, read_at, read_at)
