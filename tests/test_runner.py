@@ -363,20 +363,20 @@ async def test_a_create_failed_without_the_servers_word_is_settled_by_the_balanc
     assert app.runner.reconciled == {"spent" if spent else "unspent": 1}
 
 
-async def test_a_balance_check_does_not_hold_requests_while_the_units_budget_is_used_up(
+async def test_with_the_units_budget_used_up_the_creates_after_a_failed_one_tell(
         make_app: AppFactory) -> None:
-    """A 429 storm used up the units budget: a failed create is assumed spent at once
-    (its user told), rather than every request waiting a window for the balance."""
+    """A 429 storm used up the units budget: no read can settle the failed create, but
+    the create sent after it reports the balance, which shows it spent nothing."""
     app = await make_app(client_options={"units_per_min": 1, "window": 3600.0})
     app.chatinfo.inject("create_request", Fault.http(500, "oops"))
     failed = await add_job(app, content="failed")
     after = await add_job(app, content="after", user_id=2)
     await app.runner.resume()  # reads the balance: the window's one units call
     await app.settle()
-    assert await state_of(app, failed) is JobState.UNKNOWN
+    assert await state_of(app, failed) is JobState.DELIVERED
     assert await state_of(app, after) is JobState.DELIVERED
-    assert app.runner.reconciled == {"assumed_spent": 1}
-    assert app.chatinfo.calls["units"] == 1
+    assert app.runner.reconciled == {"unspent": 1}
+    assert app.chatinfo.calls["units"] == 1 and app.chatinfo.units == 998
 
 
 async def test_poll_errors_are_waited_out(app: App) -> None:

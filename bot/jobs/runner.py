@@ -71,8 +71,8 @@ class RunnerPolicy:
     timing: PollTiming = field(default_factory=PollTiming)
     prior: tuple[float, ...] = PRIOR  # solve times assumed before any is learned
     history: int = 2000  # answered jobs the solve-time model learns from at start
-    # A server that replied with an error may still be finishing the call behind a
-    # gateway: its failed create is taken as done this long after the reply.
+    # Seconds between looks at the balances while a failed create waits for its verdict
+    # (and between reads of the balance, when one failed).
     balance_check_grace: float = 2.0
     # After this, the server has surely finished a create we sent (the client gives up at
     # 20 s): a create that failed without the server's word is settled by the balance then.
@@ -556,11 +556,11 @@ class JobRunner:
         if not error.maybe_spent:
             await self._tell(job, Failure.UNREACHABLE, str(error))
             return False
-        # Without the server's word, it may still be working on the call; with it, it may
-        # still be finishing it behind a gateway.
+        # With the API's own reply (a 500, a garbled body) the server is done with the
+        # call: any debit of it came before the reply. Without (a timeout, a dropped
+        # connection, a gateway's 5xx) it may still be working on it.
         noticed = time.time()
-        done_by = (noticed + self._policy.balance_check_grace if error.answered
-                   else sent + self._policy.create_settles_after)
+        done_by = noticed if error.answered else sent + self._policy.create_settles_after
         self._settling[job.id] = done_by
         self._lane_of[job.id] = lane
         lane.ledger.failed(job.id, sent, done_by, noticed)
@@ -599,8 +599,7 @@ class JobRunner:
                 await self._decide(lane)
                 now = time.time()
                 if (job.id not in self._verdicts and lane.ledger.wants_read(job.id, now)
-                        and now - lane.read_failed_at >= self._policy.balance_check_grace
-                        and not 0 < done_by - now <= self._policy.balance_check_grace):
+                        and now - lane.read_failed_at >= self._policy.balance_check_grace):
                     await self._read_into_ledger(lane)
                     await self._decide(lane)
                 if job.id not in self._verdicts \
