@@ -408,6 +408,9 @@ class Report:
     reconciled: Counter[str] = field(default_factory=Counter)
     created_twice: int = 0  # contents with two requests: a unit spent twice
     told_but_unspent: int = 0  # told "may have counted" although nothing was spent
+    # Those told "may have counted", by their failed create's fault ("crash": none, a
+    # SIGKILL caught it): a fault without the API's reply leaves the balance a long span.
+    unknowable_by_fault: Counter[str] = field(default_factory=Counter)
     taps: int = 0
     tap_requests: int = 0
     lost: list[str] = field(default_factory=list)
@@ -479,6 +482,8 @@ class Report:
             print(f"  {name:<30}{value:>8}  {note}")
         print(f"  chatinfo faults injected: {dict(self.chatinfo_faults)}")
         print(f"  telegram faults injected: {dict(self.telegram_faults)}")
+        print(f"  told 'may have counted', by their create's fault: "
+              f"{dict(self.unknowable_by_fault)}")
         print(f"  bot log: {self.tracebacks} tracebacks, {self.unexpected} failed updates or "
               f"jobs stopped unexpectedly ({workdir / 'bot.log'})")
         print("  memory, VmRSS MB per start (first → last, max; minutes):")
@@ -538,6 +543,7 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
     created = Counter(request.content for request in chatinfo.requests)
     report.created_twice = sum(n - 1 for n in created.values())
     report.told_but_unspent = len(told_unknowable_contents - set(created))
+    report.unknowable_by_fault = unknowable_by_fault(chatinfo, told_unknowable_contents)
     for request in chatinfo.requests:
         if request.content in delivered_contents:
             continue
@@ -554,6 +560,15 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
     report.memory = [memory_line(n, life) for n, life in enumerate(bot.lives, 1)
                      if life.samples]
     return report
+
+
+def unknowable_by_fault(chatinfo: FakeChatinfo, contents: set[str]) -> Counter[str]:
+    last_fault: dict[str, str] = {}
+    for call in chatinfo.served:
+        if call.endpoint == "create_request" and call.content in contents:
+            kind = call.fault.kind if call.fault is not None else "crash"
+            last_fault[call.content] = "429" if kind.endswith("429") else kind
+    return Counter(last_fault.get(content, "crash") for content in contents)
 
 
 def show_times(telegram: ChaoticTelegram) -> dict[tuple[int, str], list[float]]:
