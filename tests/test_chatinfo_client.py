@@ -524,3 +524,31 @@ async def test_key_never_leaks(
         assert SECRET not in repr(record.args), record.name
         assert SECRET not in (record.exc_text or ""), record.name
     assert SECRET not in caplog.text
+
+
+async def test_a_new_connection_with_bytes_waiting_is_used() -> None:
+    # Bytes waiting on a connection just made are no hang-up (TLS 1.3 sends its session
+    # tickets unasked); only a connection kept from an earlier call is looked at.
+    async def answer_unasked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b'{"units": 5}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    connections = 0
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await answer_unasked(reader, writer)
+
+    server = await asyncio.start_server(counted, "127.0.0.1", 0)
+    client = ChatinfoClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", SECRET,
+                            attempts=1)
+    try:
+        assert await client.units() == 5
+    finally:
+        await client.close()
+        server.close()
+    assert connections == 1

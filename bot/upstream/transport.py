@@ -1,7 +1,7 @@
 """httpx's transport over aiohttp: the chatinfo client keeps httpx's API, aiohttp does the I/O.
 
-httpx's own transport (httpcore, h11, anyio) costs 1.4-1.9 ms of CPU a call in the bot; the
-same call through aiohttp about a third of that, and the bot makes some 200 calls a second.
+A poll of the fake server costs 0.42 ms of CPU this way, 0.81 ms through httpx's own transport
+(httpcore, h11, anyio) and 0.22 ms through aiohttp alone; the bot makes some 200 a second.
 
 What matters beyond speed is which failures can have reached the server: the client retries
 a create_request only when it surely did not (httpx.ConnectError, ConnectTimeout,
@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import select
 import socket
+import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
 
 if TYPE_CHECKING:
@@ -71,14 +73,25 @@ class _Connector(aiohttp.TCPConnector):
     that window.
     """
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # Connections handed out before: only those can have been hung up on while kept. A
+        # new one may have bytes waiting that are no hang-up (TLS 1.3 session tickets).
+        self._kept: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
     async def connect(self, req: aiohttp.ClientRequest, traces: list[Trace],
                       timeout: aiohttp.ClientTimeout) -> Connection:
         # Every kept connection may be dead (after a server restart): try each at most once.
         for _ in range(self.limit or 100):
             connection = await super().connect(req, traces, timeout)
-            if not _hung_up(connection):
+            protocol = connection.protocol
+            if protocol is None:
                 return connection
-            connection.close()
+            if protocol in self._kept and _hung_up(connection):
+                connection.close()
+                continue
+            self._kept.add(protocol)
+            return connection
         return await super().connect(req, traces, timeout)
 
 
