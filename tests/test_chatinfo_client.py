@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -27,6 +28,8 @@ from bot.upstream.client import (
     UpstreamUnavailable,
 )
 from bot.upstream.sandbox import BAD_KEY, NO_UNITS, NOT_PRESTIGE, FakeChatinfo, Fault
+from bot.upstream.transport import AiohttpTransport
+from tests.harness import wait_until
 
 SECRET = "KEY-very-secret-123"
 FREE_KEY = "KEY-free-tariff-456"
@@ -79,7 +82,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inner = httpx.AsyncHTTPTransport()
+        self._inner = AiohttpTransport(httpx.Limits())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
@@ -301,7 +304,124 @@ async def test_connection_refused_is_retried_attempts_times() -> None:
     finally:
         await client.close()
     assert caught.value.maybe_spent is False  # never left us: no unit can be gone
+    assert caught.value.connected is False
     assert transport.calls == ATTEMPTS
+
+
+# --- what the transport makes of a server that misbehaves after reading the request --------
+
+Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server that reads one HTTP request head per connection, then does `behaviour`."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.requests = 0
+        self.connections = 0
+        self.closed = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while not reader.at_eof():
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.requests += 1
+                await self.behaviour(writer)
+                if writer.is_closing():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+        finally:
+            await writer.wait_closed()
+            self.closed += 1
+
+
+async def hang_up(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+async def reset(writer: asyncio.StreamWriter) -> None:
+    # SO_LINGER 0: the close sends RST, the client sees "connection reset by peer".
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def not_http(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HELLO THERE\r\n\r\n")
+    writer.close()
+
+
+async def body_cut_short(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"success\": true, \"id")
+    writer.close()
+
+
+@pytest.mark.parametrize("behaviour", [hang_up, reset, not_http, body_cut_short])
+async def test_a_create_the_server_read_may_be_spent_and_is_not_retried(
+        behaviour: Behaviour) -> None:
+    async with RawServer(behaviour) as base_url:
+        client = ChatinfoClient(base_url, SECRET, attempts=ATTEMPTS, backoff=0.0)
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await client.create_request("hi", "chat")
+        finally:
+            await client.close()
+    assert caught.value.maybe_spent is True
+    assert caught.value.connected is True
+    assert caught.value.answered is False
+
+
+async def test_waiting_for_a_connection_is_not_sent(server: FakeChatinfo) -> None:
+    # One connection, busy with a slow call: the next call's wait for it times out, and
+    # that call never left us.
+    transport = AiohttpTransport(httpx.Limits(max_connections=1))
+    async with httpx.AsyncClient(base_url=server.base_url, transport=transport,
+                                 timeout=httpx.Timeout(5.0, pool=0.2)) as http:
+        server.inject("units", Fault.slow(1.0))
+        slow = asyncio.create_task(http.post("/api/gpt/units", json={"key": SECRET}))
+        await wait_until(lambda: server.calls["units"] == 1, timeout=5.0, what="the slow call")
+        with pytest.raises(httpx.ConnectTimeout):
+            await http.post("/api/gpt/units", json={"key": SECRET})
+        assert (await slow).status_code == 200
+    assert server.calls["units"] == 1
+
+
+async def keep_alive_then_hang_up(writer: asyncio.StreamWriter) -> None:
+    body = b'{"units": 5}'
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()  # as a server does with an idle connection, but at once
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    server = RawServer(keep_alive_then_hang_up)
+    async with server as base_url:
+        client = ChatinfoClient(base_url, SECRET, attempts=1)
+        try:
+            assert await client.units() == 5
+            await wait_until(lambda: server.closed == 1, timeout=5.0, what="the hang-up")
+            assert await client.units() == 5  # a new connection, not a failure
+        finally:
+            await client.close()
+    assert (server.requests, server.connections) == (2, 2)
 
 
 # --- get_response is free and idempotent: retried ------------------------------------------
@@ -404,3 +524,31 @@ async def test_key_never_leaks(
         assert SECRET not in repr(record.args), record.name
         assert SECRET not in (record.exc_text or ""), record.name
     assert SECRET not in caplog.text
+
+
+async def test_a_new_connection_with_bytes_waiting_is_used() -> None:
+    # Bytes waiting on a connection just made are no hang-up (TLS 1.3 sends its session
+    # tickets unasked); only a connection kept from an earlier call is looked at.
+    async def answer_unasked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b'{"units": 5}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    connections = 0
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await answer_unasked(reader, writer)
+
+    server = await asyncio.start_server(counted, "127.0.0.1", 0)
+    client = ChatinfoClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", SECRET,
+                            attempts=1)
+    try:
+        assert await client.units() == 5
+    finally:
+        await client.close()
+        server.close()
+    assert connections == 1

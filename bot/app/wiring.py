@@ -32,6 +32,7 @@ from bot.ops.metrics import Metrics, UpstreamCalls
 from bot.services import Services
 from bot.telegram.access import AccessMiddleware
 from bot.telegram.delivery import Delivery
+from bot.telegram.filters import check_magic_on_the_loop
 from bot.telegram.i18n import UserLocaleMiddleware
 from bot.telegram.indicators import WaitingIndicators
 from bot.telegram.menus import set_command_menus
@@ -200,6 +201,7 @@ def make_application(
     dp.inline_query.outer_middleware(access)
     dp.chosen_inline_result.outer_middleware(access)
     dp.include_routers(*get_routers(settings.admin_ids))
+    check_magic_on_the_loop(dp)
     dp.errors.register(on_error)
 
     async def on_startup() -> None:

@@ -14,24 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpcore
 import httpx
-from httpcore._utils import is_socket_readable
 
 from bot.config import RATE_LIMITS
 from bot.upstream.limiter import SlidingWindowLimiter
+from bot.upstream.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
 CREATE, POLL, UNITS = "create_request", "get_response", "units"
-# The connection pool. httpcore looks at every pooled connection on every call (is it
-# idle, has it expired: a few system calls each), so kept connections cost CPU on every
-# poll, and more of them than calls in flight at once only cost. The scheduler spends
-# the poll budget a few calls at a time (5 in any 20 ms); more at once come when the
-# server is slow, and those may open more connections, which are closed once they are
-# not needed.
+# The connection pool. The scheduler spends the poll budget a few calls at a time (5 in
+# any 20 ms); more at once come when the server is slow, and those may open more
+# connections. aiohttp keeps the idle ones (taking one costs the same however many there
+# are) until they have been idle for httpx's keep-alive expiry, 5 s.
 MAX_CONNECTIONS = 64
-MAX_KEEPALIVE = 16
 # Our clock and the server's disagree by transit time; a second of slack keeps a burst
 # sent at the edge of our window from landing inside the server's.
 WINDOW_SECONDS = 61.0
@@ -87,56 +83,6 @@ class UpstreamUnavailable(ChatinfoError):
         self.answered = answered
 
 
-class _Stream(httpcore.AsyncNetworkStream):
-    """httpcore's anyio stream, with its socket looked up once.
-
-    The pool asks every idle connection whether its socket is readable (the server hung
-    up) on every call, and anyio answers by building a dict of all the socket's
-    attributes, a getpeername system call among them: a tenth of the bot's CPU.
-    """
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._socket
-        if info == "is_readable":
-            return self._socket is not None and is_socket_readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-class _Backend(httpcore.AnyIOBackend):
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        return _Stream(await super().connect_tcp(host, port, timeout, local_address,
-                                                 socket_options))
-
-
-def _transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    # httpx offers no way to choose httpcore's network backend; its pool keeps it here.
-    pool = transport._pool
-    assert isinstance(pool, httpcore.AsyncConnectionPool)
-    pool._network_backend = _Backend()
-    return transport
-
-
 @dataclass(frozen=True)
 class CreatedRequest:
     id: int
@@ -169,12 +115,13 @@ class ChatinfoClient:
         # The limiter stamps a call before it gets a connection; a pool as large as the
         # poll scheduler's concurrency (64) keeps calls from queueing here and reaching
         # the server later than stamped.
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS,
-                              max_keepalive_connections=MAX_KEEPALIVE)
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS)
+        base = base_url.rstrip("/") + "/api/gpt/"
+        # Whole URLs, parsed once: a relative one is parsed and joined on every call.
+        self._urls = {endpoint: httpx.URL(base + endpoint) for endpoint in (CREATE, POLL, UNITS)}
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/api/gpt/",
             timeout=httpx.Timeout(timeout, connect=5.0),
-            transport=transport or _transport(limits),
+            transport=transport or AiohttpTransport(limits),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
         self.limiters = {
@@ -262,7 +209,8 @@ class ChatinfoClient:
     async def _attempt(self, endpoint: str, payload: dict[str, Any], *, sent_is_safe: bool) -> Any:
         started = time.monotonic()
         try:
-            response = await self._http.post(endpoint, json={**payload, "key": self._key})
+            response = await self._http.post(self._urls[endpoint],
+                                             json={**payload, "key": self._key})
         except _NOT_SENT as error:
             self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: cannot connect ({type(error).__name__})",
