@@ -237,6 +237,8 @@ class _SpreadTrial:
     doubts: int = 0  # how often a proven spread came into doubt
 
     def found(self, estimate: Estimate, missed_at: float, found_at: float) -> None:
+        if found_at <= 0.0:
+            return  # polled within the create's clock tick: it tells nothing
         wider = replace(estimate, sigma=estimate.sigma * DOUBTED)
         ratio = _within(wider, missed_at, found_at) - _within(estimate, missed_at, found_at)
         # No single answer is proof: it may be an odd request, not a changed upstream.
