@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 import time
+from dataclasses import replace
 
 import pytest
 from aiogram.methods import EditMessageText
@@ -337,6 +338,110 @@ def test_the_first_poll_comes_within_max_gap_of_the_earliest_answer() -> None:
 
     assert next_poll_after(0.0, widely_spread, timing) == pytest.approx(earliest + 2.0)
     assert next_poll_after(30.0, widely_spread, timing) == 2.0
+
+
+def learned_predictable(times: SolveTimes) -> Estimate:
+    """300 chat answers of about 20 s, each within ±5%: a narrow spread."""
+    for n in range(300):
+        times.learn("chat", 100, noisy(20.0, n, 0.05))
+    return times.estimate("chat", 100)
+
+
+def polled_at(estimate: Estimate, timing: PollTiming, *, until: float,
+              proven: bool) -> list[float]:
+    """When a job whose answer does not come is polled, by the scheduler's rule."""
+    moments: list[float] = []
+    while not moments or moments[-1] < until:
+        elapsed = moments[-1] if moments else 0.0
+        last_poll = None if proven else elapsed
+        moments.append(elapsed + next_poll_after(elapsed, estimate, timing,
+                                                 last_poll=last_poll))
+    return moments
+
+
+def find_as_predicted(times: SolveTimes, estimate: Estimate, answers: int) -> None:
+    """Answers found where the estimate has them, each bracketed by polls 1 s apart."""
+    for n in range(answers):
+        ready = noisy(estimate.median, n, estimate.sigma)
+        times.found(estimate, missed_at=ready - 0.5, found_at=ready + 0.5)
+
+
+def test_until_answers_prove_a_learned_spread_jobs_are_polled_every_safety_gap() -> None:
+    # Warm from a history that was predictable; upstream may have changed since.
+    times, timing = SolveTimes(), PollTiming()
+    estimate = learned_predictable(times)
+    assert estimate.sigma < 0.1 and not times.spread_proven
+    doubting = polled_at(estimate, timing, until=estimate.median, proven=False)
+
+    # From when any answer is plausible at all, however wrong the learned spread, a poll
+    # at least every safety_gap: an answer far sooner than the model holds waits no more.
+    plausible = replace(estimate, sigma=timing.safety_spread).quantile(timing.earliest)
+    assert doubting[0] <= plausible + timing.safety_gap
+    assert all(b - a <= timing.safety_gap + 1e-9 for a, b in itertools.pairwise(doubting))
+
+    find_as_predicted(times, estimate, 40)
+    assert times.spread_proven
+    proven = polled_at(estimate, timing, until=estimate.median, proven=True)
+    assert proven[0] >= estimate.quantile(timing.earliest)  # only where answers come
+    assert len(proven) < len(doubting) / 2
+
+
+def test_answers_sooner_than_a_proven_spread_allows_bring_it_into_doubt() -> None:
+    times = SolveTimes()
+    estimate = learned_predictable(times)
+    find_as_predicted(times, estimate, 40)
+    assert times.spread_proven and times.doubts == 0
+
+    for _ in range(4):  # first polls find answers ready long before the model's window
+        times.found(estimate, missed_at=None, found_at=estimate.median / 3)
+    assert not times.spread_proven and times.doubts == 1
+
+    find_as_predicted(times, estimate, 40)  # the spread holds again
+    assert times.spread_proven
+
+
+def test_a_few_answers_off_the_spread_do_not_bring_it_into_doubt() -> None:
+    times = SolveTimes()
+    estimate = learned_predictable(times)
+    times.found(estimate, missed_at=None, found_at=0.0)  # polled at once: tells nothing
+    for n in range(400):  # one answer in 40 far off, as a 2% tail of odd requests
+        find_as_predicted(times, estimate, 1 if n % 40 else 0)
+        if n % 40 == 0:
+            times.found(estimate, missed_at=None, found_at=estimate.median / 3)
+    assert times.doubts == 0
+
+
+async def test_jobs_waiting_are_planned_again_when_the_spread_comes_into_doubt() -> None:
+    async def poll(upstream_id: int) -> str | None:
+        return None
+
+    solve_times = SolveTimes()
+    estimate = learned_predictable(solve_times)
+    find_as_predicted(solve_times, estimate, 40)
+    scheduler = PollScheduler(poll, SlidingWindowLimiter(100, 1.0), solve_times,
+                              settled=lambda *_: None)
+    scheduler.watch(job_id=1, upstream_id=1, mode="chat", length=100, age=0.0,
+                    max_wait=600.0)
+    planned = scheduler._heap[0].due - time.monotonic()
+    assert planned > estimate.quantile(0.001)  # a proven spread: polled in its window
+
+    for _ in range(4):
+        solve_times.found(estimate, missed_at=None, found_at=estimate.median / 3)
+    scheduler._follow_doubt()  # as after an answer found
+    replanned = scheduler._heap[0].due - time.monotonic()
+    assert replanned <= PollTiming().safety_gap + estimate.median * 0.1
+    assert replanned < planned / 2
+
+
+def test_the_limiter_tells_when_most_of_the_budget_is_used() -> None:
+    now = [0.0]
+    limiter = SlidingWindowLimiter(10, 1.0, clock=lambda: now[0])
+    limiter._stamps.extend([0.0] * 7)
+    assert not limiter.busy(0.8)
+    limiter._stamps.append(0.0)
+    assert limiter.busy(0.8)
+    now[0] = 1.5  # the window has passed
+    assert not limiter.busy(0.8)
 
 
 async def test_the_create_queue_serves_users_round_robin() -> None:

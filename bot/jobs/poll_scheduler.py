@@ -36,6 +36,12 @@ class PollTiming:
     min_gap: float = 0.4  # never poll one job more often than this
     max_gap: float = 1.9  # once an answer is possible, never wait longer (bounds the lag)
     earliest: float = 0.003  # answers sooner than this quantile of solve times are rare
+    # While the model's spread is not yet proven (SolveTimes.spread_proven), a job is also
+    # polled this often from where an answer is possible at a spread of `safety_spread`:
+    # so an answer sooner than a model learned before a regime change holds possible
+    # waits about this long at most, and the answers these polls find test the spread.
+    safety_gap: float = 3.0
+    safety_spread: float = 1.0
 
 
 def possible_from(estimate: Estimate, timing: PollTiming) -> float:
@@ -45,7 +51,8 @@ def possible_from(estimate: Estimate, timing: PollTiming) -> float:
     return min(estimate.quantile(timing.earliest) * estimate.early, estimate.bound)
 
 
-def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> float:
+def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming, *,
+                    last_poll: float | None = None) -> float:
     """Seconds from now until the next poll of a job `elapsed` seconds old.
 
     An answer is possible only from `possible_from` on; from then (or now, if later)
@@ -54,6 +61,10 @@ def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> f
     lag for few polls) and thin out where they rarely do, and the window is as wide as
     the model's recent errors. No poll is more than `max_gap` after the moment an
     answer became possible, which bounds the lag.
+
+    While the spread is unproven, `last_poll` is when the job was last polled (0.0: its
+    create) and the next poll is also no later than `safety_gap` after it, or after an
+    answer became possible at the spread of `safety_spread` if that is later.
     """
     start = max(elapsed, possible_from(estimate, timing))  # nothing to find before
     # An answer missing for longer than the spread allows says the model errs for this
@@ -64,7 +75,12 @@ def next_poll_after(elapsed: float, estimate: Estimate, timing: PollTiming) -> f
         estimate = replace(estimate, sigma=overdue)
     left = estimate.survival(start)
     target = estimate.quantile(1.0 - left * (1.0 - timing.hit_chance))
-    return start - elapsed + min(max(target - start, timing.min_gap), timing.max_gap)
+    delay = start - elapsed + min(max(target - start, timing.min_gap), timing.max_gap)
+    if last_poll is None or estimate.sigma >= timing.safety_spread:
+        return delay
+    doubtful = replace(estimate, sigma=timing.safety_spread, early=1.0)
+    safe = max(last_poll, doubtful.quantile(timing.earliest)) + timing.safety_gap
+    return min(delay, max(0.0, safe - elapsed))
 
 
 def solved_after(missed_at: float | None, found_at: float, estimate: Estimate) -> float:
@@ -126,6 +142,8 @@ class Answer(NamedTuple):
 
 Poll = Callable[[int], Awaitable[str | None]]
 PACE_PERIOD = 0.02  # 5 polls at most in any 20 ms, at 15,000 a minute
+SAFETY_SHARE = 0.8  # no safety polls (PollTiming.safety_gap) once this much budget is used
+WIDER = 1.5  # a job's estimate gives way to the model's once its spread is this much wider
 # Called once per watched job: its answer, or the exception that ends it (Expired, Lost,
 # or a ChatinfoError such as AccessDenied).
 Settled = Callable[[int, Answer | Exception], None]
@@ -163,6 +181,7 @@ class PollScheduler(Worker):
         self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
         self._polls: set[asyncio.Task[None]] = set()
         self._calm_until = 0.0
+        self._doubts = solve_times.doubts
 
     @property
     def pending(self) -> int:
@@ -190,12 +209,38 @@ class PollScheduler(Worker):
         now = time.monotonic()
         estimate = self._solve_times.estimate(mode, length)
         entry = _Entry(
-            due=now + next_poll_after(age, estimate, self._timing), order=next(self._order),
+            due=now, order=next(self._order),
             job_id=job_id, upstream_id=upstream_id, mode=sys.intern(mode), length=length,
             started=now - age, deadline=now - age + max_wait, estimate=estimate,
             missed_at=None, blind=age > possible_from(estimate, self._timing))
+        entry.due = now + self._next_poll(entry, now)
         self._entries[job_id] = entry
         self._push(entry)
+
+    def _next_poll(self, entry: _Entry, now: float) -> float:
+        """Seconds from `now` until the entry's next poll: by the model's estimate if it
+        has widened since the job's, with safety polls while the model's spread is
+        unproven and the budget has room for them."""
+        latest = self._solve_times.estimate(entry.mode, entry.length)
+        if latest.sigma > entry.estimate.sigma * WIDER:
+            entry.estimate = latest  # a job planned by a spread since found too narrow
+        safe = not self._solve_times.spread_proven and not self._limiter.busy(SAFETY_SHARE)
+        return next_poll_after(now - entry.started, entry.estimate, self._timing,
+                               last_poll=(entry.missed_at or 0.0) if safe else None)
+
+    def _follow_doubt(self) -> None:
+        """When answers have just put the model's spread in doubt, the jobs waiting for a
+        poll are planned again, safety polls included (never later than they were): the
+        answers of jobs planned by a spread too narrow may be waiting already."""
+        if self._solve_times.doubts == self._doubts:
+            return
+        self._doubts = self._solve_times.doubts
+        now = time.monotonic()
+        for entry in self._heap:
+            if self._watched(entry):
+                entry.due = min(entry.due, now + self._next_poll(entry, now))
+        heapq.heapify(self._heap)
+        self._changed.set()
 
     def drop(self, job_id: int) -> None:
         """Stop polling for the job; `settled` will not be called for it."""
@@ -209,13 +254,17 @@ class PollScheduler(Worker):
     def _watched(self, entry: _Entry) -> bool:
         return self._entries.get(entry.job_id) is entry
 
-    def _settle(self, entry: _Entry, outcome: Answer | Exception) -> None:
+    def _settle(self, entry: _Entry, outcome: Answer | Exception,
+                found_at: float = 0.0) -> None:
         if not self._watched(entry):
             return  # dropped meanwhile
         del self._entries[entry.job_id]
         if isinstance(outcome, Answer) and outcome.solved_after is not None:
             # Only real answers teach the model; a timeout or a shutdown says nothing.
             self._solve_times.learn(entry.mode, entry.length, outcome.solved_after)
+            self._solve_times.found(entry.estimate, missed_at=entry.missed_at,
+                                    found_at=found_at)
+            self._follow_doubt()
         self._settled(entry.job_id, outcome)
 
     def _bracket(self, entry: _Entry, found_at: float) -> float | None:
@@ -283,12 +332,12 @@ class PollScheduler(Worker):
             self._in_flight.release()
             entry.polls += 1
         if result is not None:
-            self._settle(entry, Answer(result, self._bracket(entry, asked_at)))
+            self._settle(entry, Answer(result, self._bracket(entry, asked_at)), asked_at)
             return
         entry.missed_at = asked_at
         if not self._watched(entry):
             return
         crashpoints.reach(crashpoints.WHILE_POLLING)
-        age = time.monotonic() - entry.started
-        entry.due = time.monotonic() + next_poll_after(age, entry.estimate, self._timing)
+        now = time.monotonic()
+        entry.due = now + self._next_poll(entry, now)
         self._push(entry)

@@ -42,6 +42,16 @@ MODE_EVIDENCE = math.log(200.0)
 OVERALL_EVIDENCE = math.log(10_000.0)
 MIN_EARLY = 1 / 64
 MOVES = (1 / 8, 8.0, 1 / 2, 2.0)  # the alternatives tested; the bolder first
+# A model learned before upstream got harder to predict holds answers possible later than
+# they now come, and those sooner wait for the first poll (it is placed by the model), to
+# be learned only as soon as it found them, as if the model had been right. So the spread
+# is trusted only once the answers found since the start make it likelier than one
+# DOUBTED times as wide by PROOF (each answer as likely as its polls bracket it), and
+# until they make the wider one likelier by as much; meanwhile the poll scheduler also
+# polls sooner than the spread allows (PollTiming.safety_gap).
+DOUBTED = 2.0
+PROOF = math.log(100.0)
+LATE_EVIDENCE = 1.0  # at most, from one answer later than the estimate's median
 # Before anything is learned: the spread of GPT answers seen in practice.
 PRIOR = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0)
 
@@ -126,6 +136,7 @@ class SolveTimes:
         self._overall_estimate: Estimate | None = None
         self._first_polls: dict[str, _FirstPolls] = {}
         self._first_polls_overall = _FirstPolls(OVERALL_EVIDENCE)
+        self._spread = _SpreadTrial()
         self._lately = 0.0  # the recent mean square of log(actual / estimated), all modes
 
     def learn(self, mode: str, length: int, seconds: float) -> None:
@@ -142,6 +153,22 @@ class SolveTimes:
             del self._unfitted[mode]
             self._fits.pop(mode, None)
         self._overall_estimate = None
+
+    def found(self, estimate: Estimate, *, missed_at: float | None,
+              found_at: float) -> None:
+        """A job's answer was found `found_at` seconds after its create, and was not there
+        at `missed_at` (None: the first poll found it); `estimate` is the job's."""
+        self._spread.found(estimate, missed_at or 0.0, found_at)
+
+    @property
+    def spread_proven(self) -> bool:
+        """Whether the answers found bear the spread out (DOUBTED)."""
+        return self._spread.proven
+
+    @property
+    def doubts(self) -> int:
+        """How often a spread proven by the answers found came into doubt."""
+        return self._spread.doubts
 
     def learn_all(self, history: Iterable[tuple[str, int, float]]) -> None:
         """Learn answers given newest first (as JobRepo.solve_history lists them), so the
@@ -197,6 +224,47 @@ class _FirstPolls:
         if taken:
             self.early = min(1.0, max(MIN_EARLY, self.early * taken[0]))
             self.support = dict.fromkeys(MOVES, 0.0)
+
+
+@dataclass(slots=True)
+class _SpreadTrial:
+    """Whether the answers found bear the spread out (DOUBTED)."""
+
+    # The log likelihood ratio of a spread DOUBTED times as wide over the believed one,
+    # summed within +-PROOF: the spread is proven at -PROOF, and doubted at +PROOF.
+    evidence: float = 0.0
+    proven: bool = False
+    doubts: int = 0  # how often a proven spread came into doubt
+
+    def found(self, estimate: Estimate, missed_at: float, found_at: float) -> None:
+        if found_at <= 0.0:
+            return  # polled within the create's clock tick: it tells nothing
+        wider = replace(estimate, sigma=estimate.sigma * DOUBTED)
+        ratio = _within(wider, missed_at, found_at) - _within(estimate, missed_at, found_at)
+        # No single answer is proof: it may be an odd request, not a changed upstream.
+        # And one later than believed counts little: the polls of an overdue job follow
+        # it closely (next_poll_after), so it waited for nothing; yet when many are, the
+        # spread is too narrow on the other side too, where answers would wait.
+        ratio = min(ratio, LATE_EVIDENCE if found_at > estimate.median else PROOF)
+        self.evidence = min(max(self.evidence + ratio, -PROOF), PROOF)
+        if self.evidence <= -PROOF:
+            self.proven = True
+        elif self.evidence >= PROOF and self.proven:
+            self.proven = False
+            self.doubts += 1
+
+
+def _within(estimate: Estimate, low: float, high: float) -> float:
+    """The log of how likely, by the estimate, an answer comes after `low` seconds and by
+    `high`: from the tail they are in, so that one far out still tells how far."""
+    centre, spread = math.log(estimate.median), estimate.sigma * _SQRT2
+    z_low = (math.log(low) - centre) / spread if low > 0.0 else -math.inf
+    z_high = (math.log(high) - centre) / spread
+    if z_high <= 0.0:  # the lower tail: 1 - erfc would round its mass away
+        mass = math.erfc(-z_high) - math.erfc(-z_low)
+    else:
+        mass = math.erfc(z_low) - math.erfc(z_high)
+    return math.log(max(mass / 2, 1e-300))
 
 
 def _chance(estimate: Estimate, seconds: float, found: bool) -> float:

@@ -9,6 +9,7 @@ last `limit` calls and let a new one go only when the oldest has left the window
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,12 @@ class SlidingWindowLimiter:
         now = self._clock()
         inside = [stamp for stamp in self._stamps if stamp > now - self.period]
         return inside[0] + self.period if inside else now
+
+    def busy(self, share: float) -> bool:
+        """Whether `share` of the limit or more was used within the current window."""
+        calls = max(1, math.ceil(self.limit * share))
+        return len(self._stamps) >= calls and \
+            self._stamps[-calls] > self._clock() - self.period
 
     def in_use(self) -> int:
         """Calls made within the current window."""

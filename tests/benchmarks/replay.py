@@ -9,17 +9,22 @@ from it what the scheduler would. It leaves out what the live benchmark measures
 (HTTP, the event loop, a saturated budget), so it runs in seconds and shows how the poll
 timing trades polls for lag, e.g. as solve times become harder to predict (`--noise`),
 over a long run (`--duration`, the figures are of its last 3,000 jobs), or for other
-`PollTiming` values.
+`PollTiming` values. By default each job is answered and learned before the next is
+asked; `--overlap` lets them overlap in time as live, so a model that is wrong for a
+while (after a regime change) is wrong for all the jobs asked meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
-from bot.jobs.poll_scheduler import PollTiming, next_poll_after, solved_after
-from bot.jobs.solve_times import SolveTimes
+from bot.jobs.poll_scheduler import WIDER, PollTiming, next_poll_after, solved_after
+from bot.jobs.solve_times import Estimate, SolveTimes
 from tests.benchmarks.load import (
     SAMPLE_EVERY,
     SAMPLE_FIRST_WAIT,
@@ -32,30 +37,21 @@ from tests.benchmarks.upstream import solve_seconds
 
 def replay(noise: float, timing: PollTiming, *, seed: int = 1, rate: float = 25.0,
            duration: float = 120.0, history: int = 2000, history_noise: float | None = None,
-           history_scale: float = 1.0) -> dict[str, Any]:
+           history_scale: float = 1.0, overlap: bool = False) -> dict[str, Any]:
     """`history_noise` and `history_scale`: the history had other solve times (a regime
-    change since); by default, the same as now."""
+    change since); by default, the same as now. `overlap`: jobs overlap in time as they
+    do live (see `overlapping`); else each is answered before the next is asked."""
     modes = user_modes(seed)
     model = SolveTimes()
     earlier_noise = noise if history_noise is None else history_noise
     for _, user, text in plan_messages(seed + 1000, rate, history / rate):
         model.learn(modes[user], len(text), solve_seconds(seed + 1000, modes[user], text,
                                                           earlier_noise, history_scale))
-    ours: list[tuple[int, float]] = []  # (polls, lag) per job
+    jobs = [(at, modes[user], len(text), solve_seconds(seed, modes[user], text, noise))
+            for at, user, text in plan_messages(seed, rate, duration)]
+    ours = overlapping(jobs, model, timing) if overlap else one_by_one(jobs, model, timing)
     sample: list[tuple[int, float]] = []
-    for _, user, text in plan_messages(seed, rate, duration):
-        solved = solve_seconds(seed, modes[user], text, noise)
-        estimate = model.estimate(modes[user], len(text))
-        moment, missed, polls = 0.0, None, 0
-        while polls == 0 or moment < solved:
-            missed = moment if polls else None
-            moment += next_poll_after(moment, estimate, timing)
-            polls += 1
-            if polls == 1:
-                model.first_poll(modes[user], estimate, asked_at=moment,
-                                 found=moment >= solved)
-        ours.append((polls, moment - solved))
-        model.learn(modes[user], len(text), solved_after(missed, moment, estimate))
+    for *_, solved in jobs:
         moment, polls = SAMPLE_FIRST_WAIT, 1
         while moment < solved:
             moment += SAMPLE_EVERY
@@ -63,6 +59,85 @@ def replay(noise: float, timing: PollTiming, *, seed: int = 1, rate: float = 25.
         sample.append((polls, moment - solved))
     return {"noise": noise, "ours": summary(ours[-3000:]),
             "baseline": summary(sample[-3000:])}
+
+
+Job = tuple[float, str, int, float]  # created at (s), mode, length, solve time (s)
+
+
+def one_by_one(jobs: list[Job], model: SolveTimes, timing: PollTiming) -> list[tuple[int, float]]:
+    """(polls, lag) per job, each job's answer found and learned before the next job."""
+    ours = []
+    for _, mode, length, solved in jobs:
+        estimate = model.estimate(mode, length)
+        moment, missed, polls = 0.0, None, 0
+        while polls == 0 or moment < solved:
+            missed = moment if polls else None
+            moment += next_poll_after(moment, estimate, timing)
+            polls += 1
+            if polls == 1:
+                model.first_poll(mode, estimate, asked_at=moment, found=moment >= solved)
+        ours.append((polls, moment - solved))
+        model.learn(mode, length, solved_after(missed, moment, estimate))
+    return ours
+
+
+@dataclass(order=True)
+class _Pending:
+    due: float  # seconds from the start
+    order: int
+    job: Job = field(compare=False)
+    estimate: Estimate = field(compare=False)
+    missed_at: float | None = field(default=None, compare=False)  # seconds after create
+    polls: int = field(default=0, compare=False)
+
+
+def overlapping(jobs: list[Job], model: SolveTimes,
+                timing: PollTiming) -> list[tuple[int, float]]:
+    """(polls, lag) per job, in the order found, the jobs overlapping in time as live, by
+    PollScheduler's rules (no budget): each job planned by the model as it is when the
+    job is watched (or later, once the model is much wider), safety polls while its
+    spread is unproven, the answers learned when found, and the jobs waiting planned
+    again (never later) when the spread comes into doubt."""
+    def next_poll(entry: _Pending, now: float) -> float:
+        latest = model.estimate(entry.job[1], entry.job[2])
+        if latest.sigma > entry.estimate.sigma * WIDER:
+            entry.estimate = latest
+        last_poll = None if model.spread_proven else (entry.missed_at or 0.0)
+        return next_poll_after(now - entry.job[0], entry.estimate, timing, last_poll=last_poll)
+
+    pending: list[_Pending] = []
+    order = itertools.count()
+    arrivals = iter(jobs)
+    upcoming = next(arrivals, None)
+    ours: list[tuple[int, float]] = []
+    doubts = model.doubts
+    while pending or upcoming:
+        if upcoming and (not pending or upcoming[0] <= pending[0].due):
+            entry = _Pending(upcoming[0], next(order), upcoming,
+                             model.estimate(upcoming[1], upcoming[2]))
+            entry.due += next_poll(entry, upcoming[0])
+            heapq.heappush(pending, entry)
+            upcoming = next(arrivals, None)
+            continue
+        entry = heapq.heappop(pending)
+        (created, mode, length, solved), now = entry.job, entry.due
+        moment, entry.polls = now - created, entry.polls + 1
+        if entry.polls == 1:
+            model.first_poll(mode, entry.estimate, asked_at=moment, found=moment >= solved)
+        if moment >= solved:
+            ours.append((entry.polls, moment - solved))
+            model.learn(mode, length, solved_after(entry.missed_at, moment, entry.estimate))
+            model.found(entry.estimate, missed_at=entry.missed_at, found_at=moment)
+        else:
+            entry.missed_at = moment
+            entry.due = now + next_poll(entry, now)
+            heapq.heappush(pending, entry)
+        if model.doubts != doubts:
+            doubts = model.doubts
+            for waiting in pending:
+                waiting.due = min(waiting.due, now + next_poll(waiting, now))
+            heapq.heapify(pending)
+    return ours
 
 
 def summary(jobs: list[tuple[int, float]]) -> dict[str, float]:
@@ -83,18 +158,23 @@ def main() -> int:
                         help="the σ the history's solve times had (default: --noise)")
     parser.add_argument("--history-scale", type=float, default=1.0,
                         help="the history's solve times were this many times today's")
+    parser.add_argument("--overlap", action="store_true",
+                        help="jobs overlap in time as live: planned when watched, learned "
+                             "when found (else each is done before the next)")
     defaults = PollTiming()
-    for name in ("hit_chance", "min_gap", "max_gap", "earliest"):
+    for name in ("hit_chance", "min_gap", "max_gap", "earliest", "safety_gap", "safety_spread"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float,
                             default=getattr(defaults, name))
     args = parser.parse_args()
-    timing = PollTiming(args.hit_chance, args.min_gap, args.max_gap, args.earliest)
+    timing = PollTiming(args.hit_chance, args.min_gap, args.max_gap, args.earliest,
+                        args.safety_gap, args.safety_spread)
     print("| noise σ | polls per job: ours / baseline (ratio) | lag p50 (s) | lag p99 (s) "
           "| lag worst (s) | answers > 5 s late |")
     print("|---|---|---|---|---|---|")
     for noise in args.noise:
         result = replay(noise, timing, duration=args.duration, history=args.history,
-                        history_noise=args.history_noise, history_scale=args.history_scale)
+                        history_noise=args.history_noise, history_scale=args.history_scale,
+                        overlap=args.overlap)
         ours, base = result["ours"], result["baseline"]
         print(f"| {noise} | {ours['polls']:.2f} / {base['polls']:.2f} "
               f"({ours['polls'] / base['polls']:.2f}) | {ours['lag_p50']:.2f} / "
