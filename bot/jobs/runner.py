@@ -121,7 +121,6 @@ class JobRunner:
         # crash): job id -> when the server has surely finished with it.
         self._settling: dict[int, float] = {}
         self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
-        self._verdict_given = asyncio.Event()
         self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
         self._job_left = asyncio.Event()
 
@@ -234,9 +233,7 @@ class JobRunner:
             log.info("%d job(s) of key %s found mid-create: %s", len(stuck), lane.key,
                      _counted(verdicts) or "none decided yet")
         for job_id in stuck:
-            if self._verdicts.get(job_id):
-                del self._verdicts[job_id]
-                self._settling.pop(job_id, None)
+            if self._verdicts.pop(job_id, False):  # those spent are told by their tasks
                 await self._jobs.requeue(job_id)
                 log.info("job %s found mid-create is sent again: the balance shows it spent "
                          "nothing", job_id,
@@ -258,7 +255,7 @@ class JobRunner:
 
     async def _decide(self, lane: Lane, *, give_up: Iterable[int] = ()) -> dict[int, Verdict]:
         """The verdicts the key's balances seen now allow (and "assumed spent" on the
-        failed creates of `give_up`, if still undecided): recorded, and their jobs woken."""
+        failed creates of `give_up`, if still undecided): recorded for their jobs."""
         verdicts = lane.ledger.decide()
         for job_id in give_up:
             if lane.ledger.undecided(job_id):
@@ -273,7 +270,6 @@ class JobRunner:
         log.info("balances of key %s: %s; %d left settling", lane.key, _counted(verdicts),
                  len(self._of_lane(self._settling, lane)))
         self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
-        self._verdict_given.set()
         return verdicts
 
     async def _recall_balances(self, lane: Lane, since: float) -> None:
