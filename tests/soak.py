@@ -246,8 +246,10 @@ class SoakBot:
                     life.samples.append(Sample(time.monotonic(), int(line.split()[1])))
 
     def unfinished_jobs(self) -> int:
+        # An ending is stored before its user is told: not finished until told.
         rows = self.query("SELECT count(*) FROM jobs WHERE state IN "
-                          "('new', 'creating', 'pending', 'answered')")
+                          "('new', 'creating', 'pending', 'answered') "
+                          "OR (state IN ('failed', 'unknown') AND told = 0)")
         return int(rows[0]["count(*)"]) if rows else 0
 
     def query(self, sql: str) -> list[dict[str, Any]]:

@@ -263,6 +263,24 @@ async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
     assert after.chatinfo.calls["create_request"] == 2  # neither sent again
 
 
+async def test_a_balance_read_while_a_create_went_out_is_not_kept_for_the_next_start(
+        app: App) -> None:
+    """The read's balance may or may not have that create's debit in it: as an anchor
+    for the next start, pinned to when it was sent, it could look like a top-up."""
+    app.chatinfo.inject("units", Fault.slow(1.0))
+    job_id = await add_job(app)
+    resuming = asyncio.create_task(app.runner.resume())  # reads the balance, slowly
+    deadline = time.monotonic() + 5
+    while app.chatinfo.calls["units"] == 0:
+        assert time.monotonic() < deadline, "no balance read"
+        await asyncio.sleep(0.01)
+    app.runner.start(job_id)  # its create goes out while the read is on its way
+    await resuming
+    await app.settle()
+    assert app.chatinfo.calls["create_request"] == 1
+    assert await app.jobs.balance_anchor(key=next(iter(app.runner.lanes))) is None
+
+
 async def test_pending_job_is_polled_not_created_again(app: App) -> None:
     client = ChatinfoClient(app.chatinfo.base_url, "test-key")
     created = await client.create_request("resumed", "chat")

@@ -74,6 +74,7 @@ class BalanceLedger:
         self._failures: dict[int, _Failure] = {}
         self._in_flight: dict[int, float] = {}  # job id -> when its create was sent
         self._earlier = itertools.count(-1, -1)  # keys of `spent_earlier`, apart from jobs'
+        self.sends = 0  # creates sent so far
         self._blind = False  # a create succeeded without reporting the balance
 
     def read(self, balance: int, start: float, end: float) -> None:
@@ -83,6 +84,7 @@ class BalanceLedger:
     def sending(self, job_id: int, sent: float) -> None:
         """A create of ours is sent: until it ends, a gap it may fall in is open."""
         self._in_flight[job_id] = sent
+        self.sends += 1
 
     def ended(self, job_id: int) -> None:
         """The job's create ended spending nothing (a 429, a key turned away), or its

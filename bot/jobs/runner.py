@@ -241,8 +241,9 @@ class JobRunner:
 
     async def _read_into_ledger(self, lane: Lane) -> None:
         """Read the key's balance for its ledger. Kept for the next start too when none of
-        the key's creates was in flight: its ledger then begins from it."""
-        quiet = lane.ledger.in_flight == 0
+        the key's creates was in flight: its ledger then begins from it, as the balance at
+        the moment the read was sent."""
+        quiet, sends = lane.ledger.in_flight == 0, lane.ledger.sends
         read_at = time.time()
         actual = await self._read_balance(lane)
         if actual is None:
@@ -250,7 +251,7 @@ class JobRunner:
             return
         lane.ledger.read(actual, read_at, time.time())
         await lane.upstream.observe(actual)
-        if quiet and lane.ledger.in_flight == 0:
+        if quiet and lane.ledger.sends == sends:  # none sent during the read either
             await self._jobs.set_balance_anchor(actual, read_at, key=lane.key)
 
     async def _decide(self, lane: Lane, *, give_up: Iterable[int] = ()) -> dict[int, Verdict]:
