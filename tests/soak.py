@@ -98,6 +98,7 @@ class Options:
     rate: float
     users: int
     chatinfo_faults: float
+    replied_create_faults: bool
     telegram_faults: float
     kill_every: float
     long_share: float
@@ -118,6 +119,10 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--users", type=int, default=40, help="simulated users")
     parser.add_argument("--chatinfo-faults", type=float, default=0.05,
                         help="share of chatinfo calls that fail, of every kind")
+    parser.add_argument("--replied-create-faults", action="store_true",
+                        help="create_request fails only with the API's own reply (a 500, a "
+                             "garbled body, a 429): no timeouts, drops or gateway errors, "
+                             "whose unit the balance can place only within 60 s")
     parser.add_argument("--telegram-faults", type=float, default=0.05,
                         help="share of sendMessage/editMessageText/getUpdates calls that fail")
     parser.add_argument("--kill-every", type=float, default=60.0,
@@ -305,8 +310,11 @@ async def drive(options: Options, workdir: Path) -> int:
     telegram = ChaoticTelegram(options.telegram_faults, options.seed)
     async with (FakeChatinfo({API_KEY: "prestige"}, units=10_000_000, answer=answers,
                              solve_time=answers.solve_time) as chatinfo, telegram):
-        chatinfo.inject_random(standard_faults(CLIENT_TIMEOUT + 5), options.chatinfo_faults,
-                               seed=options.seed)
+        faults = standard_faults(CLIENT_TIMEOUT + 5)
+        if options.replied_create_faults:
+            faults["create_request"] = [fault for fault in faults["create_request"]
+                                        if fault.status in (200, 429, 500)]
+        chatinfo.inject_random(faults, options.chatinfo_faults, seed=options.seed)
         bot = SoakBot(workdir, {
             "CHATINFO_API_KEY": API_KEY, "CHATINFO_BASE_URL": chatinfo.base_url,
             "TELEGRAM_API_URL": telegram.base_url, "DAILY_QUOTA": "0",
