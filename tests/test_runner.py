@@ -489,6 +489,26 @@ async def test_cancel_leaves_an_answer_on_its_way_alone(app: App) -> None:
     assert await state_of(app, job_id) is JobState.ANSWERED
 
 
+async def test_cancel_while_the_balance_settles_a_failed_create_takes_it_as_spent(
+        make_app: AppFactory) -> None:
+    """Its unit may be gone: never sent again, its user told it may have counted."""
+    app = await make_app(policy=replace(FAST_POLLS, create_settles_after=30.0))
+    app.chatinfo.inject("create_request", Fault.http(502))  # a gateway's: no word from the API
+    job_id = await add_job(app)
+    await app.runner.resume()
+    deadline = time.monotonic() + 5
+    while not any(e.text.startswith("⏳ The AI service did not confirm your")
+                  for e in app.sent(EditMessageText)):
+        assert time.monotonic() < deadline, "never shown as being checked"
+        await asyncio.sleep(0.02)
+
+    await app.runner.cancel(user_id=1)
+    await app.settle()
+    assert await state_of(app, job_id) is JobState.UNKNOWN
+    assert app.runner.reconciled == {"assumed_spent": 1}
+    assert app.chatinfo.calls["create_request"] == 1
+
+
 async def test_a_key_refused_while_polling_alerts_the_admins(make_app: AppFactory) -> None:
     app = await make_app(admin_ids="900")
     client = ChatinfoClient(app.chatinfo.base_url, "test-key")
