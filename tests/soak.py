@@ -77,13 +77,14 @@ from typing import Any, ClassVar
 from bot.jobs.failures import Failure, failure_text
 from bot.telegram.i18n import make_i18n
 from bot.telegram.render import render
+from bot.upstream.client import CREATE_TIMEOUT
 from bot.upstream.sandbox import FakeChatinfo, standard_faults
 from tests.botprocess import BOT_TOKEN, BotProcess
 from tests.fakes.telegram_api import Call, callback_update, message_update
 from tests.harness import FakeTelegram
 
 API_KEY = "soak-key"
-CLIENT_TIMEOUT = 20.0  # the bot's chatinfo read timeout (bot/upstream/client.py default)
+CLIENT_TIMEOUT = 20.0  # the bot's read timeout of polls (bot/upstream/client.py default)
 PLACEHOLDER_MARK = "⏳"
 SORRY = "😔 Something went wrong. Please try again."  # handlers/fallback.py on_error
 WARM_UP = 10.0  # seconds after a start before memory is sampled
@@ -310,7 +311,7 @@ async def drive(options: Options, workdir: Path) -> int:
     telegram = ChaoticTelegram(options.telegram_faults, options.seed)
     async with (FakeChatinfo({API_KEY: "prestige"}, units=10_000_000, answer=answers,
                              solve_time=answers.solve_time) as chatinfo, telegram):
-        faults = standard_faults(CLIENT_TIMEOUT + 5)
+        faults = standard_faults(CLIENT_TIMEOUT + 5, hung_create=CREATE_TIMEOUT + 5)
         if options.replied_create_faults:
             faults["create_request"] = [fault for fault in faults["create_request"]
                                         if fault.status in (200, 429, 500)]

@@ -281,12 +281,35 @@ async def test_create_that_spent_a_unit_is_not_retried(
 async def test_create_read_timeout_is_not_retried(
     server: FakeChatinfo, make_client: ClientFactory
 ) -> None:
-    client = make_client(timeout=0.2)
+    client = make_client(create_timeout=0.2)
     server.inject("create_request", Fault.slow(1.5))
     with pytest.raises(UpstreamUnavailable) as caught:
         await client.create_request("hi", "chat")
     assert caught.value.maybe_spent is True
+    assert caught.value.finished is False  # the server may yet debit it
     assert server.calls["create_request"] == 1
+
+
+async def test_a_slow_create_is_waited_for_longer_than_a_poll(
+    server: FakeChatinfo, make_client: ClientFactory
+) -> None:
+    client = make_client(timeout=0.2, create_timeout=5.0)
+    server.inject("create_request", Fault.slow(0.5))
+    assert (await client.create_request("hi", "chat")).id == 1
+    server.inject("get_response", Fault.slow(0.5), times=ATTEMPTS)
+    with pytest.raises(UpstreamUnavailable):
+        await client.get_response(1)
+
+
+@pytest.mark.parametrize(("status", "finished"), [(500, True), (502, True), (503, True),
+                                                  (504, False)])
+async def test_only_a_gateway_timeout_leaves_a_create_maybe_still_processed(
+    server: FakeChatinfo, client: ChatinfoClient, status: int, finished: bool
+) -> None:
+    server.inject("create_request", Fault.http(status))
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await client.create_request("hi", "chat")
+    assert caught.value.finished is finished
 
 
 async def test_connection_refused_is_retried_attempts_times() -> None:
@@ -385,7 +408,7 @@ async def test_a_create_the_server_read_may_be_spent_and_is_not_retried(
             await client.close()
     assert caught.value.maybe_spent is True
     assert caught.value.connected is True
-    assert caught.value.answered is False
+    assert caught.value.finished is True  # the server closed it: done with it
 
 
 async def test_waiting_for_a_connection_is_not_sent(server: FakeChatinfo) -> None:
@@ -476,7 +499,7 @@ async def test_key_never_leaks(
     caplog.set_level(logging.DEBUG)
     server.solve_time = 0.0
     client = make_client()
-    impatient = make_client(timeout=0.2)
+    impatient = make_client(create_timeout=0.2)
     errors: list[ChatinfoError] = []
 
     async def expect_error(call: Awaitable[Any]) -> None:

@@ -360,7 +360,7 @@ async def test_blocked_user_ends_the_job_without_retrying(app: App) -> None:
 @pytest.mark.parametrize("spent", [False, True])
 async def test_a_create_failed_without_the_servers_word_is_settled_by_the_balance_later(
         app: App, spent: bool) -> None:
-    app.chatinfo.inject("create_request", Fault.http(502, "<html>bad gateway</html>",
+    app.chatinfo.inject("create_request", Fault.http(504, "<html>gateway timeout</html>",
                                                      after_effect=spent))
     job_id = await add_job(app)
     await app.runner.resume()
@@ -493,7 +493,7 @@ async def test_cancel_while_the_balance_settles_a_failed_create_takes_it_as_spen
         make_app: AppFactory) -> None:
     """Its unit may be gone: never sent again, its user told it may have counted."""
     app = await make_app(policy=replace(FAST_POLLS, create_settles_after=30.0))
-    app.chatinfo.inject("create_request", Fault.http(502))  # a gateway's: no word from the API
+    app.chatinfo.inject("create_request", Fault.http(504))  # a gateway gave up: it may still come
     job_id = await add_job(app)
     await app.runner.resume()
     deadline = time.monotonic() + 5

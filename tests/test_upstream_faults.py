@@ -55,12 +55,6 @@ def answer(mode: str, content: str) -> str:
     return ANSWER_PREFIX + content
 
 
-def answered(fault: Fault) -> bool:
-    """Whether the API itself replied (its 500, a garbled body): done with the call. A
-    gateway's 502 may come while the server behind it still works."""
-    return not fault.drop and fault.status in (200, 500)
-
-
 def may_have_spent(fault: Fault) -> bool:
     """Whether the bot, seeing this fault on create_request, cannot know if a unit went."""
     return fault.status is None or fault.status >= 500 or fault.status == 200
@@ -136,6 +130,7 @@ async def chaotic_app(tmp_path: Path) -> AsyncIterator[App]:
         # The client's window is the fake's, shrunk alike, with a margin for transit time
         # as in production (61 s against 60).
         client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                create_timeout=CLIENT_TIMEOUT,
                                 create_per_min=CREATE_LIMIT, poll_per_min=POLL_LIMIT,
                                 window=WINDOW * 1.1)
         async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
@@ -218,6 +213,7 @@ async def test_each_create_fault_once(tmp_path: Path, fault: Fault, spent: bool,
                                       expected: Failure | None) -> None:
     async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
         client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                create_timeout=CLIENT_TIMEOUT,
                                 window=TEST_WINDOW)
         async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
             chatinfo.inject("create_request", fault)
@@ -435,7 +431,7 @@ async def test_a_failed_create_without_reply_the_balance_shows_spent_is_decided_
         async with built_app(tmp_path, chatinfo, client=client, policy=policy) as app:
             await app.feed(message_update(9, "first"))
             await finish(app, 1, timeout=10)
-            chatinfo.inject("create_request", Fault.disconnect(after_effect=True))
+            chatinfo.inject("create_request", Fault.http(504, after_effect=True))
             await app.feed(message_update(10, "second"))
             await finish(app, 2, timeout=5)  # well before its 30 s
             last = (await endings(app))[-1]
@@ -447,17 +443,22 @@ async def test_a_failed_create_without_reply_the_balance_shows_spent_is_decided_
     assert reconciled == {"spent": 1}
 
 
-async def test_a_failed_create_without_reply_is_sent_again_only_once_its_server_is_done(
-        tmp_path: Path) -> None:
-    # The balance is unchanged at once, but the server may still be working on the call: a
-    # debit may yet come, so it is sent again only after its window, never on the first look.
+@pytest.mark.parametrize(("fault", "done_at_once"), [
+    (Fault.http(504), False),  # a gateway gave up waiting: the server may still debit it
+    (Fault.disconnect(), True),  # the server closed the connection: done with it
+    (Fault.http(502), True),  # the gateway saw the server fail: done with it
+], ids=lambda value: value.kind if isinstance(value, Fault) else str(value))
+async def test_a_failed_create_is_sent_again_only_once_its_server_is_done(
+        tmp_path: Path, fault: Fault, done_at_once: bool) -> None:
+    # The balance is unchanged at once; while the server may still be working on the call,
+    # a debit may yet come, so it is sent again only after its window.
     async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
         client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
         async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
             await app.feed(message_update(9, "first"))
             await finish(app, 1, timeout=10)
             units_before = chatinfo.calls["units"]
-            chatinfo.inject("create_request", Fault.http(502))  # a gateway's; nothing spent
+            chatinfo.inject("create_request", fault)  # nothing spent
             await app.feed(message_update(10, "second"))
             await finish(app, 2, timeout=10)
             last = (await endings(app))[-1]
@@ -465,8 +466,13 @@ async def test_a_failed_create_without_reply_is_sent_again_only_once_its_server_
 
     assert last.text == ANSWER_PREFIX + "second"
     failed, again = chatinfo.served_for("create_request", content="second")
-    assert again.arrived_at - failed.arrived_at >= POLICY.create_settles_after
-    assert chatinfo.calls["units"] == units_before + 2  # at once, and once it was done
+    waited = again.arrived_at - failed.arrived_at
+    if done_at_once:
+        assert waited < POLICY.create_settles_after / 2
+        assert chatinfo.calls["units"] == units_before + 1
+    else:
+        assert waited >= POLICY.create_settles_after
+        assert chatinfo.calls["units"] == units_before + 2  # at once, and once it was done
     assert reconciled == {"unspent": 1} and chatinfo.units == 998
 
 
@@ -475,6 +481,7 @@ async def test_a_late_debit_after_an_unchanged_balance_is_still_seen(tmp_path: P
     # first look sees nothing spent, and must not send it again on that.
     async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
         client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, timeout=CLIENT_TIMEOUT,
+                                create_timeout=CLIENT_TIMEOUT,
                                 window=TEST_WINDOW)
         async with built_app(tmp_path, chatinfo, client=client, policy=POLICY) as app:
             await app.feed(message_update(9, "first"))
@@ -505,10 +512,10 @@ async def test_a_failed_create_decided_at_once_leaves_no_doubt_over_the_next_one
         async with built_app(tmp_path, chatinfo, client=client, policy=policy) as app:
             await app.feed(message_update(9, "first"))
             await finish(app, 1, timeout=10)
-            chatinfo.inject("create_request", Fault.http(502, after_effect=True))
+            chatinfo.inject("create_request", Fault.http(504, after_effect=True))
             await app.feed(message_update(10, "second"))
             await finish(app, 2, timeout=3)
-            chatinfo.inject("create_request", Fault.disconnect())  # nothing spent
+            chatinfo.inject("create_request", Fault.http(504))  # nothing spent
             await app.feed(message_update(11, "third"))
             await finish(app, 3, timeout=15)
             second, third = (await endings(app))[1:]

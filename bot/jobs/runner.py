@@ -553,11 +553,11 @@ class JobRunner:
         if not error.maybe_spent:
             await self._tell(job, Failure.UNREACHABLE, str(error))
             return False
-        # With the API's own reply (a 500, a garbled body) the server is done with the
-        # call: any debit of it came before the reply. Without (a timeout, a dropped
-        # connection, a gateway's 5xx) it may still be working on it.
+        # Once the server (or its gateway) replied or closed the connection, it is done
+        # with the call: any debit of it came before. After a timeout (ours, a gateway's
+        # 504) it may still be working on it.
         noticed = time.time()
-        done_by = noticed if error.answered else sent + self._policy.create_settles_after
+        done_by = noticed if error.finished else sent + self._policy.create_settles_after
         self._settling[job.id] = done_by
         self._lane_of[job.id] = lane
         lane.ledger.failed(job.id, sent, done_by, noticed)

@@ -74,13 +74,13 @@ class UpstreamUnavailable(ChatinfoError):
     """
 
     def __init__(self, message: str, *, maybe_spent: bool, connected: bool = True,
-                 answered: bool = False) -> None:
+                 finished: bool = False) -> None:
         super().__init__(message)
         self.maybe_spent = maybe_spent
         self.connected = connected  # False: the server could not be reached at all
-        # True: the server replied (a 5xx, a garbled body), so it is done with the call;
-        # without a reply (a timeout, a dropped connection) it may still be working on it.
-        self.answered = answered
+        # True: the server (or its gateway) replied or closed the connection, so it is done
+        # with the call; after a timeout (ours, or a gateway's 504) it may still be working.
+        self.finished = finished
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,11 @@ class CreatedRequest:
     id: int
     units: int | None
 
+
+CONNECT_TIMEOUT = 5.0
+# Well short of the minute in which the server may still debit a create nobody answered
+# (`RunnerPolicy.create_settles_after`).
+CREATE_TIMEOUT = 45.0
 
 # These httpx errors happen before the request leaves us, so the server cannot have
 # counted it: the only failures besides 429 where retrying create_request is safe.
@@ -106,6 +111,7 @@ class ChatinfoClient:
         attempts: int = 3,
         backoff: float = 0.5,
         timeout: float = 20.0,
+        create_timeout: float = CREATE_TIMEOUT,
         window: float = WINDOW_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: AttemptObserver | None = None,
@@ -119,8 +125,12 @@ class ChatinfoClient:
         base = base_url.rstrip("/") + "/api/gpt/"
         # Whole URLs, parsed once: a relative one is parsed and joined on every call.
         self._urls = {endpoint: httpx.URL(base + endpoint) for endpoint in (CREATE, POLL, UNITS)}
+        # A create answered late is still an answer; one given up on may have spent a unit
+        # nobody can tell from the balance for a minute. Polls are free to try again.
+        self._timeouts = {endpoint: httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
+                          for endpoint in (POLL, UNITS)}
+        self._timeouts[CREATE] = httpx.Timeout(create_timeout, connect=CONNECT_TIMEOUT)
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport or AiohttpTransport(limits),
             headers={"User-Agent": "chatinfo-telegram-bot"},
         )
@@ -149,7 +159,7 @@ class ChatinfoClient:
         if body.get("success") is True and not isinstance(request_id, int):
             # It says it worked, so a unit went; without a usable id the answer is lost.
             raise UpstreamUnavailable(f"{CREATE}: success without a usable id",
-                                      maybe_spent=True, answered=True)
+                                      maybe_spent=True, finished=True)
         if body.get("success") is not True or not isinstance(request_id, int):
             raise _rejected(CREATE, 200, body)
         return CreatedRequest(id=request_id, units=_int_or_none(body.get("units")))
@@ -210,15 +220,17 @@ class ChatinfoClient:
         started = time.monotonic()
         try:
             response = await self._http.post(self._urls[endpoint],
-                                             json={**payload, "key": self._key})
+                                             json={**payload, "key": self._key},
+                                             timeout=self._timeouts[endpoint])
         except _NOT_SENT as error:
             self._observe(endpoint, error, started)
             raise UpstreamUnavailable(f"{endpoint}: cannot connect ({type(error).__name__})",
                                       maybe_spent=False, connected=False) from None
         except httpx.HTTPError as error:
             self._observe(endpoint, error, started)
-            raise UpstreamUnavailable(f"{endpoint}: {type(error).__name__}",
-                                      maybe_spent=not sent_is_safe) from None
+            raise UpstreamUnavailable(
+                f"{endpoint}: {type(error).__name__}", maybe_spent=not sent_is_safe,
+                finished=not isinstance(error, httpx.TimeoutException)) from None
         elapsed = self._observe(endpoint, response.status_code, started)
         if response.status_code != 429:
             self.limiters[endpoint].answered()  # 429s are counted where they are learned
@@ -237,10 +249,10 @@ def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) ->
     if status == 429:  # its body is not valid JSON, by the spec: do not parse it
         raise RateLimited(f"{endpoint}: rate limited (429)")
     if status >= 500:
-        # A gateway's 502/503/504 can come back while the server behind it still works on
-        # the call, so only the API's own 500 counts as an answer that ends it.
+        # Only a gateway's timeout (504) can come back while the server behind it still
+        # works on the call; any other 5xx ends it.
         raise UpstreamUnavailable(f"{endpoint}: server error {status}", maybe_spent=maybe_spent,
-                                  answered=status == 500)
+                                  finished=status != 504)
     try:
         body = response.json()
     except ValueError:
@@ -254,7 +266,7 @@ def _interpret(endpoint: str, response: httpx.Response, *, maybe_spent: bool) ->
         return {"solving": True}  # the status alone says "still solving"
     if not isinstance(body, dict):
         raise UpstreamUnavailable(f"{endpoint}: unparsable body (HTTP {status})",
-                                  maybe_spent=maybe_spent, answered=True)
+                                  maybe_spent=maybe_spent, finished=True)
     if status not in (200, 202):
         raise _rejected(endpoint, status, body)
     return body

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from bot.config import MAX_CONTENT_CHARS, RATE_LIMITS
 from bot.modes import MODES_BY_NAME
+from bot.upstream.client import CREATE_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +109,19 @@ class Fault:
         return f"{name} (spent)" if self.after_effect else name
 
 
-def standard_faults(slow_delay: float) -> dict[str, list[Fault]]:
+def standard_faults(slow_delay: float, hung_create: float | None = None
+                    ) -> dict[str, list[Fault]]:
     """Every kind of misbehaviour per endpoint, for random injection.
 
-    `slow_delay` should exceed the client's read timeout so a slow reply is a timeout.
-    A slow create_request is processed after its delay, so it spends a unit unseen.
+    `slow_delay` should exceed the client's read timeout of polls so a slow reply is a
+    timeout; a create is waited for longer. `hung_create`, beyond that, is a create the
+    client gives up on, processed after it: it spends a unit unseen.
     """
     transient = [Fault.http(500, "Internal Server Error"), Fault.http(502), Fault.slow(slow_delay),
                  Fault.disconnect(), Fault.truncated(), Fault.rate_limited()]
+    hung = [] if hung_create is None else [Fault.slow(hung_create)]
     return {
-        "create_request": [*transient, Fault.http(502, after_effect=True),
+        "create_request": [*transient, *hung, Fault.http(502, after_effect=True),
                            Fault.disconnect(after_effect=True), Fault.truncated(after_effect=True)],
         "get_response": [*transient, Fault.not_found()],
         "units": [Fault.http(502), Fault.disconnect(), Fault.rate_limited()],
@@ -462,7 +466,8 @@ async def _serve(args: argparse.Namespace) -> None:
                           key_units=dict.fromkeys(keys, args.units) if len(keys) > 1 else None,
                           solve_time=args.solve_time)
     if args.fault_rate:
-        server.inject_random(standard_faults(args.slow_delay), args.fault_rate, seed=args.seed)
+        server.inject_random(standard_faults(args.slow_delay, CREATE_TIMEOUT + 5),
+                             args.fault_rate, seed=args.seed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
