@@ -194,6 +194,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_acknowledged ON jobs (upstream_key, upstream_at)
         WHERE upstream_at IS NOT NULL;
     """,
+    """
+    -- The creates of the last minute count in the server's window after a restart too.
+    CREATE INDEX jobs_by_sent ON jobs (upstream_key, sent_at) WHERE sent_at IS NOT NULL;
+    """,
 )
 
 

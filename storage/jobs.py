@@ -204,6 +204,13 @@ class JobRepo:
         return [(None if units is None else int(units), None if sent is None else float(sent),
                  float(acked)) for units, sent, acked in rows]
 
+    async def sent_from(self, moment: float, *, key: str) -> list[float]:
+        """When each create sent with `key` from `moment` on was sent (a job's last one)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT sent_at FROM jobs WHERE upstream_key = ? AND sent_at >= ? ORDER BY sent_at",
+            (key, moment))
+        return [float(row[0]) for row in rows]
+
     async def taken_as_spent_from(self, moment: float, *, key: str) -> list[float]:
         """When each create sent with `key` from `moment` on that failed and was taken as
         spent (its job unknown, or since retried) was sent."""

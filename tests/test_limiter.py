@@ -167,6 +167,16 @@ async def test_delay_and_in_use() -> None:
     assert time.sleeps == []  # every acquire above was allowed at once
 
 
+async def test_calls_recalled_from_a_previous_run_fill_the_window() -> None:
+    time = FakeTime(start=100.0)
+    limiter = time.limiter(limit=3, period=10.0)
+    limiter.recall([9.0, 4.0, 10.0, 25.0])  # those 10 s ago or more have left the window
+    assert (limiter.delay(), limiter.in_use()) == (0.0, 2)
+    assert limiter.window_clears_at() == 101.0  # the one made 9 s ago
+    await limiter.acquire()  # at 100: the window holds 91, 96, 100
+    assert (limiter.delay(), limiter.in_use()) == (1.0, 3)
+
+
 async def test_concurrent_waiters_are_served_in_arrival_order() -> None:
     time = FakeTime()
     limiter = time.limiter(limit=1, period=10.0)

@@ -23,7 +23,7 @@ from bot.jobs.poll_scheduler import (
     possible_from,
 )
 from bot.jobs.solve_times import MIN_SIGMA, PRIOR, RECENT, Estimate, SolveTimes
-from bot.upstream.client import RateLimited, RequestRejected
+from bot.upstream.client import CREATE, RateLimited, RequestRejected
 from bot.upstream.limiter import SlidingWindowLimiter
 from storage.jobs import JobState
 from tests.benchmarks.load import peak_in_window
@@ -556,6 +556,24 @@ async def test_the_first_call_after_a_start_is_a_probe() -> None:
         await asyncio.wait_for(turns[2], 1.0)
     finally:
         await queue.stop()
+
+
+async def test_a_restart_counts_the_creates_of_the_last_window_in_its_budget(
+        make_app: AppFactory) -> None:
+    """The server's window still holds them: a 429 after the start is then waited out until
+    the oldest leaves it, not for a whole window from the first call of the new run."""
+    first = await make_app()
+    for n in range(3):
+        await first.feed(message_update(100 + n, f"q{n}"))
+    await first.settle()
+    await first.runner.stop()
+
+    second = await make_app()
+    [lane] = second.runner.lanes.values()
+    budget = lane.upstream.budget(CREATE)
+    assert budget.in_use() == 0
+    await second.runner.resume()
+    assert budget.in_use() == 3
 
 
 async def test_queued_requests_survive_a_restart(make_app: AppFactory,

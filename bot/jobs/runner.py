@@ -41,6 +41,7 @@ from bot.jobs.view import JobView
 from bot.logs import job_event
 from bot.services import Service, Services
 from bot.upstream.client import (
+    CREATE,
     UNITS,
     AccessDenied,
     ChatinfoError,
@@ -164,6 +165,7 @@ class JobRunner:
         # Rows from before the pool name no key: theirs was the primary (CHATINFO_API_KEY).
         await self._jobs.adopt_unkeyed(self._primary.key)
         for lane in self.lanes.values():
+            await self._recall_creates(lane)
             await self._reconcile_mid_create(lane)
         if gone := await self._jobs.mid_create(keys_except=list(self.lanes)):
             log.info("%d job(s) found mid-create with a key no longer configured", len(gone))
@@ -184,6 +186,14 @@ class JobRunner:
         if resumed:
             log.info("resuming %d unfinished jobs", resumed)
         return resumed
+
+    async def _recall_creates(self, lane: Lane) -> None:
+        """Count the key's creates of the last window, sent before the start, in its budget:
+        the server still does. After a 429 the queue then waits for the oldest of them to
+        leave the window, not for a whole window from its first call of this run."""
+        budget, now = lane.upstream.budget(CREATE), time.time()
+        sent = await self._jobs.sent_from(now - budget.period, key=lane.key)
+        budget.recall(now - moment for moment in sent)
 
     def _lane(self, job: Job) -> Lane | None:
         """The lane of the key the job was sent with; None if that key is no longer

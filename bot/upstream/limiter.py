@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 LEARN_AFTER_429S = 3
 # 429s are taken as the server's real limit only when they are at least this share of its
@@ -107,6 +107,14 @@ class SlidingWindowLimiter:
         step = max(1, self.limit // 10, (self.configured - self.limit) // 10)
         self.limit = min(self.configured, self.limit + step)
         self._raised_at = now
+
+    def recall(self, ages: Iterable[float]) -> None:
+        """Calls made `ages` seconds ago (by a previous run): the server's window still
+        holds those of the last period, so ours must too."""
+        now = self._clock()
+        earlier = sorted(now - age for age in ages if 0 <= age < self.period)
+        kept = sorted([*earlier, *self._stamps])[-self.configured:]
+        self._stamps = deque(kept, maxlen=self.configured)
 
     def window_clears_at(self) -> float:
         """When the oldest call of the current window leaves it (now, if none is in it)."""
