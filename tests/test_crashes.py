@@ -180,8 +180,8 @@ def assert_answered_once(run: CrashRun, expected_answer: str) -> None:
     assert (run.creates, run.spent_for_question) == (1, 1)  # one unit, never a second
 
 
-@pytest.mark.parametrize("point", [crashpoints.BEFORE_CREATE, crashpoints.WHILE_POLLING,
-                                   crashpoints.AFTER_RESULT])
+@pytest.mark.parametrize("point", [crashpoints.BEFORE_ADMISSION, crashpoints.BEFORE_CREATE,
+                                   crashpoints.WHILE_POLLING, crashpoints.AFTER_RESULT])
 async def test_the_restart_delivers_the_answer_exactly_once(runs: dict[str, CrashRun],
                                                             point: str) -> None:
     assert_answered_once(runs[point], f"answer to {QUESTION}")

@@ -13,12 +13,13 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+BEFORE_ADMISSION = "before_admission"  # the message received, its request not stored
 BEFORE_CREATE = "before_create"  # placeholder sent, create_request not sent
 AFTER_CREATE = "after_create"  # create_request answered, its id not stored
 WHILE_POLLING = "while_polling"  # upstream id stored, answer not yet fetched
 AFTER_RESULT = "after_result"  # answer stored, not yet shown
 BETWEEN_PARTS = "between_parts"  # first part of a long answer shown, the rest not
-POINTS = (BEFORE_CREATE, AFTER_CREATE, WHILE_POLLING, AFTER_RESULT, BETWEEN_PARTS)
+POINTS = (BEFORE_ADMISSION, BEFORE_CREATE, AFTER_CREATE, WHILE_POLLING, AFTER_RESULT, BETWEEN_PARTS)
 # A broadcast's copy accepted by Telegram, its recipient not yet marked sent.
 BROADCAST_AFTER_COPY = "broadcast_after_copy"
 

@@ -14,6 +14,7 @@ from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import ngettext
 
 from bot.config import MAX_CONTENT_CHARS
+from bot.jobs import crashpoints
 from bot.jobs.admission import Admission, QuotaClock, Redelivered, Refusal, Refused
 from bot.jobs.conversation import earlier_text
 from bot.jobs.failures import Failure, failure_text
@@ -47,6 +48,7 @@ class Submitter:
             await message.reply(_("✋ There is nothing to send: write your request as text, up "
                                   "to {limit} characters.").format(limit=MAX_CONTENT_CHARS))
             return
+        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
         verdict = await self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
@@ -90,6 +92,7 @@ class Submitter:
                        content: str, locale: str, question: str | None, action: str | None,
                        parent_id: int | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
+        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
         verdict = await self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
             mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
@@ -107,6 +110,7 @@ class Submitter:
         """A job from a chosen inline result, answered by editing that message; the refusal,
         if it was refused. Its chat is the user's private chat, where alone the whole of a
         long answer is shown."""
+        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
         verdict = await self._admission.admit(
             user_id=user_id, chat_id=user_id, source_message_id=None, locale=locale, mode=mode,
             content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id)

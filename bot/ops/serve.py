@@ -32,9 +32,9 @@ from aiogram.client.session.middlewares.base import (
 )
 from aiogram.dispatcher.event.handler import HandlerObject
 from aiogram.exceptions import TelegramAPIError
-from aiogram.methods import TelegramMethod
+from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
-from aiogram.types import TelegramObject
+from aiogram.types import TelegramObject, Update
 
 from bot.config import Settings
 from bot.ops.health import HealthCheck, Probe, Unhealthy
@@ -45,6 +45,7 @@ from bot.telegram.retries import with_retries
 log = logging.getLogger(__name__)
 UPDATES_GRACE = 3.0  # for updates being handled when the stop begins
 CALLS_GRACE = 1.5  # for Telegram calls still in flight after the dispatcher's shutdown
+CONFIRM_PATIENCE = 10.0  # how long the next getUpdates waits for the updates being handled
 
 
 class StartupError(Exception):
@@ -83,13 +84,18 @@ class InFlight:
 class UpdatesInFlight(BaseMiddleware):
     """An outer middleware on `dp.update`: every update from receipt to handled."""
 
-    def __init__(self, in_flight: InFlight) -> None:
+    def __init__(self, in_flight: InFlight, handed_out: HandedOut) -> None:
         self._in_flight = in_flight
+        self._handed_out = handed_out
 
     async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
                        event: TelegramObject, data: dict[str, Any]) -> Any:
-        with self._in_flight.track():
-            return await handler(event, data)
+        try:
+            with self._in_flight.track():
+                return await handler(event, data)
+        finally:
+            if isinstance(event, Update):
+                self._handed_out.handled(event.update_id)
 
 
 class CallsInFlight(BaseRequestMiddleware):
@@ -102,6 +108,49 @@ class CallsInFlight(BaseRequestMiddleware):
                        method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
         with self._in_flight.track():
             return await make_request(bot, method)
+
+
+class HandedOut(BaseRequestMiddleware):
+    """A session middleware: getUpdates waits for the updates the last one handed out.
+
+    Its offset tells Telegram to forget every update before it, and aiogram asks again as
+    soon as it has handed the last ones to their handlers. A crash before a handler had
+    stored its request would lose the message; asked only once they are handled, Telegram
+    delivers them again after a crash (a second copy of a message is ignored). A handler
+    still busy after `CONFIRM_PATIENCE` (a Telegram call retried) holds polling no longer.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[int] = set()
+        self._all_handled = asyncio.Event()
+        self._all_handled.set()
+
+    def handled(self, update_id: int) -> None:
+        self._pending.discard(update_id)
+        if not self._pending:
+            self._all_handled.set()
+
+    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
+                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
+        polls = isinstance(method, GetUpdates)  # not narrowing `method`: make_request's type
+        if not polls:
+            return await make_request(bot, method)
+        try:
+            async with asyncio.timeout(CONFIRM_PATIENCE):
+                await self._all_handled.wait()
+        except TimeoutError:
+            log.warning("%d update(s) still being handled are confirmed to Telegram",
+                        len(self._pending))
+            self._pending.clear()
+        response = await make_request(bot, method)
+        # Typed as the Response, it is the method's result: the updates.
+        updates: object = response
+        if isinstance(updates, list):
+            self._pending.update(update.update_id for update in updates
+                                 if isinstance(update, Update))
+        if self._pending:
+            self._all_handled.clear()
+        return response
 
 
 class Served(Protocol):
@@ -121,8 +170,8 @@ async def serve(settings: Settings, *, bot: Bot, app: Served) -> None:
     """Serve updates until a stop signal; the caller closes the clients and the database."""
     stop = _stop_on_signals()
     dp, health, metrics = app.dp, app.health, app.metrics
-    updates, calls = InFlight(), InFlight()
-    dp.update.outer_middleware(UpdatesInFlight(updates))
+    updates, calls, handed_out = InFlight(), InFlight(), HandedOut()
+    dp.update.outer_middleware(UpdatesInFlight(updates, handed_out))
     bot.session.middleware(CallsInFlight(calls))
     if settings.webhook_url is not None:
         assert settings.webhook_secret is not None, "Settings requires it with a webhook"
@@ -133,20 +182,21 @@ async def serve(settings: Settings, *, bot: Bot, app: Served) -> None:
                              updates)
     else:
         server = WebServer(make_web_app(health, metrics), settings.web_host, settings.web_port)
-        await _serve_polling(bot, dp, server, health, stop, updates)
+        await _serve_polling(bot, dp, server, health, stop, updates, handed_out)
     if not await calls.wait_idle(CALLS_GRACE):
         log.warning("%d Telegram call(s) still in flight at exit", calls.count)
     log.info("stopped")
 
 
 async def _serve_polling(bot: Bot, dp: Dispatcher, server: WebServer, health: HealthCheck,
-                         stop: asyncio.Event, updates: InFlight) -> None:
+                         stop: asyncio.Event, updates: InFlight, handed_out: HandedOut) -> None:
     await server.start()
     try:
         # A webhook left from a run in webhook mode would make every getUpdates fail.
         await with_retries(lambda: bot.delete_webhook(drop_pending_updates=False))
         if stop.is_set():
             return
+        bot.session.middleware(handed_out)
         # start_polling runs the dispatcher's shutdown as soon as polling ends; updates
         # still being handled get to finish first.
         dp.shutdown.handlers.insert(0, HandlerObject(_wait_for(updates, "update")))
