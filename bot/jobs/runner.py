@@ -42,6 +42,7 @@ from bot.logs import job_event
 from bot.services import Service, Services
 from bot.upstream.client import (
     CREATE,
+    CREATE_TIMEOUT,
     UNITS,
     AccessDenied,
     ChatinfoError,
@@ -76,11 +77,13 @@ class RunnerPolicy:
     # (and between reads of the balance, when one failed).
     balance_check_grace: float = 2.0
     # After this, the server has surely finished a create we sent (the client gives up at
-    # 20 s): a create that failed without the server's word is settled by the balance then.
+    # CREATE_TIMEOUT): one we gave up on is settled by the balance then.
     create_settles_after: float = 60.0
     # Past when a failed create was surely done, the balances seen get this long (for the
-    # creates in flight to report theirs, and for a units read) before it is assumed spent.
-    verdict_patience: float = 30.0
+    # creates in flight to report theirs, and for a units read) before it is assumed spent:
+    # long enough for every create in flight then to have ended, whose unit may be the
+    # one missing.
+    verdict_patience: float = CREATE_TIMEOUT + 5
     # create_request calls out at once: enough for the API's 1500 a minute at 0.6 s a
     # call, few enough that a crash or a burst of failures leaves few for the balance to
     # tell apart.
