@@ -199,3 +199,27 @@ def test_a_failure_taken_as_spent_before_a_restart_explains_a_unit_after_it() ->
     ledger.created(97, 3.0, 3.1)
     ledger.read(97, 70.0, 70.1)
     assert ledger.decide() == {7: SPENT}
+
+
+def test_a_unit_a_rival_still_at_work_may_explain_waits_for_the_rival_to_show_its_own() -> None:
+    """A create we gave up on (the server may debit it for a minute) and a short failed
+    one share a gap of one unit: undecided while the long one may yet show its unit
+    elsewhere. When it does, the shared unit is the short one's."""
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)  # given up on: done 60 s after it was sent
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)  # one missing: 1's or 2's
+    assert ledger.decide() == {}  # 1 may still show its own unit: 2 waits
+    ledger.created(96, 50.0, 50.1)  # one more missing, only 1 may explain it
+    ledger.read(96, 70.0, 70.1)
+    assert ledger.decide() == {1: SPENT, 2: SPENT}
+
+
+def test_a_unit_a_rival_done_without_a_unit_of_its_own_may_explain_stays_unknown() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)
+    assert ledger.decide() == {}
+    ledger.read(98, 70.0, 70.1)  # 1 is done, and showed no unit of its own
+    assert ledger.decide() == {1: ASSUMED, 2: ASSUMED}

@@ -167,9 +167,10 @@ class BalanceLedger:
         return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
 
     def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict | None:
-        """None: a create in flight may yet report a unit of a gap the failure may be in.
-        (None overlapping shows it spent nothing already: a debit of its would be missing
-        from the sightings for good, which those in flight can only add to.)"""
+        """None: a create in flight may yet report a unit of a gap the failure may be in,
+        or a rival failure may yet show its own. (None overlapping shows it spent nothing
+        already: a debit of its would be missing from the sightings for good, which those
+        in flight can only add to.)"""
         if gaps is None or not self._judgeable(failure, gaps):
             return Verdict.ASSUMED_SPENT
         mine = [gap for gap in gaps if gap.overlaps(failure)]
@@ -183,6 +184,11 @@ class BalanceLedger:
         near, rivals = self._around(failure, closed)
         if _coverable(near, [*rivals, failure]) and not _coverable(near, rivals):
             return Verdict.SPENT
+        # A rival the server may still be working on may yet show its own unit elsewhere,
+        # leaving this one's to this failure.
+        last_seen = max(s.start for s in self._sightings)
+        if any(rival.done_by > last_seen for rival in rivals):
+            return None
         return Verdict.ASSUMED_SPENT
 
     def _around(self, failure: _Failure, gaps: list[_Gap]) -> tuple[list[_Gap], list[_Failure]]:

@@ -42,7 +42,6 @@ from bot.logs import job_event
 from bot.services import Service, Services
 from bot.upstream.client import (
     CREATE,
-    CREATE_TIMEOUT,
     UNITS,
     AccessDenied,
     ChatinfoError,
@@ -59,6 +58,9 @@ Outcome = Answer | Exception  # what polling a job came to: its answer, or why i
 
 RESUME_PAGE = 500
 BALANCE_READ_PATIENCE = 5.0  # seconds a balance read may wait for the units budget
+# After this, the server has surely finished a create we sent, well past the client's
+# CREATE_TIMEOUT: one we gave up on is settled by the balance then.
+CREATE_SETTLES_AFTER = 60.0
 TELEGRAM_DOWN_FIRST_PAUSE = 5.0
 TELEGRAM_DOWN_MAX_PAUSE = 300.0
 
@@ -76,14 +78,13 @@ class RunnerPolicy:
     # Seconds between looks at the balances while a failed create waits for its verdict
     # (and between reads of the balance, when one failed).
     balance_check_grace: float = 2.0
-    # After this, the server has surely finished a create we sent (the client gives up at
-    # CREATE_TIMEOUT): one we gave up on is settled by the balance then.
-    create_settles_after: float = 60.0
+    create_settles_after: float = CREATE_SETTLES_AFTER
     # Past when a failed create was surely done, the balances seen get this long (for the
     # creates in flight to report theirs, and for a units read) before it is assumed spent:
-    # long enough for every create in flight then to have ended, whose unit may be the
-    # one missing.
-    verdict_patience: float = CREATE_TIMEOUT + 5
+    # long enough for every create in flight then to have ended, and every other failed
+    # create the server may still have been working on to be done, either of whose unit
+    # may be the one missing.
+    verdict_patience: float = CREATE_SETTLES_AFTER + 5
     # create_request calls out at once: enough for the API's 1500 a minute at 0.6 s a
     # call, few enough that a crash or a burst of failures leaves few for the balance to
     # tell apart.
