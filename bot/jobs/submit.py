@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from datetime import datetime
+from typing import Any
 
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
@@ -15,10 +16,11 @@ from aiogram.utils.i18n import ngettext
 
 from bot.config import MAX_CONTENT_CHARS
 from bot.jobs import crashpoints
-from bot.jobs.admission import Admission, QuotaClock, Redelivered, Refusal, Refused
+from bot.jobs.admission import Admission, QuotaClock, Redelivered, Refusal, Refused, Verdict
 from bot.jobs.conversation import earlier_text
 from bot.jobs.failures import Failure, failure_text
 from bot.jobs.runner import JobRunner
+from bot.telegram.receipt import secured
 from bot.telegram.wording import duration_text
 from storage.jobs import JobRepo
 
@@ -48,8 +50,7 @@ class Submitter:
             await message.reply(_("✋ There is nothing to send: write your request as text, up "
                                   "to {limit} characters.").format(limit=MAX_CONTENT_CHARS))
             return
-        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
-        verdict = await self._admission.admit(
+        verdict = await self._admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
             content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id,
@@ -85,6 +86,13 @@ class Submitter:
         finally:
             self._runner.start(job_id)  # whatever failed above, the admitted job goes on
 
+    async def _admit(self, **request: Any) -> Verdict:
+        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
+        verdict = await self._admission.admit(**request)
+        if not isinstance(verdict, Refused):
+            secured()  # stored (or stored before): Telegram may forget the update
+        return verdict
+
     def refusal_text(self, refusal: Refusal) -> str:
         return refusal_text(refusal, self.clock, self._admission.max_pending)
 
@@ -92,8 +100,7 @@ class Submitter:
                        content: str, locale: str, question: str | None, action: str | None,
                        parent_id: int | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
-        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
-        verdict = await self._admission.admit(
+        verdict = await self._admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
             mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
             question=question, action=action, parent_id=parent_id)
@@ -110,8 +117,7 @@ class Submitter:
         """A job from a chosen inline result, answered by editing that message; the refusal,
         if it was refused. Its chat is the user's private chat, where alone the whole of a
         long answer is shown."""
-        crashpoints.reach(crashpoints.BEFORE_ADMISSION)
-        verdict = await self._admission.admit(
+        verdict = await self._admit(
             user_id=user_id, chat_id=user_id, source_message_id=None, locale=locale, mode=mode,
             content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id)
         if isinstance(verdict, Redelivered):

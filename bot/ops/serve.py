@@ -40,12 +40,15 @@ from bot.config import Settings
 from bot.ops.health import HealthCheck, Probe, Unhealthy
 from bot.ops.metrics import Metrics
 from bot.ops.web import Webhook, WebServer, make_web_app
+from bot.telegram.receipt import receipt
 from bot.telegram.retries import with_retries
 
 log = logging.getLogger(__name__)
 UPDATES_GRACE = 3.0  # for updates being handled when the stop begins
 CALLS_GRACE = 1.5  # for Telegram calls still in flight after the dispatcher's shutdown
-CONFIRM_PATIENCE = 10.0  # how long the next getUpdates waits for the updates being handled
+# How long the next getUpdates waits for the updates handed out to be stored: milliseconds
+# but for a handler that replies before it stores anything, and Telegram is slow.
+CONFIRM_PATIENCE = 2.0
 
 
 class StartupError(Exception):
@@ -90,12 +93,12 @@ class UpdatesInFlight(BaseMiddleware):
 
     async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
                        event: TelegramObject, data: dict[str, Any]) -> Any:
+        update_id = event.update_id if isinstance(event, Update) else None
         try:
-            with self._in_flight.track():
+            with self._in_flight.track(), receipt(lambda: self._handed_out.handled(update_id)):
                 return await handler(event, data)
         finally:
-            if isinstance(event, Update):
-                self._handed_out.handled(event.update_id)
+            self._handed_out.handled(update_id)
 
 
 class CallsInFlight(BaseRequestMiddleware):
@@ -115,9 +118,10 @@ class HandedOut(BaseRequestMiddleware):
 
     Its offset tells Telegram to forget every update before it, and aiogram asks again as
     soon as it has handed the last ones to their handlers. A crash before a handler had
-    stored its request would lose the message; asked only once they are handled, Telegram
-    delivers them again after a crash (a second copy of a message is ignored). A handler
-    still busy after `CONFIRM_PATIENCE` (a Telegram call retried) holds polling no longer.
+    stored its request would lose the message; asked only once each is stored (`secured`,
+    bot/telegram/receipt.py) or handled, Telegram delivers them again after a crash (a
+    second copy of a message is ignored). One that takes longer than `CONFIRM_PATIENCE`
+    (a reply before anything is stored, and Telegram slow) holds polling no longer.
     """
 
     def __init__(self) -> None:
@@ -125,7 +129,8 @@ class HandedOut(BaseRequestMiddleware):
         self._all_handled = asyncio.Event()
         self._all_handled.set()
 
-    def handled(self, update_id: int) -> None:
+    def handled(self, update_id: int | None) -> None:
+        """The update's request is stored, or its handling is over."""
         self._pending.discard(update_id)
         if not self._pending:
             self._all_handled.set()
