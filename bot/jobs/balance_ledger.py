@@ -140,6 +140,8 @@ class BalanceLedger:
             final = verdict is Verdict.SPENT or not self._judgeable(failure, gaps)
             if final or failure.done_by <= last_seen:
                 verdicts[job_id] = failure.verdict = verdict
+                if verdict is Verdict.ASSUMED_SPENT:
+                    self._explain(job_id, failure, gaps)
         self._forget_settled()
         return verdicts
 
@@ -156,6 +158,8 @@ class BalanceLedger:
 
     def assume_spent(self, job_id: int) -> dict[int, Verdict]:
         """No balance tells (soon enough): the failed create is taken as spent."""
+        log.info("job %s: the balances did not tell in time whether its failed create spent",
+                 job_id)
         self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
         self._forget_settled()
         return {job_id: Verdict.ASSUMED_SPENT}
@@ -190,6 +194,15 @@ class BalanceLedger:
         if any(rival.done_by > last_seen for rival in rivals):
             return None
         return Verdict.ASSUMED_SPENT
+
+    def _explain(self, job_id: int, failure: _Failure, gaps: list[_Gap] | None) -> None:
+        """Why the balances cannot tell, for the log."""
+        if gaps is None or not self._judgeable(failure, gaps):
+            log.info("job %s: no balance to judge its failed create by", job_id)
+            return
+        near, rivals = self._around(failure, gaps)
+        log.info("job %s: %d unit(s) missing around its failed create, which %d other failed "
+                 "create(s) may explain", job_id, sum(gap.units for gap in near), len(rivals))
 
     def _around(self, failure: _Failure, gaps: list[_Gap]) -> tuple[list[_Gap], list[_Failure]]:
         """The gaps linked to the failure's through failed creates that overlap two, and
