@@ -32,7 +32,7 @@ from aiogram.client.session.middlewares.base import (
 )
 from aiogram.dispatcher.event.handler import HandlerObject
 from aiogram.exceptions import TelegramAPIError
-from aiogram.methods import GetUpdates, TelegramMethod
+from aiogram.methods import TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import TelegramObject, Update
 
@@ -40,15 +40,12 @@ from bot.config import Settings
 from bot.ops.health import HealthCheck, Probe, Unhealthy
 from bot.ops.metrics import Metrics
 from bot.ops.web import Webhook, WebServer, make_web_app
-from bot.telegram.receipt import receipt
+from bot.telegram.receipt import HandedOut, receipt
 from bot.telegram.retries import with_retries
 
 log = logging.getLogger(__name__)
 UPDATES_GRACE = 3.0  # for updates being handled when the stop begins
 CALLS_GRACE = 1.5  # for Telegram calls still in flight after the dispatcher's shutdown
-# How long the next getUpdates waits for the updates handed out to be stored: milliseconds
-# but for a handler that replies before it stores anything, and Telegram is slow.
-CONFIRM_PATIENCE = 2.0
 
 
 class StartupError(Exception):
@@ -111,51 +108,6 @@ class CallsInFlight(BaseRequestMiddleware):
                        method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
         with self._in_flight.track():
             return await make_request(bot, method)
-
-
-class HandedOut(BaseRequestMiddleware):
-    """A session middleware: getUpdates waits for the updates the last one handed out.
-
-    Its offset tells Telegram to forget every update before it, and aiogram asks again as
-    soon as it has handed the last ones to their handlers. A crash before a handler had
-    stored its request would lose the message; asked only once each is stored (`secured`,
-    bot/telegram/receipt.py) or handled, Telegram delivers them again after a crash (a
-    second copy of a message is ignored). One that takes longer than `CONFIRM_PATIENCE`
-    (a reply before anything is stored, and Telegram slow) holds polling no longer.
-    """
-
-    def __init__(self) -> None:
-        self._pending: set[int] = set()
-        self._all_handled = asyncio.Event()
-        self._all_handled.set()
-
-    def handled(self, update_id: int | None) -> None:
-        """The update's request is stored, or its handling is over."""
-        self._pending.discard(update_id)
-        if not self._pending:
-            self._all_handled.set()
-
-    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
-                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
-        polls = isinstance(method, GetUpdates)  # not narrowing `method`: make_request's type
-        if not polls:
-            return await make_request(bot, method)
-        try:
-            async with asyncio.timeout(CONFIRM_PATIENCE):
-                await self._all_handled.wait()
-        except TimeoutError:
-            log.warning("%d update(s) still being handled are confirmed to Telegram",
-                        len(self._pending))
-            self._pending.clear()
-        response = await make_request(bot, method)
-        # Typed as the Response, it is the method's result: the updates.
-        updates: object = response
-        if isinstance(updates, list):
-            self._pending.update(update.update_id for update in updates
-                                 if isinstance(update, Update))
-        if self._pending:
-            self._all_handled.clear()
-        return response
 
 
 class Served(Protocol):
