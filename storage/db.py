@@ -198,6 +198,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- The creates of the last minute count in the server's window after a restart too.
     CREATE INDEX jobs_by_sent ON jobs (upstream_key, sent_at) WHERE sent_at IS NOT NULL;
     """,
+    """
+    -- When the server was surely done with a create that failed and awaits the balance's
+    -- verdict: a restart goes on from it, not from "a minute after it was sent".
+    ALTER TABLE jobs ADD COLUMN create_done_by REAL;
+    """,
 )
 
 

@@ -277,10 +277,23 @@ class JobRepo:
     async def mark_creating(self, job_id: int, *, key: str | None = None,
                             sent_at: float | None = None) -> None:
         """About to send create_request (at `sent_at`), with the key of fingerprint `key`."""
-        fields: dict[str, Any] = {"state": JobState.CREATING, "sent_at": sent_at or time.time()}
+        fields: dict[str, Any] = {"state": JobState.CREATING, "sent_at": sent_at or time.time(),
+                                  "create_done_by": None}
         if key is not None:
             fields["upstream_key"] = key
         await self._update(job_id, **fields)
+
+    async def mark_create_failed(self, job_id: int, done_by: float) -> None:
+        """Its create failed, and the server was surely done with it by `done_by`."""
+        await self._update(job_id, create_done_by=done_by)
+
+    async def create_done_by(self, *, key: str) -> dict[int, float]:
+        """For the jobs mid-create with `key` whose create is known to have failed: when the
+        server was surely done with it."""
+        rows = await self._db.execute_fetchall(
+            "SELECT id, create_done_by FROM jobs WHERE state = ? AND upstream_key = ? "
+            "AND create_done_by IS NOT NULL", (JobState.CREATING, key))
+        return {int(row[0]): float(row[1]) for row in rows}
 
     async def requeue(self, job_id: int) -> None:
         """Back to NEW after a create_request that surely did not count (a 429)."""

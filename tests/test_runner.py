@@ -263,6 +263,37 @@ async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
     assert after.chatinfo.calls["create_request"] == 2  # neither sent again
 
 
+async def test_a_failed_create_being_settled_at_a_crash_keeps_its_time_after_it(
+        make_app: AppFactory) -> None:
+    """A create the API answered with an error was done at its reply. A crash while the
+    balance settled it must not stretch its time to a minute after it was sent, where the
+    unit of a create the crash cut off would be as much its as that one's."""
+    policy = replace(FAST_POLLS, create_settles_after=30.0, verdict_patience=30.0)
+    before = await make_app(policy=policy)
+    await before.runner.resume()  # reads the balance (1000) and keeps it
+    key = next(iter(before.runner.lanes))
+    client = ChatinfoClient(before.chatinfo.base_url, "test-key")
+    failed = await add_job(before, content="failed")
+    await before.jobs.mark_creating(failed, key=key)
+    await before.jobs.mark_create_failed(failed, time.time())  # a 500: nothing spent
+    between = await add_job(before, content="between")
+    await before.jobs.mark_creating(between, key=key)
+    created = await client.create_request("between", "chat")  # reports 999
+    await before.jobs.set_upstream(between, created.id, created.units)
+    lost = await add_job(before, content="lost")
+    await before.jobs.mark_creating(lost, key=key)
+    await client.create_request("lost", "chat")  # spent (998); then the crash
+    await client.close()
+    await before.runner.stop()
+
+    after = await make_app(policy=policy)
+    await after.runner.resume()
+    await after.settle()
+    assert after.runner.reconciled == {"unspent": 1, "spent": 1}
+    assert await state_of(after, failed) is JobState.DELIVERED
+    assert await state_of(after, lost) is JobState.UNKNOWN
+
+
 async def test_a_balance_read_while_a_create_went_out_is_not_kept_for_the_next_start(
         app: App) -> None:
     """The read's balance may or may not have that create's debit in it: as an anchor

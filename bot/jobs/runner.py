@@ -235,8 +235,10 @@ class JobRunner:
         stuck = await self._jobs.mid_create(key=lane.key)
         if stuck:
             await self._recall_balances(lane, min(stuck.values()))
+        known = await self._jobs.create_done_by(key=lane.key)
         for job_id, sent_at in stuck.items():
-            done_by = sent_at + self._policy.create_settles_after
+            # Failed and being settled before the crash, or cut off by it.
+            done_by = known.get(job_id, sent_at + self._policy.create_settles_after)
             lane.ledger.failed(job_id, sent_at, done_by)
             self._settling[job_id] = done_by
             self._lane_of[job_id] = lane
@@ -575,6 +577,7 @@ class JobRunner:
         self._settling[job.id] = done_by
         self._lane_of[job.id] = lane
         lane.ledger.failed(job.id, sent, done_by, noticed)
+        await self._jobs.mark_create_failed(job.id, done_by)
         lane.news()
         log.info("job %s: create_request failed (%s); the balance settles it", job.id, error,
                  extra=job_event(job, "settling"))
