@@ -81,3 +81,13 @@ async def test_an_update_stuck_without_storing_anything_is_confirmed_in_the_end(
     now[0] = 61.0
     assert await poll(handed_out, telegram, 6) == []
     assert telegram.asked[-1] == (6, 10)
+
+
+async def test_updates_stored_a_moment_after_they_are_handed_out_are_not_asked_again() -> None:
+    """aiogram asks for more before the handlers have run: getUpdates gives them a moment
+    rather than fetch and parse the same updates again."""
+    handed_out, telegram = HandedOut(), FakeUpdates(3)
+    assert await poll(handed_out, telegram, None) == [3]
+    asyncio.get_running_loop().call_soon(handed_out.handled, 3)  # its handler stores it
+    assert await poll(handed_out, telegram, 4) == []
+    assert telegram.asked == [(None, 10), (4, 10)]

@@ -30,6 +30,10 @@ from aiogram.types import Update
 
 log = logging.getLogger(__name__)
 
+# aiogram asks for more before the handlers of the last updates have run; they store
+# their requests within milliseconds, so getUpdates gives them this long first. Asking
+# again meanwhile would fetch and parse the same updates again.
+SECURE_GRACE = 0.1
 # While an update is unsecured, getUpdates cannot wait for new ones (Telegram has the
 # unsecured ones to send at once): it asks again after this, or as soon as one is secured.
 ASK_AGAIN_AFTER = 0.25
@@ -63,18 +67,23 @@ class HandedOut(BaseRequestMiddleware):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._unsecured: dict[int, float] = {}  # update id -> when it was handed out
-        self._secured = asyncio.Event()
+        self._secured = asyncio.Event()  # set when one is secured
+        self._all_secured = asyncio.Event()
+        self._all_secured.set()
 
     def handled(self, update_id: int | None) -> None:
         """The update's request is stored, or its handling is over."""
         if update_id is not None and self._unsecured.pop(update_id, None) is not None:
             self._secured.set()
+            if not self._unsecured:
+                self._all_secured.set()
 
     async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
                        method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
         if not isinstance(method, GetUpdates):
             return await make_request(bot, method)
         self._give_up_on_stuck()
+        await _wait(self._all_secured, SECURE_GRACE)
         oldest = min(self._unsecured, default=None)
         if oldest is None or method.offset is None or oldest >= method.offset:
             updates = await self._ask(make_request, bot, method)
@@ -84,11 +93,11 @@ class HandedOut(BaseRequestMiddleware):
             updates = [update for update in await self._ask(make_request, bot, again)
                        if update.update_id >= method.offset]
             if not updates:  # only those already handed out: a moment before the next ask
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(ASK_AGAIN_AFTER):
-                        await self._secured.wait()
+                await _wait(self._secured, ASK_AGAIN_AFTER)
         now = self._clock()
         self._unsecured.update((update.update_id, now) for update in updates)
+        if self._unsecured:
+            self._all_secured.clear()
         return cast(Response[TelegramType], updates)
 
     @staticmethod
@@ -102,7 +111,13 @@ class HandedOut(BaseRequestMiddleware):
         cutoff = self._clock() - GIVE_UP_AFTER
         stuck = [update_id for update_id, at in self._unsecured.items() if at < cutoff]
         for update_id in stuck:
-            del self._unsecured[update_id]
+            self.handled(update_id)
         if stuck:
             log.warning("%d update(s) handled for over %.0f s without storing a request are "
                         "confirmed to Telegram", len(stuck), GIVE_UP_AFTER)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
