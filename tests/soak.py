@@ -428,6 +428,7 @@ class Report:
     duplicates: int = 0
     duplicates_mid_send: int = 0  # sent again after a SIGKILL right after the first copy
     mid_send_gap: float = 0.0  # the longest of those: first copy to the SIGKILL, seconds
+    unexplained_duplicates: list[str] = field(default_factory=list)
     stale_placeholders: int = 0
     sorry_replies: int = 0
     own_429s: int = 0
@@ -439,12 +440,18 @@ class Report:
     tracebacks: int = 0
     memory: list[str] = field(default_factory=list)
 
-    def count_duplicates(self, extra: int, shown: list[float], kills: list[float]) -> None:
+    def count_duplicates(self, job_id: int, extra: int, shown: list[float],
+                         kills: list[float]) -> None:
         """`extra` copies of a part, shown at `shown`: which of them a kill mid-send explains."""
         self.duplicates += extra
         gaps = mid_send_gaps(shown, kills)[:extra]
         self.duplicates_mid_send += len(gaps)
         self.mid_send_gap = max([self.mid_send_gap, *gaps])
+        if len(gaps) < extra:  # for tracing: when each copy was shown, and the kills near
+            near = [kill for kill in kills if min(shown) - 5 <= kill <= max(shown) + 5]
+            self.unexplained_duplicates.append(
+                f"job {job_id}: shown at {[round(t, 2) for t in sorted(shown)]}, "
+                f"kills near {[round(k, 2) for k in near]}")
 
     @property
     def clean(self) -> bool:
@@ -495,6 +502,8 @@ class Report:
         print(f"  telegram faults injected: {dict(self.telegram_faults)}")
         print(f"  told 'may have counted', by their create's fault: "
               f"{dict(self.unknowable_by_fault)}")
+        for line in self.unexplained_duplicates:
+            print(f"  DUPLICATE not explained by a kill: {line}")
         print(f"  bot log: {self.tracebacks} tracebacks, {self.unexpected} failed updates or "
               f"jobs stopped unexpectedly ({workdir / 'bot.log'})")
         print("  memory, VmRSS MB per start (first → last, max; minutes):")
@@ -536,7 +545,8 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
         copies = [texts.count(part) for part in parts]
         for part, n in zip(parts, copies, strict=True):
             if n > 1:
-                report.count_duplicates(n - 1, shown_at.get((job["chat_id"], part), []), kills)
+                report.count_duplicates(job["id"], n - 1,
+                                        shown_at.get((job["chat_id"], part), []), kills)
         if all(copies):
             report.delivered += 1
             delivered_contents.add(job["content"])
