@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -70,6 +70,13 @@ class Job:
         values = {field.name: row[field.name] for field in fields(cls)}
         return cls(**{**values, "state": JobState(values["state"]), "told": bool(values["told"]),
                       "cancelled": bool(values["cancelled"])})
+
+
+class MidCreate(NamedTuple):
+    """A job whose create_request may have been sent."""
+
+    sent: float
+    done_by: float | None  # failed, and the server was surely done with it by then
 
 
 class JobRepo:
@@ -221,15 +228,17 @@ class JobRepo:
         return [float(row[0]) for row in rows]
 
     async def mid_create(self, *, key: str | None = None,
-                         keys_except: Sequence[str] = ()) -> dict[int, float]:
+                         keys_except: Sequence[str] = ()) -> dict[int, MidCreate]:
         """Jobs whose create_request may have been sent (with `key`, if given; with none of
-        `keys_except`): id -> when it was (about to be)."""
+        `keys_except`): id -> when it was (about to be), and if it is known to have failed,
+        when the server was surely done with it."""
         rows = await self._db.execute_fetchall(
-            f"""SELECT id, coalesce(sent_at, updated_at) FROM jobs WHERE state = ?
-                AND (? IS NULL OR upstream_key = ?)
+            f"""SELECT id, coalesce(sent_at, updated_at), create_done_by FROM jobs
+                WHERE state = ? AND (? IS NULL OR upstream_key = ?)
                 AND coalesce(upstream_key, '') NOT IN ({placeholders(keys_except)})""",
             (JobState.CREATING, key, key, *keys_except))
-        return {int(row[0]): float(row[1]) for row in rows}
+        return {int(row[0]): MidCreate(float(row[1]), None if row[2] is None else float(row[2]))
+                for row in rows}
 
     async def pending_count(self, user_id: int, *, created_after: float = 0.0) -> int:
         """The user's unfinished jobs they still wait for (not cancelled, not older than
@@ -286,14 +295,6 @@ class JobRepo:
     async def mark_create_failed(self, job_id: int, done_by: float) -> None:
         """Its create failed, and the server was surely done with it by `done_by`."""
         await self._update(job_id, create_done_by=done_by)
-
-    async def create_done_by(self, *, key: str) -> dict[int, float]:
-        """For the jobs mid-create with `key` whose create is known to have failed: when the
-        server was surely done with it."""
-        rows = await self._db.execute_fetchall(
-            "SELECT id, create_done_by FROM jobs WHERE state = ? AND upstream_key = ? "
-            "AND create_done_by IS NOT NULL", (JobState.CREATING, key))
-        return {int(row[0]): float(row[1]) for row in rows}
 
     async def requeue(self, job_id: int) -> None:
         """Back to NEW after a create_request that surely did not count (a 429)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
 from aiogram import Bot
 from aiogram.methods import GetUpdates
 from aiogram.types import TelegramObject, Update
@@ -91,3 +92,18 @@ async def test_updates_stored_a_moment_after_they_are_handed_out_are_not_asked_a
     asyncio.get_running_loop().call_soon(handed_out.handled, 3)  # its handler stores it
     assert await poll(handed_out, telegram, 4) == []
     assert telegram.asked == [(None, 10), (4, 10)]
+
+
+async def test_a_failed_ask_again_leaves_the_unsecured_update_unconfirmed() -> None:
+    """Telegram's error on the ask from the oldest unsecured update goes to aiogram (which
+    backs off and asks again); the update is still asked for from then on."""
+    handed_out, telegram = HandedOut(), FakeUpdates(3)
+    assert await poll(handed_out, telegram, None) == [3]
+
+    async def unreachable(bot: Bot, method: Any) -> Any:
+        raise ConnectionError("Telegram is down")
+
+    with pytest.raises(ConnectionError):
+        await handed_out(unreachable, NO_BOT, GetUpdates(offset=4, timeout=10))
+    assert await poll(handed_out, telegram, 4) == []
+    assert telegram.asked[-1] == (3, 0) and telegram.kept == [3]

@@ -234,11 +234,11 @@ class JobRunner:
         assumed to have spent end as unknown, and the rest wait for the balances to come."""
         stuck = await self._jobs.mid_create(key=lane.key)
         if stuck:
-            await self._recall_balances(lane, min(stuck.values()))
-        known = await self._jobs.create_done_by(key=lane.key)
-        for job_id, sent_at in stuck.items():
+            await self._recall_balances(lane, min(job.sent for job in stuck.values()))
+        for job_id, (sent_at, failed_done_by) in stuck.items():
             # Failed and being settled before the crash, or cut off by it.
-            done_by = known.get(job_id, sent_at + self._policy.create_settles_after)
+            done_by = sent_at + self._policy.create_settles_after if failed_done_by is None \
+                else failed_done_by
             lane.ledger.failed(job_id, sent_at, done_by)
             self._settling[job_id] = done_by
             self._lane_of[job_id] = lane

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -50,11 +51,11 @@ class Submitter:
             await message.reply(_("✋ There is nothing to send: write your request as text, up "
                                   "to {limit} characters.").format(limit=MAX_CONTENT_CHARS))
             return
-        verdict = await self._admit(
+        verdict = await self._admit(self._admission.admit(
             user_id=message.from_user.id, chat_id=message.chat.id,
             source_message_id=message.message_id, locale=locale, mode=mode,
             content=storable(content[:MAX_CONTENT_CHARS]), reply_to=message.message_id,
-            question=storable(question) if question is not None else None)
+            question=storable(question) if question is not None else None))
         if isinstance(verdict, Redelivered):
             return  # Telegram delivered this message again; its job is already under way
         if isinstance(verdict, Refused):
@@ -86,9 +87,10 @@ class Submitter:
         finally:
             self._runner.start(job_id)  # whatever failed above, the admitted job goes on
 
-    async def _admit(self, **request: Any) -> Verdict:
+    async def _admit(self, admitting: Coroutine[Any, Any, Verdict]) -> Verdict:
+        """`admitting`: the call to `Admission.admit`, not begun yet."""
         crashpoints.reach(crashpoints.BEFORE_ADMISSION)
-        verdict = await self._admission.admit(**request)
+        verdict = await admitting
         if not isinstance(verdict, Refused):
             secured()  # stored (or stored before): Telegram may forget the update
         return verdict
@@ -100,10 +102,10 @@ class Submitter:
                        content: str, locale: str, question: str | None, action: str | None,
                        parent_id: int | None) -> Refusal | None:
         """A new job from a button; the refusal, if it was refused."""
-        verdict = await self._admit(
+        verdict = await self._admit(self._admission.admit(
             user_id=user_id, chat_id=chat_id, source_message_id=None, locale=locale,
             mode=mode, content=storable(content[:MAX_CONTENT_CHARS]), reply_to=reply_to,
-            question=question, action=action, parent_id=parent_id)
+            question=question, action=action, parent_id=parent_id))
         if isinstance(verdict, Refused):
             return verdict.refusal
         if isinstance(verdict, Redelivered):  # a button's job has no message to come twice
@@ -117,9 +119,9 @@ class Submitter:
         """A job from a chosen inline result, answered by editing that message; the refusal,
         if it was refused. Its chat is the user's private chat, where alone the whole of a
         long answer is shown."""
-        verdict = await self._admit(
+        verdict = await self._admit(self._admission.admit(
             user_id=user_id, chat_id=user_id, source_message_id=None, locale=locale, mode=mode,
-            content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id)
+            content=storable(question[:MAX_CONTENT_CHARS]), inline_message_id=inline_message_id))
         if isinstance(verdict, Redelivered):
             return None  # Telegram reported this choice again; its job is already under way
         if isinstance(verdict, Refused):

@@ -112,7 +112,7 @@ class SlidingWindowLimiter:
         """Calls made `ages` seconds ago (by a previous run): the server's window still
         holds those of the last period, so ours must too."""
         now = self._clock()
-        earlier = sorted(now - age for age in ages if 0 <= age < self.period)
+        earlier = [now - age for age in ages if 0 <= age < self.period]
         kept = sorted([*earlier, *self._stamps])[-self.configured:]
         self._stamps = deque(kept, maxlen=self.configured)
 
