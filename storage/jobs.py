@@ -73,7 +73,7 @@ class Job:
 
 
 class MidCreate(NamedTuple):
-    """A job whose create_request may have been sent."""
+    """A create_request that may have spent a unit, and when it was sent."""
 
     sent: float
     done_by: float | None  # failed, and the server was surely done with it by then
@@ -218,14 +218,16 @@ class JobRepo:
             (key, moment))
         return [float(row[0]) for row in rows]
 
-    async def taken_as_spent_from(self, moment: float, *, key: str) -> list[float]:
+    async def taken_as_spent_from(self, moment: float, *, key: str) -> list[MidCreate]:
         """When each create sent with `key` from `moment` on that failed and was taken as
-        spent (its job unknown, or since retried) was sent."""
+        spent (its job unknown, or since retried) was sent, and when the server was surely
+        done with it, if that was known."""
         rows = await self._db.execute_fetchall(
-            """SELECT sent_at FROM jobs WHERE sent_at >= ? AND upstream_key = ?
+            """SELECT sent_at, create_done_by FROM jobs WHERE sent_at >= ? AND upstream_key = ?
                AND state IN (?, ?) AND upstream_id IS NULL ORDER BY sent_at""",
             (moment, key, JobState.UNKNOWN, JobState.RETRIED))
-        return [float(row[0]) for row in rows]
+        return [MidCreate(float(row[0]), None if row[1] is None else float(row[1]))
+                for row in rows]
 
     async def mid_create(self, *, key: str | None = None,
                          keys_except: Sequence[str] = ()) -> dict[int, MidCreate]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from bot.jobs.balance_ledger import BalanceLedger, Verdict
 
 UNSPENT, SPENT, ASSUMED = Verdict.UNSPENT, Verdict.SPENT, Verdict.ASSUMED_SPENT
@@ -213,6 +217,22 @@ def test_a_unit_a_rival_still_at_work_may_explain_waits_for_the_rival_to_show_it
     ledger.created(96, 50.0, 50.1)  # one more missing, only 1 may explain it
     ledger.read(96, 70.0, 70.1)
     assert ledger.decide() == {1: SPENT, 2: SPENT}
+
+
+def test_a_failure_given_up_on_is_logged_with_what_it_waited_for(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)
+    ledger.sending(3, 12.0)
+    with caplog.at_level(logging.INFO):
+        assert ledger.assume_spent(2) == {2: ASSUMED}
+        ledger.ended(3)
+        assert ledger.assume_spent(1) == {1: ASSUMED}
+    waited = [record.getMessage() for record in caplog.records]
+    assert "1 of 1 other failed create(s) around it may still be processed" in waited[0]
+    assert "no balance seen since the server was surely done with it" in waited[1]
 
 
 def test_a_unit_a_rival_done_without_a_unit_of_its_own_may_explain_stays_unknown() -> None:

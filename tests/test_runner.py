@@ -263,6 +263,42 @@ async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
     assert after.chatinfo.calls["create_request"] == 2  # neither sent again
 
 
+async def test_a_failed_create_taken_as_spent_before_a_restart_keeps_its_time_after_it(
+        make_app: AppFactory) -> None:
+    """Two creates the run before took as spent, done with at their replies, share the
+    unit missing before the next balance reported; neither can be the one missing after
+    it, which is the create the crash cut off."""
+    policy = replace(FAST_POLLS, create_settles_after=30.0, verdict_patience=30.0)
+    before = await make_app(policy=policy)
+    await before.runner.resume()  # reads the balance (1000) and keeps it
+    key = next(iter(before.runner.lanes))
+    client = ChatinfoClient(before.chatinfo.base_url, "test-key")
+    earlier = await add_job(before, content="earlier")
+    await before.jobs.mark_creating(earlier, key=key)
+    await client.create_request("earlier", "chat")  # spent (999); its reply was garbled
+    await before.jobs.mark_create_failed(earlier, time.time())
+    await before.jobs.end(earlier, JobState.UNKNOWN, "unknown_outcome")
+    other = await add_job(before, content="other")
+    await before.jobs.mark_creating(other, key=key)  # a 500 that spent nothing
+    await before.jobs.mark_create_failed(other, time.time())
+    await before.jobs.end(other, JobState.UNKNOWN, "unknown_outcome")
+    between = await add_job(before, content="between")
+    await before.jobs.mark_creating(between, key=key)
+    created = await client.create_request("between", "chat")  # reports 998
+    await before.jobs.set_upstream(between, created.id, created.units)
+    lost = await add_job(before, content="lost")
+    await before.jobs.mark_creating(lost, key=key)
+    await client.create_request("lost", "chat")  # spent (997); then the crash
+    await client.close()
+    await before.runner.stop()
+
+    after = await make_app(policy=policy)
+    await after.runner.resume()
+    await after.settle()
+    assert after.runner.reconciled == {"spent": 1}  # not assumed
+    assert await state_of(after, lost) is JobState.UNKNOWN
+
+
 async def test_a_failed_create_being_settled_at_a_crash_keeps_its_time_after_it(
         make_app: AppFactory) -> None:
     """A create the API answered with an error was done at its reply. A crash while the

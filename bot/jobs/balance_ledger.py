@@ -158,11 +158,28 @@ class BalanceLedger:
 
     def assume_spent(self, job_id: int) -> dict[int, Verdict]:
         """No balance tells (soon enough): the failed create is taken as spent."""
-        log.info("job %s: the balances did not tell in time whether its failed create spent",
-                 job_id)
+        log.info("job %s: the balances did not tell in time whether its failed create spent "
+                 "(%s)", job_id, self._awaited(self._failures[job_id]))
         self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
         self._forget_settled()
         return {job_id: Verdict.ASSUMED_SPENT}
+
+    def _awaited(self, failure: _Failure) -> str:
+        """What an undecided failure is waiting for, for the log."""
+        gaps = self._gaps()
+        if gaps is None:
+            return "no balance to judge by"
+        last_seen = max((s.start for s in self._sightings), default=float("-inf"))
+        mine = [gap for gap in gaps if gap.overlaps(failure)]
+        earliest_in_flight = min(self._in_flight.values(), default=float("inf"))
+        if any(gap.end > earliest_in_flight for gap in mine):
+            return (f"a create sent {earliest_in_flight - failure.sent:+.0f} s from it is "
+                    f"still in flight, and may report a balance in its gap")
+        near, rivals = self._around(failure, gaps)
+        if late := [rival for rival in rivals if rival.done_by > last_seen]:
+            return (f"{len(late)} of {len(rivals)} other failed create(s) around it may still "
+                    f"be processed, {sum(gap.units for gap in near)} unit(s) missing")
+        return "no balance seen since the server was surely done with it"
 
     def _undecided(self) -> list[tuple[int, _Failure]]:
         return [(job_id, f) for job_id, f in self._failures.items() if f.verdict is None]

@@ -294,8 +294,8 @@ class JobRunner:
         last one read, and those reported by the creates acknowledged from just before;
         and the failed creates taken as spent then, whose debits may be among them."""
         settles = self._policy.create_settles_after
-        for sent in await self._jobs.taken_as_spent_from(since - settles, key=lane.key):
-            lane.ledger.spent_earlier(sent, sent + settles)
+        for sent, done_by in await self._jobs.taken_as_spent_from(since - settles, key=lane.key):
+            lane.ledger.spent_earlier(sent, sent + settles if done_by is None else done_by)
         if anchor := await self._jobs.balance_anchor(key=lane.key):
             units, read_at = anchor
             lane.ledger.read(units, read_at, read_at)
