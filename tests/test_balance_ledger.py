@@ -54,6 +54,26 @@ def test_a_gap_nobody_of_ours_explains_makes_its_failure_assumed_spent() -> None
     assert ledger.decide() == {1: ASSUMED}
 
 
+def test_a_slow_create_s_balance_is_placed_by_its_neighbours_not_by_when_it_was_sent() -> None:
+    """A create answered 25 s after it was sent reports the balance of some moment in
+    between; one reported higher, by a create sent later, shows that moment came after."""
+    ledger = ledger_from(102)
+    ledger.failed(1, 5.0, 5.2)  # while the slow create was out: spent nothing
+    ledger.created(101, 20.0, 20.1)
+    ledger.created(100, 1.0, 26.0)  # the slow one: its debit came after 20.0
+    ledger.failed(2, 26.5, 26.7)  # spent
+    ledger.created(98, 27.0, 27.1)
+    assert ledger.decide() == {1: UNSPENT, 2: SPENT}
+
+
+def test_a_create_reporting_the_balance_a_read_saw_before_it_shows_a_top_up() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 1.2)
+    ledger.created(100, 5.0, 5.1)  # 101 before its debit: more than read at 0.1
+    ledger.read(100, 10.0, 10.1)
+    assert ledger.decide() == {1: ASSUMED}
+
+
 def test_a_top_up_hides_nothing_it_makes_every_failure_assumed_spent() -> None:
     ledger = ledger_from(100)
     ledger.failed(1, 1.0, 1.5)

@@ -244,16 +244,26 @@ class BalanceLedger:
         if not self._sightings:
             return None
         # Equal values: the create's own sighting comes before a read that saw the same.
-        ordered = sorted(self._sightings, key=lambda s: (-s.value, not s.debit))
+        ordered = sorted(self._sightings, key=lambda s: (-s.value, not s.debit, s.start))
+        # In this order the moments seen are in order of time too: each is no sooner than
+        # any start before it, and no later than any end after it. (A slow create's reply
+        # says little of when its debit came; its neighbours may say more.)
+        after = list(itertools.accumulate((s.start for s in ordered), max))
+        before = list(itertools.accumulate((s.end for s in reversed(ordered)), min))[::-1]
+        if rose := next((s for s, start in zip(ordered, after, strict=True) if start > s.end),
+                        None):  # seen sooner than one higher: the balance rose
+            log.info("the balance rose (%s seen too soon): failed creates are assumed spent",
+                     rose)
+            return None
         gaps = []
-        for earlier, later in itertools.pairwise(ordered):
+        for index, (earlier, later) in enumerate(itertools.pairwise(ordered)):
             units = earlier.value - later.value - later.debit
-            if units < 0 or later.end < earlier.start:  # seen sooner, yet lower: a top-up
-                log.info("the balance rose (%s then %s): failed creates are assumed spent",
-                         later, earlier)
+            if units < 0:  # two creates reported the same balance after their debits
+                log.info("the balance rose (%s and %s): failed creates are assumed spent",
+                         earlier, later)
                 return None
             if units:
-                gaps.append(_Gap(units, earlier.start, later.end))
+                gaps.append(_Gap(units, after[index], before[index + 1]))
         return gaps
 
     def _forget_settled(self) -> None:
