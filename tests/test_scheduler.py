@@ -527,6 +527,32 @@ async def test_no_more_calls_are_granted_than_may_be_in_flight() -> None:
         await queue.stop()
 
 
+async def test_while_a_failed_create_is_settled_calls_go_one_at_a_time_but_for_slow_ones(
+        ) -> None:
+    careful = [True]
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=16,
+                      careful=lambda: careful[0], slow_after=0.3)
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(6)]
+        await asyncio.wait_for(turns[0], 1.0)
+        queue.sent(0, rate_limited=False)  # the start's probe went through
+        await asyncio.wait_for(turns[1], 1.0)
+        await asyncio.sleep(0.1)
+        assert [t.done() for t in turns] == [True, True, False, False, False, False]
+        queue.sent(1, rate_limited=False)  # it ended: the next goes
+        await asyncio.wait_for(turns[2], 1.0)
+        started = time.monotonic()
+        await asyncio.wait_for(turns[3], 2.0)  # 2 is slow: it no longer holds the others
+        assert time.monotonic() - started >= 0.25 and not turns[4].done()
+        careful[0] = False  # every failed create decided: the cap is the usual one
+        queue.sent(3, rate_limited=False)
+        await asyncio.wait_for(asyncio.gather(*turns[4:]), 1.0)
+        assert queue.outstanding == 3  # 2, 4 and 5 out together
+    finally:
+        await queue.stop()
+
+
 async def test_a_slow_probe_at_the_start_holds_the_others_only_briefly() -> None:
     queue = FairQueue(SlidingWindowLimiter(limit=100, period=0.3))
     queue.start()

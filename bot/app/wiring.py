@@ -18,6 +18,7 @@ from aiogram.utils.i18n import I18n
 
 from bot.config import Settings
 from bot.jobs.admission import Admission, QuotaClock
+from bot.jobs.balance_ledger import BalanceLedger
 from bot.jobs.broadcast import Broadcaster
 from bot.jobs.conversation import Conversations
 from bot.jobs.create_queue import FairQueue
@@ -232,11 +233,17 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, pool: UpstreamPool,
     def progress_text(job_id: int, locale: str, seconds: float) -> str:
         return runner.progress_text(job_id, locale, seconds)
 
-    lanes = [Lane(upstream, FairQueue(upstream.budget(CREATE), policy.creates_in_flight,
-                            pressure=delivery.pressure),
-                  PollScheduler(upstream.poll, upstream.budget(POLL), solve_times,
-                                policy.timing, settled=settled))
-             for upstream in pool.keys]
+    def lane(upstream: Upstream) -> Lane:
+        ledger = BalanceLedger()
+        queue = FairQueue(upstream.budget(CREATE), policy.creates_in_flight,
+                          pressure=delivery.pressure, careful=ledger.unsettled,
+                          careful_in_flight=policy.careful_creates_in_flight,
+                          slow_after=policy.slow_create_after)
+        return Lane(upstream, queue, PollScheduler(upstream.poll, upstream.budget(POLL),
+                                                   solve_times, policy.timing, settled=settled),
+                    ledger)
+
+    lanes = [lane(upstream) for upstream in pool.keys]
     indicators = WaitingIndicators(bot, delivery, policy.progress_every, progress_text)
     view = JobView(bot, delivery, indicators, [lane.queue for lane in lanes], quotas, i18n,
                    max_wait=policy.max_wait, late_wait=policy.late_wait)

@@ -117,6 +117,10 @@ class BalanceLedger:
         of the gaps around the failures still to decide."""
         self._failures[next(self._earlier)] = _Failure(sent, done_by, sent, Verdict.ASSUMED_SPENT)
 
+    def unsettled(self) -> bool:
+        """Whether a failed create awaits its verdict."""
+        return any(f.verdict is None for f in self._failures.values())
+
     def undecided(self, job_id: int) -> bool:
         """Whether the job's failed create awaits its verdict."""
         failure = self._failures.get(job_id)

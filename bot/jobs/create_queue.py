@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from contextlib import suppress
 
 from bot.services import Worker
@@ -27,6 +28,12 @@ class FairQueue(Worker):
     then would wait for Telegram), nor while `pause`d. At most `in_flight` granted calls
     are out at once: the fewer creates are out together, the fewer a crash leaves
     undecided and the more often the balance can tell which failed one spent.
+
+    While `careful()` (a failed create awaits the balance's verdict), at most
+    `careful_in_flight` calls out for less than `slow_after` seconds: each then reports
+    its balance apart from the others', so a unit a failed one did or did not spend is
+    not mixed up with theirs; a slow call, whose reply places its balance loosely
+    anyway, does not hold the rest.
     """
 
     name = "create-queue"
@@ -36,9 +43,15 @@ class FairQueue(Worker):
     START_PROBE_TIMEOUT = 2.0
 
     def __init__(self, limiter: SlidingWindowLimiter, in_flight: int = 1_000_000,
-                 pressure: PressureGauge | None = None) -> None:
+                 pressure: PressureGauge | None = None, *,
+                 careful: Callable[[], bool] = lambda: False, careful_in_flight: int = 1,
+                 slow_after: float = 3.0) -> None:
         self._limiter = limiter
         self._in_flight = in_flight
+        self._careful = careful
+        self._careful_in_flight = careful_in_flight
+        self._slow_after = slow_after
+        self._granted_at: dict[int, float] = {}  # job id -> when its call was granted
         self._call_ended = asyncio.Event()
         self._pressure = pressure or PressureGauge()
         # user -> their waiting (job id, ticket)s, users in round-robin order
@@ -122,6 +135,7 @@ class FairQueue(Worker):
     def sent(self, job_id: int, *, rate_limited: bool) -> None:
         """How the granted call went: a 429 holds the queue for the server's window."""
         self.outstanding -= 1
+        self._granted_at.pop(job_id, None)
         self._call_ended.set()
         if rate_limited:
             self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
@@ -148,9 +162,11 @@ class FairQueue(Worker):
                 await self._changed.wait()
                 continue
             await self._open.wait()
-            if self.outstanding >= self._in_flight:
+            if (wait := self._until_room()) != 0.0:
                 self._call_ended.clear()
-                await self._call_ended.wait()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._call_ended.wait()
                 continue
             await self._pressure.creates_may_go()
             if (held := self._hold_until - time.monotonic()) > 0:
@@ -163,6 +179,18 @@ class FairQueue(Worker):
             if not await self._grant():
                 self._limiter.release_last()  # everyone waiting went away meanwhile
 
+    def _until_room(self) -> float | None:
+        """Seconds until another call may go out (0: now; None: once a call ends)."""
+        if self.outstanding >= self._in_flight:
+            return None
+        if not self._careful():
+            return 0.0
+        now = time.monotonic()
+        recent = sorted(at for at in self._granted_at.values() if now - at < self._slow_after)
+        if len(recent) < self._careful_in_flight:
+            return 0.0
+        return recent[-self._careful_in_flight] + self._slow_after - now
+
     async def _grant(self) -> bool:
         """Hand the slot just taken to the next request; after a 429, as a probe whose
         outcome is awaited before anything else is granted."""
@@ -171,6 +199,7 @@ class FairQueue(Worker):
             return False
         job_id, ticket = entry
         self.outstanding += 1
+        self._granted_at[job_id] = time.monotonic()
         if not self._need_probe:
             ticket.set_result(None)
             return True
