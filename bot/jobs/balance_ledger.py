@@ -18,7 +18,9 @@ reported balances usually can.
 Creates still in flight are known too (`sending`): the balance they will report is not seen
 yet, so a gap they may fall in is open, and decides nothing until they end. So nothing has
 to be held while failed creates are settled: the creates that go on meanwhile only add
-sightings, which pin the debits closer in time.
+sightings, which pin the debits closer in time. They go one at a time meanwhile, though
+(`unsettled`, see FairQueue): creates out together share their times, and a failure among
+them could not be told from the others' debits.
 """
 
 from __future__ import annotations
