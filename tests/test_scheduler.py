@@ -545,10 +545,32 @@ async def test_while_a_failed_create_is_settled_calls_go_one_at_a_time_but_for_s
         started = time.monotonic()
         await asyncio.wait_for(turns[3], 2.0)  # 2 is slow: it no longer holds the others
         assert time.monotonic() - started >= 0.25 and not turns[4].done()
-        careful[0] = False  # every failed create decided: the cap is the usual one
+        careful[0] = False  # every failed create decided: the cap grows back
         queue.sent(3, rate_limited=False)
         await asyncio.wait_for(asyncio.gather(*turns[4:]), 1.0)
-        assert queue.outstanding == 3  # 2, 4 and 5 out together
+        assert queue.outstanding == 3  # 2 (slow), 4 and 5 out together
+    finally:
+        await queue.stop()
+
+
+async def test_a_backlog_is_let_out_one_more_at_a_time_for_each_call_that_ends() -> None:
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=16)
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(8)]
+        out: list[int] = []
+
+        def granted_now() -> int:
+            return sum(turn.done() for turn in turns)
+
+        for ended, granted in enumerate((1, 3, 5, 7)):  # 1 out at once, then 2, 3, 4
+            await wait_until(lambda: granted_now() >= granted, timeout=2,  # noqa: B023
+                             what=f"{granted} granted")
+            await asyncio.sleep(0.05)
+            assert granted_now() == granted
+            out.append(queue.outstanding)
+            queue.sent(ended, rate_limited=False)
+        assert out == [1, 2, 3, 4]
     finally:
         await queue.stop()
 
@@ -559,7 +581,9 @@ async def test_a_slow_probe_at_the_start_holds_the_others_only_briefly() -> None
     try:
         turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(3)]
         await asyncio.wait_for(turns[0], 1.0)  # out, and never reports in time
-        await asyncio.wait_for(asyncio.gather(*turns[1:]), FairQueue.START_PROBE_TIMEOUT + 2)
+        await asyncio.wait_for(turns[1], FairQueue.START_PROBE_TIMEOUT + 2)
+        queue.sent(1, rate_limited=False)
+        await asyncio.wait_for(turns[2], 1.0)
     finally:
         await queue.stop()
 

@@ -33,7 +33,9 @@ class FairQueue(Worker):
     `careful_in_flight` calls out for less than `slow_after` seconds: each then reports
     its balance apart from the others', so a unit a failed one did or did not spend is
     not mixed up with theirs; a slow call, whose reply places its balance loosely
-    anyway, does not hold the rest.
+    anyway, does not hold the rest. Then the cap grows back by one with each call that
+    ends: a backlog is not let out all at once, where a few failures together could not
+    be told apart again.
     """
 
     name = "create-queue"
@@ -51,6 +53,7 @@ class FairQueue(Worker):
         self._careful = careful
         self._careful_in_flight = careful_in_flight
         self._slow_after = slow_after
+        self._cap = careful_in_flight  # calls out at once now, but for slow ones
         self._granted_at: dict[int, float] = {}  # job id -> when its call was granted
         self._call_ended = asyncio.Event()
         self._pressure = pressure or PressureGauge()
@@ -136,6 +139,7 @@ class FairQueue(Worker):
         """How the granted call went: a 429 holds the queue for the server's window."""
         self.outstanding -= 1
         self._granted_at.pop(job_id, None)
+        self._cap = min(self._cap + 1, self._in_flight)
         self._call_ended.set()
         if rate_limited:
             self._hold_until = max(self._hold_until, self._limiter.window_clears_at())
@@ -183,13 +187,13 @@ class FairQueue(Worker):
         """Seconds until another call may go out (0: now; None: once a call ends)."""
         if self.outstanding >= self._in_flight:
             return None
-        if not self._careful():
-            return 0.0
+        if self._careful():
+            self._cap = self._careful_in_flight
         now = time.monotonic()
         recent = sorted(at for at in self._granted_at.values() if now - at < self._slow_after)
-        if len(recent) < self._careful_in_flight:
+        if len(recent) < self._cap:
             return 0.0
-        return recent[-self._careful_in_flight] + self._slow_after - now
+        return recent[-self._cap] + self._slow_after - now
 
     async def _grant(self) -> bool:
         """Hand the slot just taken to the next request; after a 429, as a probe whose
