@@ -539,6 +539,10 @@ class JobRunner:
             await self._tell(job, Failure.REJECTED, f"{error}: {error.upstream_error}")
         else:
             lane.ledger.created(created.units, sent, time.time(), job.id)
+            # The next create may go before this one's id is stored: only the calls'
+            # times are to be kept apart.
+            lane.queue.sent(job.id, rate_limited=False)
+            reported = True
             await self._jobs.set_upstream(job.id, created.id, created.units)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
