@@ -9,6 +9,7 @@ and the rate limits hold even while faults force retries.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -526,3 +527,26 @@ async def test_a_failed_create_decided_at_once_leaves_no_doubt_over_the_next_one
     assert [len(chatinfo.created_for(text)) for text in ("second", "third")] == [1, 1]
     assert chatinfo.calls["create_request"] == 4 and chatinfo.units == 997
     assert reconciled == {"spent": 1, "unspent": 1}
+
+
+async def test_the_balance_is_read_between_two_failed_creates_in_a_row(tmp_path: Path) -> None:
+    """The second create goes only once the balance after the first failed one is read:
+    with no balance between them, the one unit missing could be either's."""
+    policy = replace(POLICY, creates_in_flight=1)
+    async with FakeChatinfo(solve_time=0.05, answer=answer) as chatinfo:
+        client = ChatinfoClient(chatinfo.base_url, KEY, backoff=0.01, window=TEST_WINDOW)
+        async with built_app(tmp_path, chatinfo, client=client, policy=policy) as app:
+            await app.feed(message_update(9, "first"))
+            await finish(app, 1, timeout=10)
+            chatinfo.inject("create_request", Fault.http(500, "oops"))  # nothing spent
+            chatinfo.inject("create_request", Fault.http(502, after_effect=True))  # spent
+            await asyncio.gather(app.feed(message_update(10, "second")),
+                                 app.feed(message_update(11, "third")))
+            await finish(app, 3, timeout=15)
+            second, third = (await endings(app))[1:]
+            reconciled = dict(app.runner.reconciled)
+
+    assert second.text == ANSWER_PREFIX + "second"  # sent again: it had spent nothing
+    assert third.text.startswith(TEXTS[Failure.UNKNOWN_OUTCOME])
+    assert reconciled == {"unspent": 1, "spent": 1}
+    assert chatinfo.units == 997  # first, third's lost one, and second sent again

@@ -587,6 +587,11 @@ class JobRunner:
         self._lane_of[job.id] = lane
         lane.ledger.failed(job.id, sent, done_by, noticed)
         await self._jobs.mark_create_failed(job.id, done_by)
+        if error.finished:
+            # Before the next create goes (the queue hears of this one's end only after):
+            # with no balance between two failed creates, a unit missing could be either's.
+            async with lane.reconciling:
+                await self._read_into_ledger(lane)
         lane.news()
         log.info("job %s: create_request failed (%s); the balance settles it", job.id, error,
                  extra=job_event(job, "settling"))
