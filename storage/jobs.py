@@ -218,16 +218,16 @@ class JobRepo:
             (key, moment))
         return [float(row[0]) for row in rows]
 
-    async def taken_as_spent_from(self, moment: float, *, key: str) -> list[MidCreate]:
-        """When each create sent with `key` from `moment` on that failed and was taken as
-        spent (its job unknown, or since retried) was sent, and when the server was surely
-        done with it, if that was known."""
+    async def taken_as_spent_from(self, moment: float, *, key: str) -> dict[int, MidCreate]:
+        """The creates sent with `key` from `moment` on that failed and were taken as spent
+        (their jobs unknown, or since retried): job id -> when it was sent, and when the
+        server was surely done with it, if that was known."""
         rows = await self._db.execute_fetchall(
-            """SELECT sent_at, create_done_by FROM jobs WHERE sent_at >= ? AND upstream_key = ?
-               AND state IN (?, ?) AND upstream_id IS NULL ORDER BY sent_at""",
+            """SELECT id, sent_at, create_done_by FROM jobs WHERE sent_at >= ?
+               AND upstream_key = ? AND state IN (?, ?) AND upstream_id IS NULL""",
             (moment, key, JobState.UNKNOWN, JobState.RETRIED))
-        return [MidCreate(float(row[0]), None if row[1] is None else float(row[1]))
-                for row in rows]
+        return {int(row[0]): MidCreate(float(row[1]), None if row[2] is None else float(row[2]))
+                for row in rows}
 
     async def mid_create(self, *, key: str | None = None,
                          keys_except: Sequence[str] = ()) -> dict[int, MidCreate]:

@@ -463,6 +463,8 @@ class Report:
     def print(self, options: Options, seconds: float, stop_code: int | None,
               workdir: Path) -> None:
         other = sum(self.told_other.values())
+        late = Counter({verdict: self.reconciled[f"{verdict}_after_assumed"]
+                        for verdict in ("spent", "unspent")})
         rows = [
             ("messages sent", self.sent, ""),
             ("requests accepted", self.accepted,
@@ -475,9 +477,11 @@ class Report:
             ("units wasted", self.wasted, "spent, no answer delivered; goal: only those"),
             ("reconciled: sent again safely", self.reconciled["unspent"],
              "failed creates the balance showed spent nothing"),
-            ("reconciled: confirmed spent", self.reconciled["spent"], "the id was lost"),
-            ("reconciled: assumed spent", self.reconciled["assumed_spent"],
-             "the balance could not tell"),
+            ("reconciled: confirmed spent", self.reconciled["spent"] + late["spent"],
+             f"the id was lost ({late['spent']} shown after the user was told)"),
+            ("reconciled: assumed spent", self.reconciled["assumed_spent"] - late.total(),
+             f"the balance could not tell ({late['unspent']} shown unspent after the user "
+             "was told)"),
             ("told unknowable, unspent", self.told_but_unspent,
              "told 'may have counted', though nothing was"),
             ("units spent twice", self.created_twice, "goal 0"),
@@ -625,7 +629,9 @@ def reconciled_in(log: str) -> Counter[str]:
     """The verdicts on failed creates (bot/jobs/runner.py `_decide`), from its log."""
     verdicts: Counter[str] = Counter()
     for line in re.findall(r"balances of key \w+: .*$", log, re.MULTILINE):
-        for count, verdict in re.findall(r"(\d+) (unspent|spent|assumed_spent)\b", line):
+        for count, verdict in re.findall(
+                r"(\d+) (unspent|spent|assumed_spent|spent_after_assumed|unspent_after_assumed)\b",
+                line):
             verdicts[verdict] += int(count)
     return verdicts
 

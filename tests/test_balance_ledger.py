@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bot.jobs.balance_ledger import BalanceLedger, Verdict
+from bot.jobs.balance_ledger import WATCHED_FOR, BalanceLedger, Verdict
 
 UNSPENT, SPENT, ASSUMED = Verdict.UNSPENT, Verdict.SPENT, Verdict.ASSUMED_SPENT
 
@@ -218,7 +218,7 @@ def test_a_failure_taken_as_spent_before_a_restart_explains_a_unit_after_it() ->
     """Two units missing: one is the failed create a previous run took as spent, so the
     other is the one a crash left undecided."""
     ledger = ledger_from(100)
-    ledger.spent_earlier(1.0, 61.0)
+    ledger.spent_earlier(6, 1.0, 61.0)
     ledger.failed(7, 2.0, 62.0)
     ledger.created(97, 3.0, 3.1)
     ledger.read(97, 70.0, 70.1)
@@ -253,6 +253,46 @@ def test_a_failure_given_up_on_is_logged_with_what_it_waited_for(
     waited = [record.getMessage() for record in caplog.records]
     assert "1 of 1 other failed create(s) around it may still be processed" in waited[0]
     assert "no balance seen since the server was surely done with it" in waited[1]
+
+
+def test_a_failure_taken_as_spent_for_want_of_time_is_shown_spent_when_its_rival_ends() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 61.0)
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)  # one missing: 1's or 2's
+    assert ledger.assume_spent(2) == {2: ASSUMED}  # its user is told it may have counted
+    assert ledger.watching()
+    ledger.created(96, 50.0, 50.1)  # one more missing, only 1 may explain it
+    ledger.read(96, 70.0, 70.1)
+    assert ledger.decide() == {1: SPENT}
+    assert ledger.take_revised() == {2: SPENT} and ledger.take_revised() == {}
+    assert not ledger.watching()
+
+
+def test_a_failure_taken_as_spent_for_want_of_time_is_shown_unspent_when_a_create_reports(
+        ) -> None:
+    ledger = ledger_from(100)
+    ledger.sending(3, 9.0)  # its debit may be the missing unit
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)
+    assert ledger.assume_spent(2) == {2: ASSUMED}
+    ledger.created(99, 9.0, 12.0, job_id=3)  # it was: nothing is missing
+    assert ledger.decide() == {}
+    assert ledger.take_revised() == {2: UNSPENT}
+
+
+def test_a_failure_taken_as_spent_for_want_of_time_is_watched_only_for_a_while() -> None:
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 10 * WATCHED_FOR)  # still at work: it keeps the doubt open
+    ledger.failed(2, 10.0, 10.5)
+    ledger.created(98, 11.0, 11.1)
+    ledger.assume_spent(2)
+    ledger.read(98, 20.0, 20.1)
+    ledger.decide()
+    assert ledger.watching()
+    ledger.read(98, 10.5 + WATCHED_FOR + 1, 10.5 + WATCHED_FOR + 2)
+    ledger.decide()
+    assert not ledger.watching() and ledger.take_revised() == {}
 
 
 def test_a_unit_a_rival_done_without_a_unit_of_its_own_may_explain_stays_unknown() -> None:

@@ -32,6 +32,10 @@ from enum import StrEnum
 
 log = logging.getLogger(__name__)
 
+# How long after the server was surely done with a failed create taken as spent for want
+# of time the balances are still watched for its outcome.
+WATCHED_FOR = 300.0
+
 
 class Verdict(StrEnum):
     UNSPENT = "unspent"  # the balance shows it spent nothing: sending it again is safe
@@ -56,6 +60,9 @@ class _Failure:
     done_by: float  # when the server has surely finished with it
     noticed: float  # when it failed (a read from then on may show its debit)
     verdict: Verdict | None = None
+    # Taken as spent for want of time: the balances may still show it spent or not, and
+    # are watched for that until then (see `revised`).
+    watched_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +82,11 @@ class BalanceLedger:
         self._sightings: list[_Sighting] = []
         self._failures: dict[int, _Failure] = {}
         self._in_flight: dict[int, float] = {}  # job id -> when its create was sent
-        self._earlier = itertools.count(-1, -1)  # keys of `spent_earlier`, apart from jobs'
         self.sends = 0  # creates sent so far
         self._blind = False  # a create succeeded without reporting the balance
+        # Failed creates taken as spent for want of time that the balances have shown
+        # since to have spent or not: job id -> verdict (see `take_revised`).
+        self._revised: dict[int, Verdict] = {}
 
     def read(self, balance: int, start: float, end: float) -> None:
         """The units endpoint said `balance` during [start, end]."""
@@ -114,10 +123,25 @@ class BalanceLedger:
         self.ended(job_id)
         self._failures[job_id] = _Failure(sent, done_by, sent if noticed is None else noticed)
 
-    def spent_earlier(self, sent: float, done_by: float) -> None:
+    def spent_earlier(self, job_id: int, sent: float, done_by: float, *,
+                      watched: bool = False) -> None:
         """A failed create taken as spent before (a previous run's): its debit may be one
-        of the gaps around the failures still to decide."""
-        self._failures[next(self._earlier)] = _Failure(sent, done_by, sent, Verdict.ASSUMED_SPENT)
+        of the gaps around the failures still to decide. `watched`: taken as spent for
+        want of time not long ago, its outcome is still watched for."""
+        failure = _Failure(sent, done_by, sent, Verdict.ASSUMED_SPENT)
+        if watched:
+            failure.watched_until = done_by + WATCHED_FOR
+        self._failures[job_id] = failure
+
+    def watching(self) -> bool:
+        """Whether a failed create taken as spent for want of time is still watched."""
+        return any(f.watched_until is not None for f in self._failures.values())
+
+    def take_revised(self) -> dict[int, Verdict]:
+        """The failed creates taken as spent for want of time whose outcome the balances
+        have shown since (each once)."""
+        revised, self._revised = self._revised, {}
+        return revised
 
     def unsettled(self) -> bool:
         """Whether a failed create awaits its verdict."""
@@ -148,8 +172,22 @@ class BalanceLedger:
                 verdicts[job_id] = failure.verdict = verdict
                 if verdict is Verdict.ASSUMED_SPENT:
                     self._explain(job_id, failure, gaps)
+        self._rejudge(gaps, last_seen)
         self._forget_settled()
         return verdicts
+
+    def _rejudge(self, gaps: list[_Gap] | None, last_seen: float) -> None:
+        """Judge again the failed creates taken as spent for want of time: those the
+        balances show now are `revised`; those they never will tell are no longer watched."""
+        for job_id, failure in self._failures.items():
+            if failure.watched_until is None:
+                continue
+            verdict = self._judge(failure, gaps)
+            done = failure.done_by <= last_seen
+            if verdict is Verdict.SPENT or (verdict is Verdict.UNSPENT and done):
+                self._revised[job_id] = failure.verdict = verdict
+            if (verdict is not None and done) or last_seen > failure.watched_until:
+                failure.watched_until = None
 
     def wants_read(self, job_id: int, now: float) -> bool:
         """Whether a read of the balance now may tell the failed create's outcome, and
@@ -166,7 +204,9 @@ class BalanceLedger:
         """No balance tells (soon enough): the failed create is taken as spent."""
         log.info("job %s: the balances did not tell in time whether its failed create spent "
                  "(%s)", job_id, self._awaited(self._failures[job_id]))
-        self._failures[job_id].verdict = Verdict.ASSUMED_SPENT
+        failure = self._failures[job_id]
+        failure.verdict = Verdict.ASSUMED_SPENT
+        failure.watched_until = failure.done_by + WATCHED_FOR
         self._forget_settled()
         return {job_id: Verdict.ASSUMED_SPENT}
 
@@ -189,6 +229,11 @@ class BalanceLedger:
 
     def _undecided(self) -> list[tuple[int, _Failure]]:
         return [(job_id, f) for job_id, f in self._failures.items() if f.verdict is None]
+
+    def _pending(self) -> list[_Failure]:
+        """The failures still to judge: undecided, or watched."""
+        return [f for f in self._failures.values()
+                if f.verdict is None or f.watched_until is not None]
 
     def _judgeable(self, failure: _Failure, gaps: list[_Gap] | None) -> bool:
         return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
@@ -274,18 +319,20 @@ class BalanceLedger:
 
     def _forget_settled(self) -> None:
         """Keep only what later verdicts need: the sightings from the last one before the
-        oldest undecided failure was sent (just the last one when none is left), and the
-        decided failures that may still share a gap with them."""
-        oldest = min((f.sent for _, f in self._undecided()), default=float("inf"))
+        oldest failure still to judge was sent (just the last one when none is left), and
+        the others that may still share a gap with them."""
+        pending = self._pending()
+        if not pending:
+            self._blind = False
+        oldest = min((f.sent for f in pending), default=float("inf"))
         before = [s for s in self._sightings if s.end <= oldest]
         if not before:
             return
         anchor = max(before, key=lambda s: s.end)
         self._sightings = [s for s in self._sightings if s.end >= anchor.start]
         self._failures = {job_id: f for job_id, f in self._failures.items()
-                          if f.verdict is None or f.done_by > anchor.start}
-        if not self._undecided():
-            self._blind = False
+                          if f.done_by > anchor.start or f.verdict is None
+                          or f.watched_until is not None}
 
 
 def _coverable(gaps: list[_Gap], failures: list[_Failure]) -> bool:

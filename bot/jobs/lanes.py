@@ -28,6 +28,7 @@ class Lane:
     ledger: BalanceLedger = field(default_factory=BalanceLedger)
     reconciling: asyncio.Lock = field(default_factory=asyncio.Lock)
     read_failed_at: float = float("-inf")  # when a read of its balance last failed
+    rejudge_after: float = float("-inf")  # monotonic; see JobRunner._rejudge
     _news: asyncio.Event = field(default_factory=asyncio.Event)
 
     def news_event(self) -> asyncio.Event:

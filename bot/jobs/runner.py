@@ -24,7 +24,7 @@ from aiogram.exceptions import (
 
 from bot.config import MAX_WAIT_SECONDS
 from bot.jobs import crashpoints
-from bot.jobs.balance_ledger import Verdict
+from bot.jobs.balance_ledger import WATCHED_FOR, Verdict
 from bot.jobs.create_queue import FairQueue
 from bot.jobs.failures import Failure
 from bot.jobs.lanes import Lane
@@ -131,7 +131,9 @@ class JobRunner:
         # crash): job id -> when the server has surely finished with it.
         self._settling: dict[int, float] = {}
         self._verdicts: dict[int, bool] = {}  # job id -> spent nothing
-        self.reconciled: Counter[str] = Counter()  # verdicts: unspent, spent, assumed_spent
+        # Verdicts: unspent, spent, assumed_spent; and of those assumed spent, what the
+        # balance showed later: spent_after_assumed, unspent_after_assumed.
+        self.reconciled: Counter[str] = Counter()
         self._job_left = asyncio.Event()
 
     @property
@@ -238,8 +240,12 @@ class JobRunner:
         failed create): those shown to have spent nothing are sent again, those shown or
         assumed to have spent end as unknown, and the rest wait for the balances to come."""
         stuck = await self._jobs.mid_create(key=lane.key)
-        if stuck:
-            await self._recall_balances(lane, min(job.sent for job in stuck.values()))
+        # The creates taken as spent lately are watched again: the balances may yet tell.
+        watched = await self._jobs.taken_as_spent_from(time.time() - WATCHED_FOR -
+                                                        self._policy.create_settles_after,
+                                                        key=lane.key)
+        if sent := [job.sent for job in (*stuck.values(), *watched.values())]:
+            await self._recall_balances(lane, min(sent))
         for job_id, (sent_at, failed_done_by) in stuck.items():
             # Failed and being settled before the crash, or cut off by it.
             done_by = sent_at + self._policy.create_settles_after if failed_done_by is None \
@@ -282,6 +288,11 @@ class JobRunner:
         for job_id in give_up:
             if lane.ledger.undecided(job_id):
                 verdicts.update(lane.ledger.assume_spent(job_id))
+        if revised := lane.ledger.take_revised():
+            # Their users were told their requests may have counted: only the figures
+            # change, from "assumed spent" to what the balance shows.
+            self.reconciled.update(f"{verdict.value}_after_assumed" for verdict in revised.values())
+            log.info("balances of key %s: %s", lane.key, _counted(revised, "_after_assumed"))
         if not verdicts:
             return verdicts
         self.reconciled.update(verdicts.values())
@@ -294,13 +305,26 @@ class JobRunner:
         self._verdicts.update({job: v is Verdict.UNSPENT for job, v in verdicts.items()})
         return verdicts
 
+    async def _rejudge(self, lane: Lane) -> None:
+        """Now and then, with the balances a create just reported: what they show of the
+        failed creates taken as spent for want of time (when no job awaits a verdict,
+        nothing else asks)."""
+        now = time.monotonic()
+        if lane.ledger.watching() and now >= lane.rejudge_after:
+            lane.rejudge_after = now + self._policy.balance_check_grace
+            async with lane.reconciling:
+                await self._decide(lane)
+
     async def _recall_balances(self, lane: Lane, since: float) -> None:
         """Give the key's ledger the balances seen before a crash, around `since`: the
         last one read, and those reported by the creates acknowledged from just before;
         and the failed creates taken as spent then, whose debits may be among them."""
         settles = self._policy.create_settles_after
-        for sent, done_by in await self._jobs.taken_as_spent_from(since - settles, key=lane.key):
-            lane.ledger.spent_earlier(sent, sent + settles if done_by is None else done_by)
+        earlier = await self._jobs.taken_as_spent_from(since - settles, key=lane.key)
+        for job_id, (sent, known_done_by) in earlier.items():
+            done_by = sent + settles if known_done_by is None else known_done_by
+            lane.ledger.spent_earlier(job_id, sent, done_by,
+                                      watched=done_by + WATCHED_FOR > time.time())
         if anchor := await self._jobs.balance_anchor(key=lane.key):
             units, read_at = anchor
             lane.ledger.read(units, read_at, read_at)
@@ -544,6 +568,7 @@ class JobRunner:
             lane.queue.sent(job.id, rate_limited=False)
             reported = True
             await self._jobs.set_upstream(job.id, created.id, created.units)
+            await self._rejudge(lane)
             log.info("job %s created upstream id %s (units left %s)", job.id, created.id,
                      created.units, extra=job_event(job, "created"))
             if created.units is not None:
@@ -781,6 +806,6 @@ class _RunnerService:
         return self.runner.workers.alive()
 
 
-def _counted(verdicts: dict[int, Verdict]) -> str:
+def _counted(verdicts: dict[int, Verdict], suffix: str = "") -> str:
     """"2 unspent, 1 assumed_spent", for the log."""
-    return ", ".join(f"{n} {v.value}" for v, n in Counter(verdicts.values()).items())
+    return ", ".join(f"{n} {v.value}{suffix}" for v, n in Counter(verdicts.values()).items())
