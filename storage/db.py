@@ -203,6 +203,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- verdict: a restart goes on from it, not from "a minute after it was sent".
     ALTER TABLE jobs ADD COLUMN create_done_by REAL;
     """,
+    """
+    -- What the balance showed of a failed create: 'spent', 'unspent', or 'assumed_spent'
+    -- (NULL: not judged yet). A restart then watches only those still in doubt.
+    ALTER TABLE jobs ADD COLUMN create_verdict TEXT;
+    """,
 )
 
 

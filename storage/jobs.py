@@ -72,6 +72,15 @@ class Job:
                       "cancelled": bool(values["cancelled"])})
 
 
+class TakenAsSpent(NamedTuple):
+    """A failed create_request taken as spent: when it was sent, when the server was
+    surely done with it (if known), and whether the balance showed it spent."""
+
+    sent: float
+    done_by: float | None
+    shown_spent: bool
+
+
 class MidCreate(NamedTuple):
     """A create_request that may have spent a unit, and when it was sent."""
 
@@ -218,15 +227,19 @@ class JobRepo:
             (key, moment))
         return [float(row[0]) for row in rows]
 
-    async def taken_as_spent_from(self, moment: float, *, key: str) -> dict[int, MidCreate]:
+    async def taken_as_spent_from(self, moment: float, *, key: str
+                                  ) -> dict[int, TakenAsSpent]:
         """The creates sent with `key` from `moment` on that failed and were taken as spent
-        (their jobs unknown, or since retried): job id -> when it was sent, and when the
-        server was surely done with it, if that was known."""
+        (their jobs unknown, or since retried), but for those the balance showed later to
+        have spent nothing: by job id."""
         rows = await self._db.execute_fetchall(
-            """SELECT id, sent_at, create_done_by FROM jobs WHERE sent_at >= ?
-               AND upstream_key = ? AND state IN (?, ?) AND upstream_id IS NULL""",
+            """SELECT id, sent_at, create_done_by, create_verdict FROM jobs WHERE sent_at >= ?
+               AND upstream_key = ? AND state IN (?, ?) AND upstream_id IS NULL
+               AND coalesce(create_verdict, '') != 'unspent'""",
             (moment, key, JobState.UNKNOWN, JobState.RETRIED))
-        return {int(row[0]): MidCreate(float(row[1]), None if row[2] is None else float(row[2]))
+        return {int(row[0]): TakenAsSpent(float(row[1]),
+                                          None if row[2] is None else float(row[2]),
+                                          row[3] == "spent")
                 for row in rows}
 
     async def mid_create(self, *, key: str | None = None,
@@ -289,7 +302,7 @@ class JobRepo:
                             sent_at: float | None = None) -> None:
         """About to send create_request (at `sent_at`), with the key of fingerprint `key`."""
         fields: dict[str, Any] = {"state": JobState.CREATING, "sent_at": sent_at or time.time(),
-                                  "create_done_by": None}
+                                  "create_done_by": None, "create_verdict": None}
         if key is not None:
             fields["upstream_key"] = key
         await self._update(job_id, **fields)
@@ -297,6 +310,10 @@ class JobRepo:
     async def mark_create_failed(self, job_id: int, done_by: float) -> None:
         """Its create failed, and the server was surely done with it by `done_by`."""
         await self._update(job_id, create_done_by=done_by)
+
+    async def set_create_verdict(self, job_id: int, verdict: str) -> None:
+        """What the balance showed of the job's failed create (see the column)."""
+        await self._update(job_id, create_verdict=verdict)
 
     async def requeue(self, job_id: int) -> None:
         """Back to NEW after a create_request that surely did not count (a 429)."""

@@ -262,6 +262,11 @@ async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
     # and the one taken as spent before is now shown spent too
     assert after.runner.reconciled == {"spent": 1, "spent_after_assumed": 1}
     assert after.chatinfo.calls["create_request"] == 2  # neither sent again
+    await after.runner.stop()
+    again = await make_app()
+    await again.runner.resume()
+    await again.settle()
+    assert again.runner.reconciled == {}  # each shown once
 
 
 async def test_a_failed_create_taken_as_spent_before_a_restart_keeps_its_time_after_it(

@@ -553,6 +553,25 @@ async def test_while_a_failed_create_is_settled_calls_go_one_at_a_time_but_for_s
         await queue.stop()
 
 
+async def test_a_backlog_as_long_as_the_cap_lifts_the_care_at_once() -> None:
+    queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=4,
+                      careful=lambda: True)
+    queue.start()
+    try:
+        turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(9)]
+        await asyncio.wait_for(turns[0], 1.0)
+        queue.sent(0, rate_limited=False)  # the start's probe went through
+        await wait_until(lambda: queue.outstanding == 4, timeout=2, what="four out at once")
+        queue.sent(1, rate_limited=False)  # four still wait: the cap stays lifted
+        await wait_until(lambda: queue.outstanding == 4, timeout=2, what="four out again")
+        for job_id in (2, 3, 4):
+            queue.sent(job_id, rate_limited=False)
+        await asyncio.sleep(0.05)  # three left waiting: one at a time again
+        assert queue.outstanding == 1 and queue.queued == 3
+    finally:
+        await queue.stop()
+
+
 async def test_a_backlog_is_let_out_one_more_at_a_time_for_each_call_that_ends() -> None:
     queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=16)
     queue.start()

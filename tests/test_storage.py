@@ -155,3 +155,24 @@ async def test_another_tasks_write_waits_for_a_transaction_and_outlives_its_roll
     assert (await QuotaRepo(reopened, 1).usage(1, DAY)).used == 0
     await reopened.close()
     await db.close()
+
+
+async def test_a_failed_create_s_verdict_is_kept_for_the_next_start(tmp_path: Path) -> None:
+    """What the balance showed of a failed create taken as spent: a restart watches only
+    those still in doubt, and leaves out those shown to have spent nothing."""
+    db = await open_database(tmp_path / "v.sqlite3")
+    await db.execute("INSERT INTO users (id, first_seen, last_seen) VALUES (1, 0, 0)")
+    jobs = JobRepo(db)
+    ids: list[int] = []
+    for verdict in ("spent", "unspent", "assumed_spent"):
+        job_id = await jobs.add(user_id=1, chat_id=1, source_message_id=None, locale="en",
+                                mode="chat", content=verdict)
+        assert job_id is not None
+        await jobs.mark_creating(job_id, key="k", sent_at=100.0 + len(ids))
+        await jobs.end(job_id, JobState.UNKNOWN, "unknown_outcome")
+        await jobs.set_create_verdict(job_id, verdict)
+        ids.append(job_id)
+    taken = await jobs.taken_as_spent_from(0.0, key="k")
+    assert {job_id: entry.shown_spent for job_id, entry in taken.items()} == {
+        ids[0]: True, ids[2]: False}
+    await db.close()

@@ -35,7 +35,9 @@ class FairQueue(Worker):
     not mixed up with theirs; a slow call, whose reply places its balance loosely
     anyway, does not hold the rest. Then the cap grows back by one with each call that
     ends: a backlog is not let out all at once, where a few failures together could not
-    be told apart again.
+    be told apart again. But as many requests waiting as `in_flight` lift the cap at
+    once: one at a time, with a database write in each turn, cannot keep up with a
+    backlog after a restart or a 429 storm, and its users would wait until told "busy".
     """
 
     name = "create-queue"
@@ -187,7 +189,9 @@ class FairQueue(Worker):
         """Seconds until another call may go out (0: now; None: once a call ends)."""
         if self.outstanding >= self._in_flight:
             return None
-        if self._careful():
+        if self.queued >= self._in_flight:  # a backlog: getting through it comes first
+            self._cap = self._in_flight
+        elif self._careful():
             self._cap = self._careful_in_flight
         now = time.monotonic()
         recent = sorted(at for at in self._granted_at.values() if now - at < self._slow_after)

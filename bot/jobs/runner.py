@@ -240,11 +240,13 @@ class JobRunner:
         failed create): those shown to have spent nothing are sent again, those shown or
         assumed to have spent end as unknown, and the rest wait for the balances to come."""
         stuck = await self._jobs.mid_create(key=lane.key)
-        # The creates taken as spent lately are watched again: the balances may yet tell.
-        watched = await self._jobs.taken_as_spent_from(time.time() - WATCHED_FOR -
-                                                        self._policy.create_settles_after,
-                                                        key=lane.key)
-        if sent := [job.sent for job in (*stuck.values(), *watched.values())]:
+        # The creates taken as spent lately in doubt are watched again: the balances may
+        # yet tell.
+        lately = await self._jobs.taken_as_spent_from(
+            time.time() - WATCHED_FOR - self._policy.create_settles_after, key=lane.key)
+        sent = [job.sent for job in stuck.values()]
+        sent += [job.sent for job in lately.values() if not job.shown_spent]
+        if sent:
             await self._recall_balances(lane, min(sent))
         for job_id, (sent_at, failed_done_by) in stuck.items():
             # Failed and being settled before the crash, or cut off by it.
@@ -293,6 +295,8 @@ class JobRunner:
             # change, from "assumed spent" to what the balance shows.
             self.reconciled.update(f"{verdict.value}_after_assumed" for verdict in revised.values())
             log.info("balances of key %s: %s", lane.key, _counted(revised, "_after_assumed"))
+        for job_id, verdict in (verdicts | revised).items():
+            await self._jobs.set_create_verdict(job_id, verdict.value)
         if not verdicts:
             return verdicts
         self.reconciled.update(verdicts.values())
@@ -321,10 +325,11 @@ class JobRunner:
         and the failed creates taken as spent then, whose debits may be among them."""
         settles = self._policy.create_settles_after
         earlier = await self._jobs.taken_as_spent_from(since - settles, key=lane.key)
-        for job_id, (sent, known_done_by) in earlier.items():
+        for job_id, (sent, known_done_by, shown_spent) in earlier.items():
             done_by = sent + settles if known_done_by is None else known_done_by
-            lane.ledger.spent_earlier(job_id, sent, done_by,
-                                      watched=done_by + WATCHED_FOR > time.time())
+            lane.ledger.spent_earlier(
+                job_id, sent, done_by,
+                watched=not shown_spent and done_by + WATCHED_FOR > time.time())
         if anchor := await self._jobs.balance_anchor(key=lane.key):
             units, read_at = anchor
             lane.ledger.read(units, read_at, read_at)
