@@ -52,6 +52,13 @@ async def sent_job(app: App, content: str) -> int:
     return job_id
 
 
+async def creating_job(app: App, key: str, content: str) -> int:
+    """A job whose create_request is about to be sent with the key of fingerprint `key`."""
+    job_id = await add_job(app, content=content)
+    await app.jobs.mark_creating(job_id, key=key)
+    return job_id
+
+
 async def state_of(app: App, job_id: int) -> JobState:
     job = await app.jobs.get(job_id)
     assert job is not None
@@ -245,12 +252,10 @@ async def test_a_restart_counts_the_failed_creates_taken_as_spent_before_it(
     await before.runner.resume()  # reads the balance (1000) and keeps it
     client = ChatinfoClient(before.chatinfo.base_url, "test-key")
     key = next(iter(before.runner.lanes))  # the fingerprint of the one key
-    earlier = await add_job(before, content="earlier")
-    await before.jobs.mark_creating(earlier, key=key)
+    earlier = await creating_job(before, key, "earlier")
     await client.create_request("earlier", "chat")  # spent; the reply was lost...
     await before.jobs.end(earlier, JobState.UNKNOWN, "unknown_outcome")  # ...and so judged
-    lost = await add_job(before, content="lost")
-    await before.jobs.mark_creating(lost, key=key)
+    lost = await creating_job(before, key, "lost")
     await client.create_request("lost", "chat")  # spent; then the crash
     await client.close()
     await before.runner.stop()
@@ -279,21 +284,17 @@ async def test_a_failed_create_taken_as_spent_before_a_restart_keeps_its_time_af
     await before.runner.resume()  # reads the balance (1000) and keeps it
     key = next(iter(before.runner.lanes))
     client = ChatinfoClient(before.chatinfo.base_url, "test-key")
-    earlier = await add_job(before, content="earlier")
-    await before.jobs.mark_creating(earlier, key=key)
+    earlier = await creating_job(before, key, "earlier")
     await client.create_request("earlier", "chat")  # spent (999); its reply was garbled
     await before.jobs.mark_create_failed(earlier, time.time())
     await before.jobs.end(earlier, JobState.UNKNOWN, "unknown_outcome")
-    other = await add_job(before, content="other")
-    await before.jobs.mark_creating(other, key=key)  # a 500 that spent nothing
+    other = await creating_job(before, key, "other")  # a 500 that spent nothing
     await before.jobs.mark_create_failed(other, time.time())
     await before.jobs.end(other, JobState.UNKNOWN, "unknown_outcome")
-    between = await add_job(before, content="between")
-    await before.jobs.mark_creating(between, key=key)
+    between = await creating_job(before, key, "between")
     created = await client.create_request("between", "chat")  # reports 998
     await before.jobs.set_upstream(between, created.id, created.units)
-    lost = await add_job(before, content="lost")
-    await before.jobs.mark_creating(lost, key=key)
+    lost = await creating_job(before, key, "lost")
     await client.create_request("lost", "chat")  # spent (997); then the crash
     await client.close()
     await before.runner.stop()
@@ -315,15 +316,12 @@ async def test_a_failed_create_being_settled_at_a_crash_keeps_its_time_after_it(
     await before.runner.resume()  # reads the balance (1000) and keeps it
     key = next(iter(before.runner.lanes))
     client = ChatinfoClient(before.chatinfo.base_url, "test-key")
-    failed = await add_job(before, content="failed")
-    await before.jobs.mark_creating(failed, key=key)
+    failed = await creating_job(before, key, "failed")
     await before.jobs.mark_create_failed(failed, time.time())  # a 500: nothing spent
-    between = await add_job(before, content="between")
-    await before.jobs.mark_creating(between, key=key)
+    between = await creating_job(before, key, "between")
     created = await client.create_request("between", "chat")  # reports 999
     await before.jobs.set_upstream(between, created.id, created.units)
-    lost = await add_job(before, content="lost")
-    await before.jobs.mark_creating(lost, key=key)
+    lost = await creating_job(before, key, "lost")
     await client.create_request("lost", "chat")  # spent (998); then the crash
     await client.close()
     await before.runner.stop()
