@@ -13,7 +13,8 @@ from aiogram.methods.base import Response, TelegramType
 from bot.telegram.throttle import TelegramThrottle, in_background
 
 
-async def test_messages_keep_one_a_second_per_chat_and_the_bot_wide_rate() -> None:
+async def test_messages_keep_one_a_second_per_chat_after_a_short_burst_and_the_bot_wide_rate(
+) -> None:
     throttle = TelegramThrottle(per_bot_per_second=20)
     loop = asyncio.get_running_loop()
     sent: list[tuple[int, float]] = []
@@ -27,14 +28,16 @@ async def test_messages_keep_one_a_second_per_chat_and_the_bot_wide_rate() -> No
         return throttle(make_request, cast(Bot, None), SendMessage(chat_id=chat_id, text="x"))
 
     started = loop.time()
-    await asyncio.gather(*(send(7) for _ in range(3)),
+    await asyncio.gather(*(send(7) for _ in range(5)),
                          *(send(1000 + n) for n in range(40)))
 
     one_chat = [moment for chat_id, moment in sent if chat_id == 7]
-    assert all(b - a >= 0.9 for a, b in itertools.pairwise(one_chat))
-    # A burst of 20, then 20 a second: the other 23 messages need at least a second more.
+    # The Bot FAQ allows a short burst in a chat; after it, one a second.
+    assert one_chat[2] - one_chat[0] < 0.5
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(one_chat[2:]))
+    # A burst of 20, then 20 a second: the other 25 messages need at least a second more.
     assert max(moment for _, moment in sent) - started >= 0.9
-    assert len(sent) == 43
+    assert len(sent) == 45
 
 
 def recorder(throttle: TelegramThrottle, sent: list[tuple[str, float]]) -> Any:

@@ -50,6 +50,9 @@ from bot.config import TELEGRAM_MESSAGES_PER_SECOND
 MESSAGE_METHODS = (SendMessage, EditMessageText, EditMessageReplyMarkup, CopyMessage,
                    ForwardMessage, SendDocument, SendPhoto)
 PER_CHAT_PER_SECOND = 1
+# "We may allow short bursts that go over this limit" (the Bot FAQ): a user who sends a
+# few messages at once does not hold up the answer to the one before them.
+PER_CHAT_BURST = 3
 PER_GROUP_PER_MINUTE = 20
 IDLE_LIMITERS_KEPT = 10_000  # per-chat limiters are forgotten once idle beyond this many
 DEFAULT_BACKGROUND_SHARE = 1 / 3
@@ -197,7 +200,7 @@ class TelegramThrottle(BaseRequestMiddleware):
                 self._forget_idle()
             # Negative ids are groups and channels.
             limiter = (AsyncLimiter(PER_GROUP_PER_MINUTE, 60) if chat_id < 0
-                       else AsyncLimiter(PER_CHAT_PER_SECOND, 1))
+                       else AsyncLimiter(PER_CHAT_BURST, PER_CHAT_BURST / PER_CHAT_PER_SECOND))
             self._chats[chat_id] = limiter
         return limiter
 

@@ -236,14 +236,19 @@ def summarise(args: argparse.Namespace, jobs: int, sent_for: float, records: lis
               statuses: dict[tuple[str, int], int], polls: Counter[int], sent: list[Sent],
               cpu: float, rss: float) -> dict[str, Any]:
     delivered: dict[str, float] = {}
+    methods: dict[str, str] = {}
     one_message = 0
     for message in sent:
         if message.tag and message.tag not in delivered:
             delivered[message.tag] = message.at
+            methods[message.tag] = message.method
             one_message += message.method == "sendMessage"
     by_tag = {r.tag: r for r in records}
     lags = [at - by_tag[tag].ready_at for tag, at in delivered.items() if tag in by_tag]
     per_job = [polls[by_tag[tag].id] for tag in delivered if tag in by_tag]
+    # The lag in two: waiting for a poll to find the answer, then the bot and Telegram.
+    found = [(r.found_at - r.ready_at, delivered[tag] - r.found_at)
+             for tag, r in by_tag.items() if tag in delivered and r.found_at is not None]
     if args.details:
         with args.details.open("a") as out:
             for tag, at in delivered.items():
@@ -252,7 +257,9 @@ def summarise(args: argparse.Namespace, jobs: int, sent_for: float, records: lis
                         "noise": args.noise, "history": args.history, "tag": tag,
                         "solve": record.ready_at - record.created_at,
                         "first_poll": (record.first_polled_at or at) - record.created_at,
-                        "polls": polls[record.id], "lag": at - record.ready_at}) + "\n")
+                        "polls": polls[record.id], "lag": at - record.ready_at,
+                        "found": (record.found_at or at) - record.ready_at,
+                        "method": methods[tag]}) + "\n")
     return {
         "variant": "ours", "jobs": jobs, "delivered": len(delivered),
         "created_per_s": len(records) / sent_for,
@@ -261,6 +268,10 @@ def summarise(args: argparse.Namespace, jobs: int, sent_for: float, records: lis
         "lag_p50": percentile(lags, 0.5), "lag_p99": percentile(lags, 0.99),
         "lag_max": max(lags, default=float("nan")),
         "late_over_5s": sum(1 for lag in lags if lag > 5.0),
+        "found_p50": percentile([f for f, _ in found], 0.5),
+        "found_p99": percentile([f for f, _ in found], 0.99),
+        "inside_p50": percentile([i for _, i in found], 0.5),
+        "inside_p99": percentile([i for _, i in found], 0.99),
         "one_message_answers": one_message,
         "telegram_messages": len(sent),
         "cpu_s": cpu, "cpu_ms_per_request": 1000 * cpu / max(1, jobs), "peak_rss_mb": rss,
@@ -291,6 +302,12 @@ def degraded_note(label: str, ours: dict[str, Any]) -> str:
     return (f"{label}: the bot's pressure left out {counts.get('1', 0)} typing actions and "
             f"progress edits, answered {counts.get('2', 0)} requests in one message (no "
             f"placeholder), and held {counts.get('3', 0)} requests' create_request.")
+
+
+def lag_note(ours: dict[str, Any]) -> str:
+    return (f" Of the lag, a poll found the answer after p50 {ours['found_p50']:.2f} s, "
+            f"p99 {ours['found_p99']:.2f} s; the bot and Telegram took p50 "
+            f"{ours['inside_p50']:.2f} s, p99 {ours['inside_p99']:.2f} s more.")
 
 
 def row(label: str, ours: dict[str, Any], loop: dict[str, Any] | None) -> str:
@@ -350,7 +367,7 @@ def main() -> int:
         ours = asyncio.run(run_ours(plan))
         loop = None if args.no_loop else run_loop(plan)
         lines.append(row(label, ours, loop))
-        notes.append(degraded_note(label, ours))
+        notes.append(degraded_note(label, ours) + lag_note(ours))
         print(lines[-1], notes[-1], sep="\n", file=sys.stderr)
         print(f"per API key: {ours['per_key']}", file=sys.stderr)
     print("\n".join(lines))

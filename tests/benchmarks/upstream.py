@@ -45,6 +45,7 @@ class Record:
     ready_at: float  # time.monotonic(), the same clock in every process on this machine
     created_at: float
     first_polled_at: float | None = None
+    found_at: float | None = None  # when the first poll after ready_at arrived
 
 
 def per_key_text(per_key: dict[str, tuple[int, int]]) -> str:
@@ -73,14 +74,18 @@ def _serve(seed: int, noise: float, scale: float, limits: dict[str, int], keys: 
         await loop.run_in_executor(None, conn.recv)  # the parent asks for the records
         polls: Counter[int] = Counter()
         first_polls: dict[int, float] = {}
+        found: dict[int, float] = {}
+        ready = {r.id: r.ready_at for r in server.requests}
         for call in server.served:
             if call.endpoint == "get_response" and call.request_id is not None:
                 polls[call.request_id] += 1
                 first_polls.setdefault(call.request_id, call.arrived_at)
+                if call.arrived_at >= ready.get(call.request_id, float("inf")):
+                    found.setdefault(call.request_id, call.arrived_at)
         per_key = {key: (sum(1 for r in server.requests if r.key == key),
                          server.generated_429s(key)) for key in names}
         conn.send(([Record(r.id, r.content.split(" ", 1)[0], r.ready_at, r.created_at,
-                           first_polls.get(r.id))
+                           first_polls.get(r.id), found.get(r.id))
                     for r in server.requests], dict(server.statuses), polls, per_key))
         await server.stop()
 
