@@ -252,6 +252,7 @@ class Database:
         async with self._writing:
             self._holder = asyncio.current_task()
             try:
+                await self.connection.execute("BEGIN")
                 yield
                 await self.connection.commit()
             except BaseException:
@@ -262,7 +263,13 @@ class Database:
 
     async def write(self, sql: str, parameters: Parameters = ()) -> Written:
         """One statement that changes rows: committed now, or with the open transaction."""
-        async with self.transaction():
+        if self._holder is not None and self._holder is asyncio.current_task():
+            cursor = await self.connection.execute(sql, parameters)
+            return Written(cursor.rowcount, cursor.lastrowid)
+        # Alone, it is its own transaction: SQLite commits it as it runs, in one trip to
+        # the connection's thread instead of two. It still waits for another task's
+        # transaction, or it would be part of it.
+        async with self._writing:
             cursor = await self.connection.execute(sql, parameters)
             return Written(cursor.rowcount, cursor.lastrowid)
 
@@ -308,7 +315,9 @@ async def open_database(path: Path) -> Database:
     try:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
+        # Autocommit: a statement outside `transaction()` commits as it runs, and a
+        # transaction is begun and ended by hand.
+        db = await aiosqlite.connect(path, isolation_level=None)
     except (OSError, sqlite3.Error) as error:
         raise DatabaseError(f"cannot open database {path}: {error}") from None
     try:
