@@ -12,12 +12,11 @@ and is at most 1, by Cauchy-Schwarz; it shows what a perfect model could save at
     at σ 0.9, mean lag × polls is no better than 0.94 of the loop's: the same polls as the
     loop cannot bring the lag below 0.94 s, and a lag of 0.6 s takes 1.56 × its polls.
 
-The targets README states are a median lag of 0.6 s, with p99 no worse than the loop's (2 s).
-Per moment t,
-a gap g finds an answer ready then within 0.6 s with chance min(1, 0.6 / g) and more than
-2 s late with chance max(0, (g - 2) / g), at S(t) / g polls: `best_share_within` bounds
-the share of answers any schedule delivers within 0.6 s with no more polls than the loop and
-at most 1 % of them over 2 s. The loop itself delivers 0.3 of them so.
+The targets README states are a median lag of 0.6 s, with p99 no worse than the loop's
+(2 s). Per moment t, a gap g finds an answer ready then within 0.6 s with chance
+min(1, 0.6 / g) and more than 2 s late with chance max(0, (g - 2) / g), at S(t) / g polls:
+`best_share_within` bounds the share of answers any schedule delivers within 0.6 s with no
+more polls than the loop and at most 1 % of them over 2 s. The loop delivers 0.3 so.
 
 No model knows more than the true distribution, so no scheduler does better than these; and
 they count only the wait for a poll, not the bot's and Telegram's time after it.
