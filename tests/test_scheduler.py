@@ -553,21 +553,20 @@ async def test_while_a_failed_create_is_settled_calls_go_one_at_a_time_but_for_s
         await queue.stop()
 
 
-async def test_a_backlog_as_long_as_the_cap_lifts_the_care_at_once() -> None:
+async def test_a_backlog_one_at_a_time_would_take_too_long_over_lifts_the_care() -> None:
     queue = FairQueue(SlidingWindowLimiter(limit=100, period=1.0), in_flight=4,
-                      careful=lambda: True)
+                      careful=lambda: True, lift_after=1.0)
     queue.start()
     try:
         turns = [asyncio.create_task(queue.turn(job_id, job_id)) for job_id in range(9)]
         await asyncio.wait_for(turns[0], 1.0)
-        queue.sent(0, rate_limited=False)  # the start's probe went through
+        queue.sent(0, rate_limited=False)  # the start's probe, back at once
+        await asyncio.wait_for(turns[1], 1.0)
+        await asyncio.sleep(0.05)  # quick calls: seven waiting go one at a time
+        assert queue.outstanding == 1 and queue.queued == 7
+        await asyncio.sleep(0.5)
+        queue.sent(1, rate_limited=False)  # seven at a quarter of a second each: too long
         await wait_until(lambda: queue.outstanding == 4, timeout=2, what="four out at once")
-        queue.sent(1, rate_limited=False)  # four still wait: the cap stays lifted
-        await wait_until(lambda: queue.outstanding == 4, timeout=2, what="four out again")
-        for job_id in (2, 3, 4):
-            queue.sent(job_id, rate_limited=False)
-        await asyncio.sleep(0.05)  # three left waiting: one at a time again
-        assert queue.outstanding == 1 and queue.queued == 3
     finally:
         await queue.stop()
 

@@ -238,7 +238,8 @@ def make_runner(bot: Bot, jobs: JobRepo, quotas: QuotaRepo, pool: UpstreamPool,
         queue = FairQueue(upstream.budget(CREATE), policy.creates_in_flight,
                           pressure=delivery.pressure, careful=ledger.unsettled,
                           careful_in_flight=policy.careful_creates_in_flight,
-                          slow_after=policy.slow_create_after)
+                          slow_after=policy.slow_create_after,
+                          lift_after=policy.careful_backlog_seconds)
         return Lane(upstream, queue, PollScheduler(upstream.poll, upstream.budget(POLL),
                                                    solve_times, policy.timing, settled=settled),
                     ledger)

@@ -35,9 +35,10 @@ class FairQueue(Worker):
     not mixed up with theirs; a slow call, whose reply places its balance loosely
     anyway, does not hold the rest. Then the cap grows back by one with each call that
     ends: a backlog is not let out all at once, where a few failures together could not
-    be told apart again. But as many requests waiting as `in_flight` lift the cap at
-    once: one at a time, with a database write in each turn, cannot keep up with a
-    backlog after a restart or a 429 storm, and its users would wait until told "busy".
+    be told apart again. But a backlog that one at a time would take `lift_after`
+    seconds or more to get through, at the pace of the latest calls (each counted for
+    at most `slow_after`), lifts the cap at once: its users would wait too long, or
+    until told "busy".
     """
 
     name = "create-queue"
@@ -45,18 +46,22 @@ class FairQueue(Worker):
     # The start's probe only tells a 429 storm, whose reply is quick: a slow create is
     # not left to hold everyone.
     START_PROBE_TIMEOUT = 2.0
+    TURNS_KEPT = 16  # the latest calls whose pace says how fast a backlog goes, one by one
 
     def __init__(self, limiter: SlidingWindowLimiter, in_flight: int = 1_000_000,
                  pressure: PressureGauge | None = None, *,
                  careful: Callable[[], bool] = lambda: False, careful_in_flight: int = 1,
-                 slow_after: float = 3.0) -> None:
+                 slow_after: float = 3.0, lift_after: float = 10.0) -> None:
         self._limiter = limiter
         self._in_flight = in_flight
         self._careful = careful
         self._careful_in_flight = careful_in_flight
         self._slow_after = slow_after
         self._cap = careful_in_flight  # calls out at once now, but for slow ones
+        self._lift_after = lift_after
         self._granted_at: dict[int, float] = {}  # job id -> when its call was granted
+        # How long the latest calls held their turn, from grant to `sent`.
+        self._turns: deque[float] = deque(maxlen=self.TURNS_KEPT)
         self._call_ended = asyncio.Event()
         self._pressure = pressure or PressureGauge()
         # user -> their waiting (job id, ticket)s, users in round-robin order
@@ -128,6 +133,7 @@ class FairQueue(Worker):
     def give_back(self, job_id: int) -> None:
         """A granted slot whose call will not be made."""
         self._limiter.release_last()
+        self._granted_at.pop(job_id, None)  # no call: nothing to learn of the pace
         self.sent(job_id, rate_limited=False)
 
     def pause(self) -> None:
@@ -140,7 +146,9 @@ class FairQueue(Worker):
     def sent(self, job_id: int, *, rate_limited: bool) -> None:
         """How the granted call went: a 429 holds the queue for the server's window."""
         self.outstanding -= 1
-        self._granted_at.pop(job_id, None)
+        granted = self._granted_at.pop(job_id, None)
+        if granted is not None:
+            self._turns.append(min(time.monotonic() - granted, self._slow_after))
         self._cap = min(self._cap + 1, self._in_flight)
         self._call_ended.set()
         if rate_limited:
@@ -189,7 +197,7 @@ class FairQueue(Worker):
         """Seconds until another call may go out (0: now; None: once a call ends)."""
         if self.outstanding >= self._in_flight:
             return None
-        if self.queued >= self._in_flight:  # a backlog: getting through it comes first
+        if self._one_by_one_takes() >= self._lift_after:  # getting through it comes first
             self._cap = self._in_flight
         elif self._careful():
             self._cap = self._careful_in_flight
@@ -198,6 +206,12 @@ class FairQueue(Worker):
         if len(recent) < self._cap:
             return 0.0
         return recent[-self._cap] + self._slow_after - now
+
+    def _one_by_one_takes(self) -> float:
+        """Seconds the requests waiting would take one at a time, at the latest pace."""
+        if not self._turns:
+            return 0.0
+        return self.queued * sum(self._turns) / len(self._turns)
 
     async def _grant(self) -> bool:
         """Hand the slot just taken to the next request; after a 429, as a probe whose

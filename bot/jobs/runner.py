@@ -90,11 +90,12 @@ class RunnerPolicy:
     # tell apart.
     creates_in_flight: int = 16
     # While a failed create awaits the balance's verdict, creates go out one at a time
-    # (but for those out longer than `slow_create_after` s, and unless as many requests
-    # wait as `creates_in_flight`): each one's balance then tells its debit apart from
-    # the others'.
+    # (but for those out longer than `slow_create_after` s, and unless the requests
+    # waiting would take `careful_backlog_seconds` so): each one's balance then tells its
+    # debit apart from the others'.
     careful_creates_in_flight: int = 1
     slow_create_after: float = 3.0
+    careful_backlog_seconds: float = 10.0
     # A step that raises (a bug, the database) is tried again after 1, 2, 4, 8 s; the
     # fifth failure ends the job, and its user is told.
     step_attempts: int = 5
