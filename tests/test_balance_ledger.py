@@ -303,3 +303,26 @@ def test_a_unit_a_rival_done_without_a_unit_of_its_own_may_explain_stays_unknown
     assert ledger.decide() == {}
     ledger.read(98, 70.0, 70.1)  # 1 is done, and showed no unit of its own
     assert ledger.decide() == {1: ASSUMED, 2: ASSUMED}
+
+
+def test_a_round_of_verdicts_with_nothing_new_works_nothing_out_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job awaiting a verdict asks for one at each news: with a chain of a hundred
+    failures, working it all out each time held the event loop for seconds."""
+    ledger = ledger_from(100)
+    ledger.failed(1, 1.0, 5.0)
+    ledger.sending(2, 2.0)  # in flight: a gap the failure may be in stays open
+    rounds = 0
+    gaps = ledger._gaps
+
+    def counted() -> object:
+        nonlocal rounds
+        rounds += 1
+        return gaps()
+
+    monkeypatch.setattr(ledger, "_gaps", counted)
+    assert ledger.decide() == {} and ledger.decide() == {}
+    assert rounds == 1
+    ledger.created(98, 2.0, 2.2, job_id=2)  # news: the unit missing is the failure's
+    assert ledger.decide() == {1: SPENT}
+    assert rounds == 2

@@ -87,19 +87,25 @@ class BalanceLedger:
         # Failed creates taken as spent for want of time that the balances have shown
         # since to have spent or not: job id -> verdict (see `take_revised`).
         self._revised: dict[int, Verdict] = {}
+        # Whether anything came since the last round of verdicts: with nothing new, a round
+        # decides nothing more, and every job awaiting a verdict asks for one at each news.
+        self._news = True
 
     def read(self, balance: int, start: float, end: float) -> None:
         """The units endpoint said `balance` during [start, end]."""
+        self._news = True
         self._sightings.append(_Sighting(balance, start, end, debit=False))
 
     def sending(self, job_id: int, sent: float) -> None:
         """A create of ours is sent: until it ends, a gap it may fall in is open."""
+        self._news = True
         self._in_flight[job_id] = sent
         self.sends += 1
 
     def ended(self, job_id: int) -> None:
         """The job's create ended spending nothing (a 429, a key turned away), or its
         outcome is recorded (`created`, `failed`)."""
+        self._news = True
         self._in_flight.pop(job_id, None)
 
     @property
@@ -109,6 +115,7 @@ class BalanceLedger:
     def created(self, balance: int | None, sent: float, replied: float,
                 job_id: int | None = None) -> None:
         """A create of ours succeeded and reported the balance after it."""
+        self._news = True
         if job_id is not None:
             self.ended(job_id)
         if balance is None:
@@ -120,6 +127,7 @@ class BalanceLedger:
                noticed: float | None = None) -> None:
         """A create of ours failed without saying whether the server processed it; we
         knew at `noticed` (by default: when it was sent)."""
+        self._news = True
         self.ended(job_id)
         self._failures[job_id] = _Failure(sent, done_by, sent if noticed is None else noticed)
 
@@ -128,6 +136,7 @@ class BalanceLedger:
         """A failed create taken as spent before (a previous run's): its debit may be one
         of the gaps around the failures still to decide. `watched`: taken as spent for
         want of time not long ago, its outcome is still watched for."""
+        self._news = True
         failure = _Failure(sent, done_by, sent, Verdict.ASSUMED_SPENT)
         if watched:
             failure.watched_until = done_by + WATCHED_FOR
@@ -158,11 +167,15 @@ class BalanceLedger:
         A create the server may have processed after the last balance seen is decided
         only if a gap already shows it spent; one that may fall in a gap a create in
         flight may yet explain waits for that create."""
+        if not self._news:
+            return {}
+        self._news = False
         gaps = self._gaps()
         last_seen = max((s.start for s in self._sightings), default=float("-inf"))
         verdicts = {}
+        chains: dict[int, _Chain] = {}
         for job_id, failure in self._undecided():
-            verdict = self._judge(failure, gaps)
+            verdict = self._judge(failure, gaps, chains)
             if verdict is None:
                 continue
             # Shown spent, or never to be told (nothing seen before it, or sightings not to
@@ -172,17 +185,18 @@ class BalanceLedger:
                 verdicts[job_id] = failure.verdict = verdict
                 if verdict is Verdict.ASSUMED_SPENT:
                     self._explain(job_id, failure, gaps)
-        self._rejudge(gaps, last_seen)
+        self._rejudge(gaps, last_seen, chains)
         self._forget_settled()
         return verdicts
 
-    def _rejudge(self, gaps: list[_Gap] | None, last_seen: float) -> None:
+    def _rejudge(self, gaps: list[_Gap] | None, last_seen: float,
+                 chains: dict[int, _Chain]) -> None:
         """Judge again the failed creates taken as spent for want of time: those the
         balances show now are `revised`; those they never will tell are no longer watched."""
         for job_id, failure in self._failures.items():
             if failure.watched_until is None:
                 continue
-            verdict = self._judge(failure, gaps)
+            verdict = self._judge(failure, gaps, chains)
             done = failure.done_by <= last_seen
             if verdict is Verdict.SPENT or (verdict is Verdict.UNSPENT and done):
                 self._revised[job_id] = failure.verdict = verdict
@@ -207,6 +221,7 @@ class BalanceLedger:
         failure = self._failures[job_id]
         failure.verdict = Verdict.ASSUMED_SPENT
         failure.watched_until = failure.done_by + WATCHED_FOR
+        self._news = True
         self._forget_settled()
         return {job_id: Verdict.ASSUMED_SPENT}
 
@@ -238,11 +253,13 @@ class BalanceLedger:
     def _judgeable(self, failure: _Failure, gaps: list[_Gap] | None) -> bool:
         return gaps is not None and any(s.end <= failure.sent for s in self._sightings)
 
-    def _judge(self, failure: _Failure, gaps: list[_Gap] | None) -> Verdict | None:
+    def _judge(self, failure: _Failure, gaps: list[_Gap] | None,
+               chains: dict[int, _Chain]) -> Verdict | None:
         """None: a create in flight may yet report a unit of a gap the failure may be in,
         or a rival failure may yet show its own. (None overlapping shows it spent nothing
         already: a debit of its would be missing from the sightings for good, which those
-        in flight can only add to.)"""
+        in flight can only add to.) `chains`: those found so far in this round of
+        verdicts, by the id of each failure in them."""
         if gaps is None or not self._judgeable(failure, gaps):
             return Verdict.ASSUMED_SPENT
         mine = [gap for gap in gaps if gap.overlaps(failure)]
@@ -252,14 +269,17 @@ class BalanceLedger:
         if any(gap.end > earliest_in_flight for gap in mine):
             return None
         # Spent, if the missing units around it cannot all be others' debits.
-        closed = [gap for gap in gaps if gap.end <= earliest_in_flight]
-        near, rivals = self._around(failure, closed)
-        if _coverable(near, [*rivals, failure]) and not _coverable(near, rivals):
+        chain = chains.get(id(failure))
+        if chain is None:
+            closed = [gap for gap in gaps if gap.end <= earliest_in_flight]
+            chain = _Chain(*self._around(failure, closed), failure)
+            chains.update(dict.fromkeys(map(id, chain.failures), chain))
+        if chain.coverable() and not chain.coverable(without=failure):
             return Verdict.SPENT
         # A rival the server may still be working on may yet show its own unit elsewhere,
         # leaving this one's to this failure.
         last_seen = max(s.start for s in self._sightings)
-        if any(rival.done_by > last_seen for rival in rivals):
+        if any(rival.done_by > last_seen for rival in chain.failures if rival is not failure):
             return None
         return Verdict.ASSUMED_SPENT
 
@@ -276,15 +296,21 @@ class BalanceLedger:
         """The gaps linked to the failure's through failed creates that overlap two, and
         those other failed creates (not shown unspent) that overlap them."""
         near = [gap for gap in gaps if gap.overlaps(failure)]
+        # By identity: a chain may hold a hundred failures, and comparing them by value
+        # on every step made a verdict take a second of the event loop.
         others = [f for f in self._failures.values()
                   if f is not failure and f.verdict is not Verdict.UNSPENT]
         rivals: list[_Failure] = []
         while True:
-            joined = [f for f in others if f not in rivals and any(g.overlaps(f) for g in near)]
+            joined = [f for f in others if any(g.overlaps(f) for g in near)]
             if not joined:
                 return near, rivals
             rivals += joined
-            near += [g for g in gaps if g not in near and any(g.overlaps(f) for f in joined)]
+            taken = {id(f) for f in joined}
+            others = [f for f in others if id(f) not in taken]
+            seen = {id(g) for g in near}
+            near += [g for g in gaps
+                     if id(g) not in seen and any(g.overlaps(f) for f in joined)]
 
     def _gaps(self) -> list[_Gap] | None:
         """The stretches of time with debits nobody reported; None when the sightings
@@ -335,18 +361,41 @@ class BalanceLedger:
                           or f.watched_until is not None}
 
 
-def _coverable(gaps: list[_Gap], failures: list[_Failure]) -> bool:
-    """Whether every unit missing in the gaps can be the debit of a different one of the
-    failed creates, each in a gap its time overlaps (a bipartite matching, by augmenting
-    paths: the gaps are few)."""
-    slots = [gap for gap in gaps for _ in range(gap.units)]
-    if len(slots) > len(failures):
+class _Chain:
+    """Gaps linked through the failed creates that overlap them (`_around`): every one
+    of those failures has the same chain, so it is found once per round of verdicts."""
+
+    __slots__ = ("_all_coverable", "_slots", "failures", "gaps")
+
+    def __init__(self, gaps: list[_Gap], rivals: list[_Failure], failure: _Failure) -> None:
+        self.gaps, self.failures = gaps, [*rivals, failure]
+        # For each unit missing, the failures (by index) whose time overlaps its gap.
+        self._slots = [candidates for gap in gaps for candidates in itertools.repeat(
+            [index for index, each in enumerate(self.failures) if gap.overlaps(each)],
+            gap.units)]
+        self._all_coverable: bool | None = None
+
+    def coverable(self, *, without: _Failure | None = None) -> bool:
+        """Whether every unit missing in the gaps can be the debit of a different one of
+        the chain's failed creates (but `without`), each in a gap its time overlaps."""
+        if without is not None:
+            return _matched(self._slots, next(
+                index for index, each in enumerate(self.failures) if each is without))
+        if self._all_coverable is None:
+            self._all_coverable = _matched(self._slots)
+        return self._all_coverable
+
+
+def _matched(slots: list[list[int]], excluded: int | None = None) -> bool:
+    """Whether each slot can have a candidate of its own, but `excluded` (a bipartite
+    matching, by augmenting paths: the gaps are few)."""
+    if len(slots) > len({index for slot in slots for index in slot} - {excluded}):
         return False
-    slot_of: dict[int, int] = {}  # failure's index -> the slot it is the debit of
+    slot_of: dict[int, int] = {}  # candidate -> the slot it has
 
     def claim(slot: int, tried: set[int]) -> bool:
-        for index, failure in enumerate(failures):
-            if index in tried or not slots[slot].overlaps(failure):
+        for index in slots[slot]:
+            if index in tried or index == excluded:
                 continue
             tried.add(index)
             if index not in slot_of or claim(slot_of[index], tried):
