@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sized
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,7 +246,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[None]:
         """Writes inside land together or not at all; inside another transaction of the
         same task, they are part of that one."""
-        if self._holder is not None and self._holder is asyncio.current_task():
+        if self._in_own_transaction():
             yield
             return
         async with self._writing:
@@ -263,15 +263,15 @@ class Database:
 
     async def write(self, sql: str, parameters: Parameters = ()) -> Written:
         """One statement that changes rows: committed now, or with the open transaction."""
-        if self._holder is not None and self._holder is asyncio.current_task():
-            cursor = await self.connection.execute(sql, parameters)
-            return Written(cursor.rowcount, cursor.lastrowid)
         # Alone, it is its own transaction: SQLite commits it as it runs, in one trip to
         # the connection's thread instead of two. It still waits for another task's
         # transaction, or it would be part of it.
-        async with self._writing:
+        async with nullcontext() if self._in_own_transaction() else self._writing:
             cursor = await self.connection.execute(sql, parameters)
             return Written(cursor.rowcount, cursor.lastrowid)
+
+    def _in_own_transaction(self) -> bool:
+        return self._holder is not None and self._holder is asyncio.current_task()
 
     async def fetch_one(self, sql: str, parameters: Parameters = ()) -> aiosqlite.Row | None:
         """The first row, fetched and closed in one step.

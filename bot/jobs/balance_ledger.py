@@ -127,7 +127,6 @@ class BalanceLedger:
                noticed: float | None = None) -> None:
         """A create of ours failed without saying whether the server processed it; we
         knew at `noticed` (by default: when it was sent)."""
-        self._news = True
         self.ended(job_id)
         self._failures[job_id] = _Failure(sent, done_by, sent if noticed is None else noticed)
 
