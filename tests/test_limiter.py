@@ -330,3 +330,26 @@ async def test_a_server_refusing_everything_teaches_no_limit() -> None:
         await limiter.acquire()
         assert not limiter.rate_limited()
     assert limiter.limit == 500
+
+
+async def test_a_storm_after_answered_calls_does_not_starve_the_window_that_follows() -> None:
+    """Another program takes the whole key for 30 s while we make 100 calls a window: the
+    queue probes as each of our calls leaves the window, and every probe meets a 429.
+    A limit of the server's own could not refuse with fewer calls answered than it let
+    through before, so these are no limit: ours must not end the storm far below what
+    the server was answering (it fell to 68 in the soak, against 130 a minute wanted)."""
+    time = FakeTime()
+    limiter = time.limiter(limit=500)
+    for _ in range(200):  # two windows of 100 calls, all answered
+        await limiter.acquire()
+        limiter.answered()
+        time.now += PERIOD / 100
+    lowest = limiter.limit
+    storm_ends = time.now + 30
+    while time.now < storm_ends:  # a probe each time one of our calls leaves the window
+        await limiter.acquire()
+        limiter.rate_limited()
+        lowest = min(lowest, limiter.limit)
+        time.now += PERIOD / 100
+    assert lowest >= 90, lowest  # at most the first 429s' guess: about what was answered
+    assert limiter.limit == 500  # the later ones showed it was no limit

@@ -35,10 +35,12 @@ class SlidingWindowLimiter:
             raise ValueError("limit must be positive")
         self.configured = limit  # what the settings (the API's documentation) allow
         self.limit = limit  # what the server is found to allow: lowered by its 429s
-        # The server's replies in the current window (True for a 429), oldest first.
-        self._replies: deque[tuple[float, bool]] = deque()
+        # The server's replies in the current window, oldest first: when, whether a 429,
+        # and how many calls it had answered in the window with this one.
+        self._replies: deque[tuple[float, bool, int]] = deque()
         self._refused = 0  # the 429s among them
         self._lowered_at = self._raised_at = float("-inf")
+        self._lowered_from: int | None = None  # the limit before 429s began to lower it
         self.period = period
         self._clock = clock
         self._sleep = sleep
@@ -61,13 +63,23 @@ class SlidingWindowLimiter:
         least `LEARN_SHARE` of its replies, after it answered at least three, mean it
         allows fewer calls than we thought:
         our limit drops to the calls of the window it did not refuse (and climbs back
-        slowly in `acquire`). Whether it dropped now."""
+        slowly in `acquire`). Whether it dropped now.
+
+        A 429 met with clearly fewer calls answered in the window than an earlier answer
+        saw is no limit of ours: it is another program's share of the key, or a storm.
+        It lowers nothing, and undoes what the 429s before it lowered."""
         now = self._record(refused=True)
+        if self._refused_below_answered():
+            if self._lowered_from is not None:
+                self.limit, self._lowered_from = self._lowered_from, None
+            return False
         if not self._refusals_show_a_limit():
             return False
         allowed = max(1, self.in_use() - self._refused)
         if allowed >= self.limit:
             return False
+        if self._lowered_from is None:
+            self._lowered_from = self.limit
         self.limit = allowed
         self._lowered_at = now
         return True
@@ -75,9 +87,20 @@ class SlidingWindowLimiter:
     def _record(self, *, refused: bool) -> float:
         now = self._clock()
         self._forget_before(now - self.period)
-        self._replies.append((now, refused))
+        answered = len(self._replies) - self._refused + (not refused)
+        self._replies.append((now, refused, answered))
         self._refused += refused
         return now
+
+    def _refused_below_answered(self) -> bool:
+        """A server at a limit of its own answers a call only while it has let fewer than
+        the limit through in the window, and refuses one only once it has let as many:
+        a refusal never sees fewer answered than an answer in the same window saw."""
+        answered = len(self._replies) - self._refused
+        # Our window is a little longer than the server's, so an answer may have seen a
+        # few more: only clearly fewer count.
+        return any(not refused and seen * (1 - LEARN_SHARE) - LEARN_AFTER_429S > answered
+                   for _, refused, seen in self._replies)
 
     def _refusals_show_a_limit(self) -> bool:
         """A limit lets some calls through and refuses those past it; a server refusing
@@ -107,6 +130,7 @@ class SlidingWindowLimiter:
         step = max(1, self.limit // 10, (self.configured - self.limit) // 10)
         self.limit = min(self.configured, self.limit + step)
         self._raised_at = now
+        self._lowered_from = None  # it held a whole window: a limit, not a storm
 
     def recall(self, ages: Iterable[float]) -> None:
         """Calls made `ages` seconds ago (by a previous run): the server's window still
