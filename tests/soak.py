@@ -28,6 +28,9 @@ The figures, precisely:
 - units spent: create_request calls the fake accepted (each made a request and took a
   unit), including those whose reply the bot never saw.
 - units wasted: spent units whose answer was never delivered.
+- units whose id was lost: spent units (the fake's record) whose id no job of the bot's
+  holds: the reply carrying it was lost (a fault, a SIGKILL). Nothing can fetch their
+  answers, so they are the least a run can waste. Goal: units wasted equal these.
 - reconciled, from the bot's log: failed creates the balance settled, as sent again
   safely (they spent nothing), confirmed spent (the unit went, its id was lost) or
   assumed spent (the balance could not tell: e.g. two failed creates in the time of one
@@ -416,6 +419,7 @@ class Report:
     spent: int = 0
     spent_unknowable: int = 0
     wasted: int = 0
+    ids_lost: int = 0  # spent units whose id no job of the bot's holds (the fake's record)
     reconciled: Counter[str] = field(default_factory=Counter)
     created_twice: int = 0  # contents with two requests: a unit spent twice
     told_but_unspent: int = 0  # told "may have counted" although nothing was spent
@@ -457,7 +461,7 @@ class Report:
     def clean(self) -> bool:
         # Every unit wasted is one whose id was lost, and its user was told so.
         return not (self.lost or self.duplicates > self.duplicates_mid_send or self.own_429s
-                    or self.created_twice
+                    or self.created_twice or self.wasted != self.ids_lost
                     or self.wasted != self.spent_unknowable or self.tap_requests > self.taps)
 
     def print(self, options: Options, seconds: float, stop_code: int | None,
@@ -475,6 +479,9 @@ class Report:
             ("units spent", self.spent, ""),
             ("units of unknowable outcome", self.spent_unknowable, "told so"),
             ("units wasted", self.wasted, "spent, no answer delivered; goal: only those"),
+            ("units whose id was lost", self.ids_lost,
+             "spent, but no reply with the id reached the bot (the fake's record); "
+             "goal: = units wasted"),
             ("reconciled: sent again safely", self.reconciled["unspent"],
              "failed creates the balance showed spent nothing"),
             ("reconciled: confirmed spent", self.reconciled["spent"] + late["spent"],
@@ -565,16 +572,7 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
         else:
             report.lost.append(f"job {job['id']} ({job['state']}, {job['error']}): "
                                f"{job['content']!r} shows {shown!r}")
-    created = Counter(request.content for request in chatinfo.requests)
-    report.created_twice = sum(n - 1 for n in created.values())
-    report.told_but_unspent = len(told_unknowable_contents - set(created))
-    report.unknowable_by_fault = unknowable_by_fault(chatinfo, told_unknowable_contents)
-    for request in chatinfo.requests:
-        if request.content in delivered_contents:
-            continue
-        report.wasted += 1
-        if request.content in told_unknowable_contents:
-            report.spent_unknowable += 1
+    count_units(report, bot, chatinfo, delivered_contents, told_unknowable_contents)
     report.stale_placeholders = sum(
         1 for texts in chats.values() for text in texts if text.startswith(PLACEHOLDER_MARK))
     report.sorry_replies = sum(texts.count(SORRY) for texts in chats.values())
@@ -585,6 +583,24 @@ def judge(options: Options, bot: SoakBot, chatinfo: FakeChatinfo,
     report.memory = [memory_line(n, life) for n, life in enumerate(bot.lives, 1)
                      if life.samples]
     return report
+
+
+def count_units(report: Report, bot: SoakBot, chatinfo: FakeChatinfo, delivered: set[str],
+                told_unknowable: set[str]) -> None:
+    """Where the units the fake debited went: spent twice, wasted, ids lost."""
+    created = Counter(request.content for request in chatinfo.requests)
+    report.created_twice = sum(n - 1 for n in created.values())
+    report.told_but_unspent = len(told_unknowable - set(created))
+    report.unknowable_by_fault = unknowable_by_fault(chatinfo, told_unknowable)
+    known_ids = {job["upstream_id"] for job in bot.query(
+        "SELECT upstream_id FROM jobs WHERE upstream_id IS NOT NULL")}
+    report.ids_lost = sum(1 for request in chatinfo.requests if request.id not in known_ids)
+    for request in chatinfo.requests:
+        if request.content in delivered:
+            continue
+        report.wasted += 1
+        if request.content in told_unknowable:
+            report.spent_unknowable += 1
 
 
 def unknowable_by_fault(chatinfo: FakeChatinfo, contents: set[str]) -> Counter[str]:

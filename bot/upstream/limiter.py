@@ -39,6 +39,7 @@ class SlidingWindowLimiter:
         # and how many calls it had answered in the window with this one.
         self._replies: deque[tuple[float, bool, int]] = deque()
         self._refused = 0  # the 429s among them
+        self._recalled: deque[float] = deque()  # a previous run's calls still in the window
         self._lowered_at = self._raised_at = float("-inf")
         self._lowered_from: int | None = None  # the limit before 429s began to lower it
         self.period = period
@@ -87,16 +88,20 @@ class SlidingWindowLimiter:
     def _record(self, *, refused: bool) -> float:
         now = self._clock()
         self._forget_before(now - self.period)
-        answered = len(self._replies) - self._refused + (not refused)
-        self._replies.append((now, refused, answered))
+        self._replies.append((now, refused, self._let_through() + (not refused)))
         self._refused += refused
         return now
+
+    def _let_through(self) -> int:
+        """The calls of the window the server let through, as far as we know: those it
+        answered, and a previous run's (most of which it answered)."""
+        return len(self._replies) - self._refused + len(self._recalled)
 
     def _refused_below_answered(self) -> bool:
         """A server at a limit of its own answers a call only while it has let fewer than
         the limit through in the window, and refuses one only once it has let as many:
         a refusal never sees fewer answered than an answer in the same window saw."""
-        answered = len(self._replies) - self._refused
+        answered = self._let_through()
         # Our window is a little longer than the server's, so an answer may have seen a
         # few more: only clearly fewer count.
         return any(not refused and seen * (1 - LEARN_SHARE) - LEARN_AFTER_429S > answered
@@ -112,6 +117,8 @@ class SlidingWindowLimiter:
     def _forget_before(self, cutoff: float) -> None:
         while self._replies and self._replies[0][0] <= cutoff:
             self._refused -= self._replies.popleft()[1]
+        while self._recalled and self._recalled[0] <= cutoff:
+            self._recalled.popleft()
 
     def _climb(self) -> None:
         """A whole window without learning a lower limit, and with 429s too few to teach
@@ -139,6 +146,7 @@ class SlidingWindowLimiter:
         earlier = [now - age for age in ages if 0 <= age < self.period]
         kept = sorted([*earlier, *self._stamps])[-self.configured:]
         self._stamps = deque(kept, maxlen=self.configured)
+        self._recalled = deque(sorted([*self._recalled, *earlier]))
 
     def window_clears_at(self) -> float:
         """When the oldest call of the current window leaves it (now, if none is in it)."""
