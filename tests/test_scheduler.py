@@ -340,6 +340,34 @@ def test_the_first_poll_comes_within_max_gap_of_the_earliest_answer() -> None:
     assert next_poll_after(30.0, widely_spread, timing) == 2.0
 
 
+def test_a_proven_narrow_spread_polls_closer_while_behind_the_sample_loop() -> None:
+    timing = PollTiming()
+    narrow, wide = Estimate(8.0, 0.2), Estimate(8.0, 0.6)
+    elapsed = 7.0  # the sample loop's pace, one poll every 2 s, is 3.5 polls by now
+    usual = next_poll_after(elapsed, narrow, timing)
+
+    assert next_poll_after(elapsed, narrow, timing, polls=3) < usual  # eager: less lag
+    assert next_poll_after(elapsed, narrow, timing, polls=4) == usual  # ahead of the loop
+    # A wide spread would spread them thin: as usual.
+    assert next_poll_after(elapsed, wide, timing, polls=1) == next_poll_after(elapsed, wide,
+                                                                                timing)
+
+
+def test_eager_polls_never_get_ahead_of_the_sample_loop_by_more_than_one() -> None:
+    timing = PollTiming()
+    for median, sigma in itertools.product((1.0, 4.0, 8.0, 30.0), (0.05, 0.1, 0.2, 0.3)):
+        estimate, moments = Estimate(median, sigma), [0.0]
+        while moments[-1] < 3 * median + 20:  # an answer that does not come
+            elapsed = moments[-1]
+            moments.append(elapsed + next_poll_after(elapsed, estimate, timing,
+                                                     polls=len(moments) - 1))
+        eager_only = [b for a, b in itertools.pairwise(moments)
+                      if len([m for m in moments[1:] if m <= a]) < a / timing.loop_every]
+        for moment in eager_only:
+            polls_by_then = len([m for m in moments[1:] if m <= moment])
+            assert polls_by_then <= moment / timing.loop_every + 1, (median, sigma, moment)
+
+
 def learned_predictable(times: SolveTimes) -> Estimate:
     """300 chat answers of about 20 s, each within ±5%: a narrow spread."""
     for n in range(300):

@@ -103,7 +103,8 @@ def overlapping(jobs: list[Job], model: SolveTimes,
         if latest.sigma > entry.estimate.sigma * WIDER:
             entry.estimate = latest
         last_poll = None if model.spread_proven else (entry.missed_at or 0.0)
-        return next_poll_after(now - entry.job[0], entry.estimate, timing, last_poll=last_poll)
+        return next_poll_after(now - entry.job[0], entry.estimate, timing, last_poll=last_poll,
+                               polls=entry.polls if model.spread_proven else None)
 
     pending: list[_Pending] = []
     order = itertools.count()
@@ -162,12 +163,14 @@ def main() -> int:
                         help="jobs overlap in time as live: planned when watched, learned "
                              "when found (else each is done before the next)")
     defaults = PollTiming()
-    for name in ("hit_chance", "min_gap", "max_gap", "earliest", "safety_gap", "safety_spread"):
+    for name in ("hit_chance", "min_gap", "max_gap", "earliest", "safety_gap", "safety_spread",
+                 "eager_hit_chance", "eager_spread", "loop_every"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float,
                             default=getattr(defaults, name))
     args = parser.parse_args()
     timing = PollTiming(args.hit_chance, args.min_gap, args.max_gap, args.earliest,
-                        args.safety_gap, args.safety_spread)
+                        args.safety_gap, args.safety_spread, args.eager_hit_chance,
+                        args.eager_spread, args.loop_every)
     print("| noise σ | polls per job: ours / baseline (ratio) | lag p50 (s) | lag p99 (s) "
           "| lag worst (s) | answers > 5 s late |")
     print("|---|---|---|---|---|---|")
