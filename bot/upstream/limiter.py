@@ -35,11 +35,13 @@ class SlidingWindowLimiter:
             raise ValueError("limit must be positive")
         self.configured = limit  # what the settings (the API's documentation) allow
         self.limit = limit  # what the server is found to allow: lowered by its 429s
-        # The server's replies in the current window, oldest first: when, whether a 429,
-        # and how many calls it had answered in the window with this one.
-        self._replies: deque[tuple[float, bool, int]] = deque()
+        # The server's replies in the current window (True for a 429), oldest first.
+        self._replies: deque[tuple[float, bool]] = deque()
         self._refused = 0  # the 429s among them
         self._recalled: deque[float] = deque()  # a previous run's calls still in the window
+        # Of the answers in the window, when each came and how many calls the window had
+        # let through with it: only those no later answer matched, so the first is the most.
+        self._peaks: deque[tuple[float, int]] = deque()
         self._lowered_at = self._raised_at = float("-inf")
         self._lowered_from: int | None = None  # the limit before 429s began to lower it
         self.period = period
@@ -66,9 +68,9 @@ class SlidingWindowLimiter:
         our limit drops to the calls of the window it did not refuse (and climbs back
         slowly in `acquire`). Whether it dropped now.
 
-        A 429 met with clearly fewer calls answered in the window than an earlier answer
-        saw is no limit of ours: it is another program's share of the key, or a storm.
-        It lowers nothing, and undoes what the 429s before it lowered."""
+        A 429 met with clearly fewer calls let through in the window than an earlier
+        answer saw is no limit of ours: it is another program's share of the key, or a
+        storm. It lowers nothing, and undoes what the 429s before it lowered."""
         now = self._record(refused=True)
         if self._refused_below_answered():
             if self._lowered_from is not None:
@@ -88,8 +90,13 @@ class SlidingWindowLimiter:
     def _record(self, *, refused: bool) -> float:
         now = self._clock()
         self._forget_before(now - self.period)
-        self._replies.append((now, refused, self._let_through() + (not refused)))
+        self._replies.append((now, refused))
         self._refused += refused
+        if not refused:
+            let_through = self._let_through()
+            while self._peaks and self._peaks[-1][1] <= let_through:
+                self._peaks.pop()
+            self._peaks.append((now, let_through))
         return now
 
     def _let_through(self) -> int:
@@ -100,12 +107,11 @@ class SlidingWindowLimiter:
     def _refused_below_answered(self) -> bool:
         """A server at a limit of its own answers a call only while it has let fewer than
         the limit through in the window, and refuses one only once it has let as many:
-        a refusal never sees fewer answered than an answer in the same window saw."""
-        answered = self._let_through()
+        a refusal never sees fewer let through than an answer in the same window saw."""
         # Our window is a little longer than the server's, so an answer may have seen a
         # few more: only clearly fewer count.
-        return any(not refused and seen * (1 - LEARN_SHARE) - LEARN_AFTER_429S > answered
-                   for _, refused, seen in self._replies)
+        return bool(self._peaks) and \
+            self._peaks[0][1] * (1 - LEARN_SHARE) - LEARN_AFTER_429S > self._let_through()
 
     def _refusals_show_a_limit(self) -> bool:
         """A limit lets some calls through and refuses those past it; a server refusing
@@ -119,6 +125,8 @@ class SlidingWindowLimiter:
             self._refused -= self._replies.popleft()[1]
         while self._recalled and self._recalled[0] <= cutoff:
             self._recalled.popleft()
+        while self._peaks and self._peaks[0][0] <= cutoff:
+            self._peaks.popleft()
 
     def _climb(self) -> None:
         """A whole window without learning a lower limit, and with 429s too few to teach
